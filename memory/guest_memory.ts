@@ -1,0 +1,435 @@
+/**
+ * Guest-physical memory: one or more regions, each backed by an `ArrayBuffer`,
+ * a `SharedArrayBuffer` or an `mmap` mapping exposed as an `ArrayBuffer`.
+ *
+ * Every access is bounds-checked against the regions; every multi-byte access
+ * is little-endian, as virtio 1.x requires (virtio 1.2 §1.4).
+ *
+ * @module
+ */
+
+/** Any buffer that can back a guest memory region. */
+export type GuestBuffer = ArrayBuffer | SharedArrayBuffer;
+
+/** Description of one region of guest-physical address space. */
+export interface GuestRegionOptions {
+  /** Guest-physical address of the first byte of the region. */
+  base: number;
+  /** Backing storage. The region aliases it: no copy is made. */
+  buffer: GuestBuffer;
+  /** Byte offset of the region inside `buffer` (default 0). */
+  offset?: number;
+  /** Size of the region in bytes (default: the rest of `buffer` after `offset`). */
+  size?: number;
+}
+
+/**
+ * An access to guest memory that falls outside every region, or crosses the
+ * end of the region it starts in.
+ */
+export class GuestMemoryError extends RangeError {
+  /** Guest-physical address of the failed access. */
+  readonly addr: number;
+  /** Length in bytes of the failed access. */
+  readonly len: number;
+
+  /**
+   * @param addr Guest-physical address of the access.
+   * @param len Length in bytes of the access.
+   * @param reason Why it failed.
+   */
+  constructor(addr: number, len: number, reason = "outside guest memory") {
+    super(`Guest memory access at 0x${safeHex(addr)} (+${len}) is ${reason}`);
+    this.name = "GuestMemoryError";
+    this.addr = addr;
+    this.len = len;
+  }
+}
+
+function safeHex(n: number): string {
+  return Number.isFinite(n) ? Math.trunc(n).toString(16) : String(n);
+}
+
+/** One contiguous region of guest-physical memory. */
+export class GuestRegion {
+  /** Guest-physical address of the first byte. */
+  readonly base: number;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Guest-physical address one past the last byte. */
+  readonly end: number;
+  /** The region's bytes; aliases the backing buffer. */
+  readonly bytes: Uint8Array;
+  /** A little-endian-by-convention view of the region; aliases the backing buffer. */
+  readonly view: DataView;
+  #u16: Uint16Array | undefined;
+
+  /**
+   * @param options Where the region lives and what backs it.
+   * @throws {RangeError} When base, offset or size are not valid.
+   */
+  constructor(options: GuestRegionOptions) {
+    const offset = options.offset ?? 0;
+    const size = options.size ?? options.buffer.byteLength - offset;
+    if (!Number.isSafeInteger(options.base) || options.base < 0) {
+      throw new RangeError(`Region base must be a non-negative safe integer, got ${options.base}`);
+    }
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > options.buffer.byteLength) {
+      throw new RangeError(`Region offset ${offset} is outside its buffer`);
+    }
+    if (!Number.isSafeInteger(size) || size <= 0 || offset + size > options.buffer.byteLength) {
+      throw new RangeError(`Region size ${size} does not fit its buffer`);
+    }
+    if (!Number.isSafeInteger(options.base + size)) {
+      throw new RangeError("Region end is not a safe integer");
+    }
+    this.base = options.base;
+    this.size = size;
+    this.end = options.base + size;
+    this.bytes = new Uint8Array(options.buffer, offset, size);
+    this.view = new DataView(options.buffer, offset, size);
+  }
+
+  /**
+   * A `Uint16Array` over the region, for `Atomics` access to aligned 16-bit ring
+   * indices. Only valid when the region starts on an even byte of its buffer.
+   * @returns The array, created on first use.
+   */
+  get u16(): Uint16Array {
+    if (this.#u16 === undefined) {
+      if (this.bytes.byteOffset % 2 !== 0) {
+        throw new RangeError("Region is not 2-byte aligned in its buffer");
+      }
+      this.#u16 = new Uint16Array(
+        this.bytes.buffer,
+        this.bytes.byteOffset,
+        this.size >>> 1,
+      );
+    }
+    return this.#u16;
+  }
+}
+
+/**
+ * Guest-physical address space made of non-overlapping regions.
+ *
+ * @example Read and write little-endian values
+ * ```ts
+ * import { GuestMemory } from "./guest_memory.ts";
+ * const mem = GuestMemory.create(0x10000);
+ * mem.writeU32(0x100, 0xdeadbeef);
+ * if (mem.readU32(0x100) !== 0xdeadbeef) throw new Error("unreachable");
+ * ```
+ */
+export class GuestMemory {
+  /** The regions, sorted by base address. */
+  readonly regions: readonly GuestRegion[];
+  #last: GuestRegion;
+
+  /**
+   * @param regions At least one region; they must not overlap.
+   * @throws {RangeError} When there is no region or two regions overlap.
+   */
+  constructor(regions: readonly (GuestRegionOptions | GuestRegion)[]) {
+    if (regions.length === 0) throw new RangeError("Guest memory needs at least one region");
+    const list = regions
+      .map((r) => (r instanceof GuestRegion ? r : new GuestRegion(r)))
+      .sort((a, b) => a.base - b.base);
+    for (let i = 1; i < list.length; i++) {
+      if (list[i].base < list[i - 1].end) {
+        throw new RangeError(
+          `Regions at 0x${list[i - 1].base.toString(16)} and 0x${
+            list[i].base.toString(16)
+          } overlap`,
+        );
+      }
+    }
+    this.regions = list;
+    this.#last = list[0];
+  }
+
+  /**
+   * Guest memory of `size` bytes at guest-physical address 0, backed by a new buffer.
+   * @param size Size in bytes.
+   * @param shared Back it with a `SharedArrayBuffer` (default false).
+   * @returns The new memory.
+   */
+  static create(size: number, shared = false): GuestMemory {
+    const buffer = shared ? new SharedArrayBuffer(size) : new ArrayBuffer(size);
+    return new GuestMemory([{ base: 0, buffer }]);
+  }
+
+  /** Total size of all regions in bytes. */
+  get totalSize(): number {
+    let n = 0;
+    for (const r of this.regions) n += r.size;
+    return n;
+  }
+
+  /**
+   * The region holding `addr`, if any.
+   * @param addr A guest-physical address.
+   * @returns The region, or `undefined`.
+   */
+  findRegion(addr: number): GuestRegion | undefined {
+    const last = this.#last;
+    if (addr >= last.base && addr < last.end) return last;
+    for (const r of this.regions) {
+      if (addr >= r.base && addr < r.end) {
+        this.#last = r;
+        return r;
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Whether `[addr, addr + len)` lies inside one region.
+   * @param addr Guest-physical address.
+   * @param len Length in bytes.
+   * @returns `true` when the whole range is inside a single region.
+   */
+  checkRange(addr: number, len: number): boolean {
+    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(len) || addr < 0 || len < 0) {
+      return false;
+    }
+    const r = this.findRegion(addr);
+    if (r === undefined) return len === 0 && this.#isEndOfRegion(addr);
+    return addr + len <= r.end;
+  }
+
+  /**
+   * Whether `[addr, addr + len)` is backed, possibly across adjacent regions.
+   * @param addr Guest-physical address.
+   * @param len Length in bytes.
+   * @returns `true` when every byte of the range is in some region.
+   */
+  checkSpan(addr: number, len: number): boolean {
+    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(len) || addr < 0 || len < 0) {
+      return false;
+    }
+    let a = addr;
+    const end = addr + len;
+    while (a < end) {
+      const r = this.findRegion(a);
+      if (r === undefined) return false;
+      a = r.end;
+    }
+    return true;
+  }
+
+  #isEndOfRegion(addr: number): boolean {
+    for (const r of this.regions) if (r.end === addr) return true;
+    return false;
+  }
+
+  /**
+   * Resolve a range to its region and the offset inside it.
+   * @param addr Guest-physical address.
+   * @param len Length in bytes.
+   * @returns The region and the offset of `addr` within it.
+   * @throws {GuestMemoryError} When the range is not inside one region.
+   */
+  resolve(addr: number, len: number): { region: GuestRegion; offset: number } {
+    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(len) || addr < 0 || len < 0) {
+      throw new GuestMemoryError(addr, len, "not a valid address range");
+    }
+    const r = this.findRegion(addr);
+    if (r === undefined) throw new GuestMemoryError(addr, len);
+    if (addr + len > r.end) throw new GuestMemoryError(addr, len, "crossing the end of a region");
+    return { region: r, offset: addr - r.base };
+  }
+
+  #region(addr: number, len: number): GuestRegion {
+    const last = this.#last;
+    if (addr >= last.base && addr + len <= last.end) return last;
+    return this.resolve(addr, len).region;
+  }
+
+  /**
+   * A zero-copy view of `[addr, addr + len)`. It aliases guest memory: writes
+   * through it are seen by the guest.
+   * @param addr Guest-physical address.
+   * @param len Length in bytes.
+   * @returns A `Uint8Array` aliasing guest memory.
+   * @throws {GuestMemoryError} When the range is not inside one region.
+   */
+  slice(addr: number, len: number): Uint8Array {
+    const r = this.#region(addr, len);
+    const off = addr - r.base;
+    return r.bytes.subarray(off, off + len);
+  }
+
+  /**
+   * A zero-copy `DataView` of `[addr, addr + len)`; aliases guest memory.
+   * Pass `true` as the little-endian flag on every access.
+   * @param addr Guest-physical address.
+   * @param len Length in bytes.
+   * @returns A `DataView` aliasing guest memory.
+   * @throws {GuestMemoryError} When the range is not inside one region.
+   */
+  dataView(addr: number, len: number): DataView {
+    const r = this.#region(addr, len);
+    return new DataView(r.bytes.buffer, r.bytes.byteOffset + (addr - r.base), len);
+  }
+
+  /**
+   * Read one byte.
+   * @param addr Guest-physical address.
+   * @returns The byte.
+   * @throws {GuestMemoryError} When out of bounds.
+   */
+  readU8(addr: number): number {
+    const r = this.#region(addr, 1);
+    return r.bytes[addr - r.base];
+  }
+
+  /**
+   * Read a little-endian 16-bit value.
+   * @param addr Guest-physical address.
+   * @returns The value.
+   * @throws {GuestMemoryError} When out of bounds.
+   */
+  readU16(addr: number): number {
+    const r = this.#region(addr, 2);
+    return r.view.getUint16(addr - r.base, true);
+  }
+
+  /**
+   * Read a little-endian 32-bit value.
+   * @param addr Guest-physical address.
+   * @returns The value.
+   * @throws {GuestMemoryError} When out of bounds.
+   */
+  readU32(addr: number): number {
+    const r = this.#region(addr, 4);
+    return r.view.getUint32(addr - r.base, true);
+  }
+
+  /**
+   * Read a little-endian 64-bit value.
+   * @param addr Guest-physical address.
+   * @returns The value as a `bigint`.
+   * @throws {GuestMemoryError} When out of bounds.
+   */
+  readU64(addr: number): bigint {
+    const r = this.#region(addr, 8);
+    return r.view.getBigUint64(addr - r.base, true);
+  }
+
+  /**
+   * Write one byte.
+   * @param addr Guest-physical address.
+   * @param value The byte (truncated to 8 bits).
+   * @throws {GuestMemoryError} When out of bounds.
+   */
+  writeU8(addr: number, value: number): void {
+    const r = this.#region(addr, 1);
+    r.bytes[addr - r.base] = value;
+  }
+
+  /**
+   * Write a little-endian 16-bit value.
+   * @param addr Guest-physical address.
+   * @param value The value (truncated to 16 bits).
+   * @throws {GuestMemoryError} When out of bounds.
+   */
+  writeU16(addr: number, value: number): void {
+    const r = this.#region(addr, 2);
+    r.view.setUint16(addr - r.base, value, true);
+  }
+
+  /**
+   * Write a little-endian 32-bit value.
+   * @param addr Guest-physical address.
+   * @param value The value (truncated to 32 bits).
+   * @throws {GuestMemoryError} When out of bounds.
+   */
+  writeU32(addr: number, value: number): void {
+    const r = this.#region(addr, 4);
+    r.view.setUint32(addr - r.base, value, true);
+  }
+
+  /**
+   * Write a little-endian 64-bit value.
+   * @param addr Guest-physical address.
+   * @param value The value (truncated to 64 bits).
+   * @throws {GuestMemoryError} When out of bounds.
+   */
+  writeU64(addr: number, value: bigint): void {
+    const r = this.#region(addr, 8);
+    r.view.setBigUint64(addr - r.base, BigInt.asUintN(64, value), true);
+  }
+
+  /**
+   * Read a little-endian 64-bit value as a number; fails when it is above 2^53.
+   * @param addr Guest-physical address.
+   * @returns The value as a safe integer, or -1 when it is not one.
+   * @throws {GuestMemoryError} When out of bounds.
+   */
+  readU64Number(addr: number): number {
+    const r = this.#region(addr, 8);
+    const off = addr - r.base;
+    const lo = r.view.getUint32(off, true);
+    const hi = r.view.getUint32(off + 4, true);
+    if (hi > 0x1fffff) return -1;
+    return hi * 0x1_0000_0000 + lo;
+  }
+
+  /**
+   * Copy guest memory into `dst`; the range may span adjacent regions.
+   * @param addr Guest-physical address of the first byte.
+   * @param dst Destination; its whole length is filled.
+   * @throws {GuestMemoryError} When any byte is not backed (nothing is copied then).
+   */
+  read(addr: number, dst: Uint8Array): void {
+    if (!this.checkSpan(addr, dst.length)) throw new GuestMemoryError(addr, dst.length);
+    let done = 0;
+    while (done < dst.length) {
+      const a = addr + done;
+      const r = this.findRegion(a)!;
+      const n = Math.min(dst.length - done, r.end - a);
+      const off = a - r.base;
+      dst.set(r.bytes.subarray(off, off + n), done);
+      done += n;
+    }
+  }
+
+  /**
+   * Copy `src` into guest memory; the range may span adjacent regions.
+   * @param addr Guest-physical address of the first byte.
+   * @param src Source bytes.
+   * @throws {GuestMemoryError} When any byte is not backed (nothing is copied then).
+   */
+  write(addr: number, src: Uint8Array): void {
+    if (!this.checkSpan(addr, src.length)) throw new GuestMemoryError(addr, src.length);
+    let done = 0;
+    while (done < src.length) {
+      const a = addr + done;
+      const r = this.findRegion(a)!;
+      const n = Math.min(src.length - done, r.end - a);
+      r.bytes.set(src.subarray(done, done + n), a - r.base);
+      done += n;
+    }
+  }
+
+  /**
+   * Fill a range of guest memory with one byte value.
+   * @param addr Guest-physical address.
+   * @param len Length in bytes.
+   * @param value Byte value (default 0).
+   * @throws {GuestMemoryError} When any byte is not backed (nothing is written then).
+   */
+  fill(addr: number, len: number, value = 0): void {
+    if (!this.checkSpan(addr, len)) throw new GuestMemoryError(addr, len);
+    let done = 0;
+    while (done < len) {
+      const a = addr + done;
+      const r = this.findRegion(a)!;
+      const n = Math.min(len - done, r.end - a);
+      const off = a - r.base;
+      r.bytes.fill(value, off, off + n);
+      done += n;
+    }
+  }
+}

@@ -1,0 +1,30 @@
+/**
+ * virtio-ts: the device side of virtio in TypeScript.
+ *
+ * Guest memory, split virtqueues, the device framework (the
+ * dbs-virtio-devices API), the virtio-mmio transport and devices, for VMMs
+ * written in TypeScript on Deno and Bun.
+ *
+ * @example Serve entropy to a driver through the MMIO transport
+ * ```ts
+ * import { GuestMemory, MmioDriver, MmioTransport, RngDevice } from "./mod.ts";
+ * const mem = GuestMemory.create(4 << 20);
+ * const transport = new MmioTransport(new RngDevice(), mem);
+ * const driver = new MmioDriver(transport, mem);
+ * const [queue] = driver.init();
+ * queue.addChain([{ writable: 32 }]);
+ * driver.kick(0);
+ * const used = queue.takeUsed()!;
+ * if (used.len !== 32) throw new Error("unreachable");
+ * ```
+ *
+ * @module
+ */
+
+export * from "./memory/guest_memory.ts";
+export * from "./queue/mod.ts";
+export * from "./queue/testing.ts";
+export * from "./devices/device.ts";
+export * from "./devices/rng.ts";
+export * from "./transport/mmio.ts";
+export * from "./transport/mmio_driver.ts";

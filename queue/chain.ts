@@ -1,0 +1,309 @@
+/**
+ * A validated descriptor chain and the cursors that stream across its buffers.
+ *
+ * @module
+ */
+
+import type { GuestMemory } from "../memory/guest_memory.ts";
+import { QueueError } from "./error.ts";
+
+/**
+ * One descriptor chain taken off a virtqueue, already validated: every buffer
+ * lies inside guest memory, device-readable buffers come before
+ * device-writable ones (virtio 1.2 §2.7.4.2), indirect tables are flattened.
+ *
+ * Read the driver's request with {@linkcode DescriptorChain.reader} and write the
+ * reply with {@linkcode DescriptorChain.writer}; neither shows segment boundaries.
+ */
+export class DescriptorChain {
+  /** Index of the head descriptor: the id to hand back in the used ring. */
+  readonly head: number;
+  /** The guest memory the buffers live in. */
+  readonly memory: GuestMemory;
+  /** Number of device-readable segments; they come first. */
+  readableCount = 0;
+  /** Total bytes in device-readable segments. */
+  readableBytes = 0;
+  /** Total bytes in device-writable segments. */
+  writableBytes = 0;
+  /** Number of descriptors followed, including indirect ones. */
+  descriptorCount = 0;
+  /** Guest addresses of the segments, readable ones first. */
+  readonly addrs: number[] = [];
+  /** Lengths of the segments, in the order of `addrs`. */
+  readonly lens: number[] = [];
+  #reader: ChainReader | undefined;
+  #writer: ChainWriter | undefined;
+
+  /**
+   * @param memory Guest memory holding the buffers.
+   * @param head Head descriptor index.
+   */
+  constructor(memory: GuestMemory, head: number) {
+    this.memory = memory;
+    this.head = head;
+  }
+
+  /** Number of segments (non-empty buffers). */
+  get length(): number {
+    return this.addrs.length;
+  }
+
+  /** Whether segment `i` is device-writable. */
+  isWritable(i: number): boolean {
+    return i >= this.readableCount;
+  }
+
+  /** Cursor over the device-readable part; created on first use. */
+  get reader(): ChainReader {
+    return this.#reader ??= new ChainReader(this, 0, this.readableCount, this.readableBytes);
+  }
+
+  /** Cursor over the device-writable part; created on first use. */
+  get writer(): ChainWriter {
+    return this.#writer ??= new ChainWriter(
+      this,
+      this.readableCount,
+      this.addrs.length,
+      this.writableBytes,
+    );
+  }
+}
+
+const scratch = new Uint8Array(8);
+const scratchView = new DataView(scratch.buffer);
+
+/** State shared by the two cursors: a position over a run of segments. */
+abstract class ChainCursor {
+  protected readonly chain: DescriptorChain;
+  protected seg: number;
+  protected segOff = 0;
+  protected readonly endSeg: number;
+  /** Bytes this cursor has moved over so far. */
+  consumed = 0;
+  readonly #total: number;
+
+  constructor(chain: DescriptorChain, start: number, end: number, total: number) {
+    this.chain = chain;
+    this.seg = start;
+    this.endSeg = end;
+    this.#total = total;
+  }
+
+  /** Bytes left before the end of this part of the chain. */
+  get remaining(): number {
+    return this.#total - this.consumed;
+  }
+
+  /**
+   * Zero-copy views of the next `n` bytes (one per segment touched); the cursor
+   * advances past them. The views alias guest memory.
+   * @param n Number of bytes; must not exceed `remaining`.
+   * @param out Array the views are pushed to.
+   * @returns `out`.
+   * @throws {QueueError} `ShortBuffer` when fewer than `n` bytes remain.
+   */
+  views(n: number, out: Uint8Array[] = []): Uint8Array[] {
+    this.need(n);
+    let left = n;
+    while (left > 0) {
+      const len = this.chain.lens[this.seg];
+      const take = Math.min(left, len - this.segOff);
+      out.push(this.chain.memory.slice(this.chain.addrs[this.seg] + this.segOff, take));
+      this.advance(take, len);
+      left -= take;
+    }
+    return out;
+  }
+
+  /**
+   * Move forward `n` bytes without touching them.
+   * @param n Number of bytes.
+   * @throws {QueueError} `ShortBuffer` when fewer than `n` bytes remain.
+   */
+  skip(n: number): void {
+    this.need(n);
+    let left = n;
+    while (left > 0) {
+      const len = this.chain.lens[this.seg];
+      const take = Math.min(left, len - this.segOff);
+      this.advance(take, len);
+      left -= take;
+    }
+  }
+
+  protected need(n: number): void {
+    if (!Number.isSafeInteger(n) || n < 0 || n > this.remaining) {
+      throw new QueueError(
+        "ShortBuffer",
+        `needed ${n} bytes, ${this.remaining} left in chain ${this.chain.head}`,
+        { head: this.chain.head },
+      );
+    }
+  }
+
+  protected advance(take: number, segLen: number): void {
+    this.segOff += take;
+    this.consumed += take;
+    if (this.segOff === segLen) {
+      this.seg++;
+      this.segOff = 0;
+    }
+  }
+
+  /** Copy between `buf` and the chain; `toGuest` picks the direction. */
+  protected copy(buf: Uint8Array, toGuest: boolean): number {
+    const n = Math.min(buf.length, this.remaining);
+    let done = 0;
+    const mem = this.chain.memory;
+    while (done < n) {
+      const len = this.chain.lens[this.seg];
+      const take = Math.min(n - done, len - this.segOff);
+      const view = mem.slice(this.chain.addrs[this.seg] + this.segOff, take);
+      if (toGuest) view.set(buf.subarray(done, done + take));
+      else buf.set(view, done);
+      this.advance(take, len);
+      done += take;
+    }
+    return n;
+  }
+}
+
+/** Reads the device-readable part of a chain as one byte stream. */
+export class ChainReader extends ChainCursor {
+  /**
+   * Copy up to `dst.length` bytes out of the chain.
+   * @param dst Destination.
+   * @returns Bytes copied (less than `dst.length` only at the end of the chain).
+   */
+  read(dst: Uint8Array): number {
+    return this.copy(dst, false);
+  }
+
+  /**
+   * Copy exactly `dst.length` bytes out of the chain.
+   * @param dst Destination.
+   * @throws {QueueError} `ShortBuffer` when fewer bytes remain (nothing is consumed).
+   */
+  readExact(dst: Uint8Array): void {
+    this.need(dst.length);
+    this.copy(dst, false);
+  }
+
+  /**
+   * Read one byte.
+   * @returns The byte.
+   * @throws {QueueError} `ShortBuffer` at the end of the chain.
+   */
+  readU8(): number {
+    this.readExact(scratch.subarray(0, 1));
+    return scratch[0];
+  }
+
+  /**
+   * Read a little-endian 16-bit value.
+   * @returns The value.
+   * @throws {QueueError} `ShortBuffer` at the end of the chain.
+   */
+  readU16(): number {
+    this.readExact(scratch.subarray(0, 2));
+    return scratchView.getUint16(0, true);
+  }
+
+  /**
+   * Read a little-endian 32-bit value.
+   * @returns The value.
+   * @throws {QueueError} `ShortBuffer` at the end of the chain.
+   */
+  readU32(): number {
+    this.readExact(scratch.subarray(0, 4));
+    return scratchView.getUint32(0, true);
+  }
+
+  /**
+   * Read a little-endian 64-bit value.
+   * @returns The value.
+   * @throws {QueueError} `ShortBuffer` at the end of the chain.
+   */
+  readU64(): bigint {
+    this.readExact(scratch);
+    return scratchView.getBigUint64(0, true);
+  }
+}
+
+/** Writes the device-writable part of a chain as one byte stream. */
+export class ChainWriter extends ChainCursor {
+  /** Bytes written so far: the used length to report. */
+  get written(): number {
+    return this.consumed;
+  }
+
+  /**
+   * Copy up to `src.length` bytes into the chain.
+   * @param src Source bytes.
+   * @returns Bytes copied (less than `src.length` only at the end of the chain).
+   */
+  write(src: Uint8Array): number {
+    return this.copy(src, true);
+  }
+
+  /**
+   * Copy exactly `src.length` bytes into the chain.
+   * @param src Source bytes.
+   * @throws {QueueError} `ShortBuffer` when less room remains (nothing is written).
+   */
+  writeExact(src: Uint8Array): void {
+    this.need(src.length);
+    this.copy(src, true);
+  }
+
+  /**
+   * Write one byte.
+   * @param value The byte.
+   * @throws {QueueError} `ShortBuffer` at the end of the chain.
+   */
+  writeU8(value: number): void {
+    scratch[0] = value;
+    this.writeExact(scratch.subarray(0, 1));
+  }
+
+  /**
+   * Write a little-endian 16-bit value.
+   * @param value The value.
+   * @throws {QueueError} `ShortBuffer` at the end of the chain.
+   */
+  writeU16(value: number): void {
+    scratchView.setUint16(0, value, true);
+    this.writeExact(scratch.subarray(0, 2));
+  }
+
+  /**
+   * Write a little-endian 32-bit value.
+   * @param value The value.
+   * @throws {QueueError} `ShortBuffer` at the end of the chain.
+   */
+  writeU32(value: number): void {
+    scratchView.setUint32(0, value, true);
+    this.writeExact(scratch.subarray(0, 4));
+  }
+
+  /**
+   * Write a little-endian 64-bit value.
+   * @param value The value.
+   * @throws {QueueError} `ShortBuffer` at the end of the chain.
+   */
+  writeU64(value: bigint): void {
+    scratchView.setBigUint64(0, BigInt.asUintN(64, value), true);
+    this.writeExact(scratch);
+  }
+
+  /**
+   * Fill the next `n` bytes with `value`.
+   * @param n Number of bytes.
+   * @param value Byte value (default 0).
+   * @throws {QueueError} `ShortBuffer` when less room remains.
+   */
+  fill(n: number, value = 0): void {
+    for (const v of this.views(n)) v.fill(value);
+  }
+}

@@ -1,0 +1,185 @@
+// The Bun backend: `bun:ffi` `dlopen` on glibc.
+//
+// `bun:ffi` is loaded with `require`, which Bun provides in ES modules, so that loading stays
+// synchronous and lazy and `deno check` never has to resolve the `bun:` scheme. The few parts of
+// its API used here are typed locally below.
+//
+// Bun has no threaded ("nonblocking") FFI symbols. To wait on file descriptors without blocking
+// the event loop and without busy polling, a poller owns a Worker whose only job is to call
+// poll(2) and block; it posts the result back. The Worker is ref'd only while a poll is
+// outstanding, so an idle poller does not keep the process alive. The cost is one Worker (a
+// JS thread) per poller and two message hops per wake-up.
+
+import type { AsyncPoller, AsyncPollResult, Backend, RawLibc } from "./_backend.ts";
+
+/** The subset of `bun:ffi` used here. */
+interface BunFfi {
+  dlopen(path: string, symbols: Record<string, BunSymbol>): { symbols: Record<string, BunFn> };
+  ptr(view: ArrayBufferView): number;
+  toArrayBuffer(address: number, byteOffset: number, byteLength: number): ArrayBuffer;
+}
+interface BunSymbol {
+  args: string[];
+  returns: string;
+}
+// deno-lint-ignore no-explicit-any
+type BunFn = (...args: any[]) => any;
+
+/** Bun's Worker has Node-style `ref`/`unref`. */
+interface BunWorker extends Worker {
+  ref(): void;
+  unref(): void;
+}
+
+const SYMBOLS: Record<string, BunSymbol> = {
+  __errno_location: { args: [], returns: "ptr" },
+  close: { args: ["i32"], returns: "i32" },
+  open: { args: ["ptr", "i32", "u32"], returns: "i32" },
+  ioctl: { args: ["i32", "u64", "u64"], returns: "i32" },
+  fcntl: { args: ["i32", "i32", "u64"], returns: "i32" },
+  fsync: { args: ["i32"], returns: "i32" },
+  fdatasync: { args: ["i32"], returns: "i32" },
+  fallocate: { args: ["i32", "i32", "i64", "i64"], returns: "i32" },
+  ftruncate: { args: ["i32", "i64"], returns: "i32" },
+  memfd_create: { args: ["ptr", "u32"], returns: "i32" },
+  read: { args: ["i32", "ptr", "u64"], returns: "i64" },
+  write: { args: ["i32", "ptr", "u64"], returns: "i64" },
+  pread: { args: ["i32", "ptr", "u64", "i64"], returns: "i64" },
+  pwrite: { args: ["i32", "ptr", "u64", "i64"], returns: "i64" },
+  mmap: { args: ["u64", "u64", "i32", "i32", "i32", "i64"], returns: "i64" },
+  munmap: { args: ["u64", "u64"], returns: "i32" },
+  madvise: { args: ["u64", "u64", "i32"], returns: "i32" },
+  eventfd: { args: ["u32", "i32"], returns: "i32" },
+  poll: { args: ["ptr", "u64", "i32"], returns: "i32" },
+  socket: { args: ["i32", "i32", "i32"], returns: "i32" },
+  socketpair: { args: ["i32", "i32", "i32", "ptr"], returns: "i32" },
+  bind: { args: ["i32", "ptr", "u32"], returns: "i32" },
+  connect: { args: ["i32", "ptr", "u32"], returns: "i32" },
+  listen: { args: ["i32", "i32"], returns: "i32" },
+  accept4: { args: ["i32", "ptr", "ptr", "i32"], returns: "i32" },
+  shutdown: { args: ["i32", "i32"], returns: "i32" },
+  sendmsg: { args: ["i32", "ptr", "i32"], returns: "i64" },
+  recvmsg: { args: ["i32", "ptr", "i32"], returns: "i64" },
+};
+
+// The Worker that blocks in poll(2). It is plain JavaScript started from a Blob URL, so it works
+// wherever the library is loaded from. Messages in: { fds: Uint8Array, nfds, timeout }; out:
+// { fds, result, errno } (errno read on the Worker's own thread, right after the call).
+const POLL_WORKER = `
+const ffi = require("bun:ffi");
+const lib = ffi.dlopen("libc.so.6", {
+  __errno_location: { args: [], returns: "ptr" },
+  poll: { args: ["ptr", "u64", "i32"], returns: "i32" },
+});
+const errno = new Int32Array(ffi.toArrayBuffer(lib.symbols.__errno_location(), 0, 4));
+self.onmessage = (event) => {
+  const { fds, nfds, timeout } = event.data;
+  const result = lib.symbols.poll(fds, BigInt(nfds), timeout);
+  self.postMessage({ fds, result, errno: result < 0 ? errno[0] : 0 });
+};
+`;
+
+let workerUrl: string | undefined;
+
+class BunPoller implements AsyncPoller {
+  #worker: BunWorker | undefined;
+  #pending:
+    | { fds: Uint8Array; resolve(r: AsyncPollResult): void; reject(e: unknown): void }
+    | undefined;
+
+  #start(): BunWorker {
+    workerUrl ??= URL.createObjectURL(
+      new Blob([POLL_WORKER], { type: "application/javascript" }),
+    );
+    const worker = new Worker(workerUrl) as BunWorker;
+    worker.onmessage = (event: MessageEvent) => {
+      worker.unref();
+      const pending = this.#pending;
+      this.#pending = undefined;
+      if (pending === undefined) return;
+      const { fds, result, errno } = event.data as { fds: Uint8Array } & AsyncPollResult;
+      pending.fds.set(fds.subarray(0, pending.fds.byteLength));
+      pending.resolve({ result, errno });
+    };
+    worker.onerror = (event: ErrorEvent) => {
+      worker.unref();
+      const pending = this.#pending;
+      this.#pending = undefined;
+      this.#worker = undefined;
+      worker.terminate();
+      pending?.reject(new Error(`poll worker failed: ${event.message}`));
+    };
+    worker.unref();
+    return worker;
+  }
+
+  poll(fds: Uint8Array, nfds: number, timeout: number): Promise<AsyncPollResult> {
+    if (this.#pending !== undefined) throw new Error("A poll is already pending");
+    const worker = this.#worker ??= this.#start();
+    return new Promise((resolve, reject) => {
+      this.#pending = { fds, resolve, reject };
+      worker.ref();
+      worker.postMessage({ fds: fds.slice(0, nfds * 8), nfds, timeout });
+    });
+  }
+
+  close(): void {
+    this.#worker?.terminate();
+    this.#worker = undefined;
+  }
+}
+
+/** Opens glibc with `bun:ffi` and returns the backend. */
+export function createBunBackend(): Backend {
+  const ffi = require("bun:ffi") as BunFfi;
+  const sym = ffi.dlopen("libc.so.6", SYMBOLS).symbols;
+  // glibc: the address of this thread's errno; stable for the life of the thread.
+  const cell = new Int32Array(ffi.toArrayBuffer(sym.__errno_location() as number, 0, 4));
+
+  const libc: RawLibc = {
+    close: sym.close,
+    open: sym.open,
+    ioctl: sym.ioctl,
+    fcntl: sym.fcntl,
+    fsync: sym.fsync,
+    fdatasync: sym.fdatasync,
+    fallocate: sym.fallocate,
+    ftruncate: sym.ftruncate,
+    memfd_create: sym.memfd_create,
+    read: (fd, buf, count) => Number(sym.read(fd, buf, count)),
+    write: (fd, buf, count) => Number(sym.write(fd, buf, count)),
+    pread: (fd, buf, count, offset) => Number(sym.pread(fd, buf, count, offset)),
+    pwrite: (fd, buf, count, offset) => Number(sym.pwrite(fd, buf, count, offset)),
+    mmap: (addr, len, prot, flags, fd, off) => BigInt(sym.mmap(addr, len, prot, flags, fd, off)),
+    munmap: sym.munmap,
+    madvise: sym.madvise,
+    eventfd: sym.eventfd,
+    poll: sym.poll,
+    socket: sym.socket,
+    socketpair: sym.socketpair,
+    bind: sym.bind,
+    connect: sym.connect,
+    listen: sym.listen,
+    accept4: (fd, flags) => sym.accept4(fd, null, null, flags),
+    shutdown: sym.shutdown,
+    sendmsg: (fd, msg, flags) => Number(sym.sendmsg(fd, msg, flags)),
+    recvmsg: (fd, msg, flags) => Number(sym.recvmsg(fd, msg, flags)),
+  };
+
+  return {
+    runtime: "bun",
+    libc,
+    errno: () => cell[0],
+    addressOf(buf: Uint8Array): bigint {
+      if (buf.byteLength === 0) return 0n;
+      // Reading `.buffer` gives a small typed array a stable, out-of-line backing store.
+      void buf.buffer;
+      return BigInt(ffi.ptr(buf));
+    },
+    view(address: bigint, length: number): ArrayBuffer {
+      if (address === 0n) throw new RangeError("Cannot view memory at address 0");
+      return ffi.toArrayBuffer(Number(address), 0, length);
+    },
+    createPoller: () => new BunPoller(),
+  };
+}

@@ -1,0 +1,135 @@
+// The Deno backend: `Deno.dlopen` on glibc. Needs `--allow-ffi`.
+//
+// Buffers are passed as "buffer" parameters (Deno hands the view's data pointer to C), 64-bit
+// values as bigints. poll(2) is declared a second time as a `nonblocking` symbol: Deno runs it on
+// a thread of its blocking pool and resolves a Promise on the JS thread, which is how waiting on
+// file descriptors avoids blocking the event loop. That thread has its own errno, so a failed
+// threaded poll is repeated synchronously with a zero timeout to learn why (see `DenoPoller`).
+
+import type { AsyncPoller, AsyncPollResult, Backend, RawLibc } from "./_backend.ts";
+
+const SYMBOLS = {
+  __errno_location: { parameters: [], result: "pointer" },
+  close: { parameters: ["i32"], result: "i32" },
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  ioctl: { parameters: ["i32", "u64", "u64"], result: "i32" },
+  fcntl: { parameters: ["i32", "i32", "u64"], result: "i32" },
+  fsync: { parameters: ["i32"], result: "i32" },
+  fdatasync: { parameters: ["i32"], result: "i32" },
+  fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  mmap: { parameters: ["usize", "usize", "i32", "i32", "i32", "i64"], result: "usize" },
+  munmap: { parameters: ["usize", "usize"], result: "i32" },
+  madvise: { parameters: ["usize", "usize", "i32"], result: "i32" },
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  poll_threaded: {
+    name: "poll",
+    parameters: ["buffer", "u64", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  accept4: { parameters: ["i32", "pointer", "pointer", "i32"], result: "i32" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+} as const;
+
+type DenoLibc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+class DenoPoller implements AsyncPoller {
+  readonly #sym: DenoLibc;
+  constructor(sym: DenoLibc) {
+    this.#sym = sym;
+  }
+
+  async poll(fds: Uint8Array, nfds: number, timeout: number): Promise<AsyncPollResult> {
+    const result = await this.#sym.poll_threaded(fds, BigInt(nfds), timeout);
+    if (result >= 0) return { result, errno: 0 };
+    // errno belongs to the pool thread. Ask again on this thread without waiting: a persistent
+    // error (EFAULT, EINVAL, ENOMEM) repeats and its errno is ours to read; a transient one
+    // (EINTR) does not, and the zero-timeout answer is as good as the threaded one.
+    const again = this.#sym.poll(fds, BigInt(nfds), 0);
+    return again >= 0 ? { result: again, errno: 0 } : { result: again, errno: errnoView()[0] };
+  }
+
+  close(): void {}
+}
+
+let errnoCell: Int32Array | undefined;
+let symbols: DenoLibc | undefined;
+
+function errnoView(): Int32Array {
+  return errnoCell!;
+}
+
+/** Opens glibc with `Deno.dlopen` and returns the backend. */
+export function createDenoBackend(): Backend {
+  const sym = symbols ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
+  // glibc: __errno_location() returns the address of the calling thread's errno; it does not
+  // change for the life of the thread, so a 4-byte view of it is made once.
+  const where = sym.__errno_location();
+  if (where === null) throw new Error("__errno_location returned NULL");
+  errnoCell = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(where, 4));
+  const cell = errnoCell;
+
+  const libc: RawLibc = {
+    close: sym.close,
+    open: sym.open,
+    ioctl: sym.ioctl,
+    fcntl: sym.fcntl,
+    fsync: sym.fsync,
+    fdatasync: sym.fdatasync,
+    fallocate: sym.fallocate,
+    ftruncate: sym.ftruncate,
+    memfd_create: sym.memfd_create,
+    read: (fd, buf, count) => Number(sym.read(fd, buf, count)),
+    write: (fd, buf, count) => Number(sym.write(fd, buf, count)),
+    pread: (fd, buf, count, offset) => Number(sym.pread(fd, buf, count, offset)),
+    pwrite: (fd, buf, count, offset) => Number(sym.pwrite(fd, buf, count, offset)),
+    mmap: (addr, len, prot, flags, fd, off) =>
+      BigInt.asIntN(64, BigInt(sym.mmap(addr, len, prot, flags, fd, off))),
+    munmap: sym.munmap,
+    madvise: sym.madvise,
+    eventfd: sym.eventfd,
+    poll: sym.poll,
+    socket: sym.socket,
+    socketpair: sym.socketpair,
+    bind: sym.bind,
+    connect: sym.connect,
+    listen: sym.listen,
+    accept4: (fd, flags) => sym.accept4(fd, null, null, flags),
+    shutdown: sym.shutdown,
+    sendmsg: (fd, msg, flags) => Number(sym.sendmsg(fd, msg, flags)),
+    recvmsg: (fd, msg, flags) => Number(sym.recvmsg(fd, msg, flags)),
+  };
+
+  return {
+    runtime: "deno",
+    libc,
+    errno: () => cell[0],
+    addressOf(buf: Uint8Array): bigint {
+      if (buf.byteLength === 0) return 0n;
+      // Reading `.buffer` moves a small on-heap typed array to a stable backing store.
+      void buf.buffer;
+      const p = Deno.UnsafePointer.of(buf);
+      return p === null ? 0n : BigInt(Deno.UnsafePointer.value(p));
+    },
+    view(address: bigint, length: number): ArrayBuffer {
+      const p = Deno.UnsafePointer.create(address);
+      if (p === null) throw new RangeError("Cannot view memory at address 0");
+      return Deno.UnsafePointerView.getArrayBuffer(p, length);
+    },
+    createPoller: () => new DenoPoller(sym),
+  };
+}

@@ -1,0 +1,177 @@
+/**
+ * The system layer: libc through FFI, on Deno (`Deno.dlopen`) and Bun (`bun:ffi`) alike. It is
+ * the only part of virtio-ts that knows which runtime it runs on.
+ *
+ * - File descriptors: {@link open}, {@link close}, {@link pread}, {@link pwrite},
+ *   {@link fdatasync}, {@link fallocate}, {@link ftruncate}, {@link ioctl}, {@link memfdCreate}.
+ * - Memory: {@link mmapFd} and {@link mmapAnonymous} give a {@link Mapping} whose `buffer` is
+ *   the mapped memory.
+ * - {@link EventFd}, with a non-blocking {@link EventFd.wait}.
+ * - Waiting: {@link poll}, {@link FdWatcher}, {@link watchReadable}, {@link waitReady}.
+ * - Unix sockets with descriptor passing: {@link socketpair}, {@link bind}, {@link listen},
+ *   {@link accept}, {@link connect}, {@link sendmsg}, {@link recvmsg}, {@link recvExact}.
+ * - Failures throw {@link SysError} with the call name and errno.
+ *
+ * libc is opened on first use; Deno needs `--allow-ffi`. Linux only (glibc, LP64).
+ *
+ * @example Share memory through a memfd
+ * ```ts
+ * import { close, ftruncate, memfdCreate, mmapFd } from "./mod.ts";
+ * const fd = memfdCreate("guest-ram");
+ * ftruncate(fd, 1 << 20);
+ * const ram = mmapFd(fd, 1 << 20);
+ * new DataView(ram.buffer).setUint32(0, 0xcafe, true);
+ * ram.unmap();
+ * close(fd);
+ * ```
+ *
+ * @module
+ */
+
+export {
+  addressOf,
+  Errno,
+  errnoName,
+  type Runtime,
+  runtime,
+  SysError,
+  unsafeView,
+} from "./libc.ts";
+export { hasKvm } from "./runtime.ts";
+export {
+  close,
+  dup,
+  F_DUPFD_CLOEXEC,
+  F_GETFD,
+  F_GETFL,
+  F_SETFD,
+  F_SETFL,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  fallocate,
+  fcntl,
+  FD_CLOEXEC,
+  fdatasync,
+  FIOCLEX,
+  FIONBIO,
+  FIONCLEX,
+  FIONREAD,
+  fsync,
+  ftruncate,
+  ioctl,
+  memfd_create,
+  memfdCreate,
+  MFD_ALLOW_SEALING,
+  MFD_CLOEXEC,
+  MFD_HUGETLB,
+  O_APPEND,
+  O_CLOEXEC,
+  O_CREAT,
+  O_DIRECT,
+  O_DIRECTORY,
+  O_DSYNC,
+  O_EXCL,
+  O_NOCTTY,
+  O_NOFOLLOW,
+  O_NONBLOCK,
+  O_RDONLY,
+  O_RDWR,
+  O_SYNC,
+  O_TRUNC,
+  O_WRONLY,
+  open,
+  pread,
+  pwrite,
+  read,
+  setCloexec,
+  setNonBlocking,
+  write,
+} from "./fd.ts";
+export {
+  MADV_DONTDUMP,
+  MADV_DONTFORK,
+  MADV_DONTNEED,
+  MADV_FREE,
+  MADV_HUGEPAGE,
+  MADV_REMOVE,
+  MADV_WILLNEED,
+  madvise,
+  MAP_ANONYMOUS,
+  MAP_FIXED,
+  MAP_HUGETLB,
+  MAP_NORESERVE,
+  MAP_POPULATE,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  MAP_SHARED_VALIDATE,
+  Mapping,
+  mmapAnonymous,
+  mmapFd,
+  type MmapOptions,
+  munmap,
+  PROT_EXEC,
+  PROT_NONE,
+  PROT_READ,
+  PROT_WRITE,
+} from "./mman.ts";
+export {
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  EFD_SEMAPHORE,
+  EventFd,
+  type EventFdOptions,
+  type EventFdWaitOptions,
+} from "./eventfd.ts";
+export {
+  FdWatcher,
+  type FdWatcherOptions,
+  poll,
+  POLLERR,
+  type PollFd,
+  POLLHUP,
+  POLLIN,
+  POLLNVAL,
+  POLLOUT,
+  POLLPRI,
+  POLLRDHUP,
+  type WaitOptions,
+  waitReady,
+  type Watch,
+  type WatchCallback,
+  watchReadable,
+} from "./poll.ts";
+export {
+  accept,
+  AF_LOCAL,
+  AF_UNIX,
+  bind,
+  connect,
+  listen,
+  MSG_CMSG_CLOEXEC,
+  MSG_CTRUNC,
+  MSG_DONTWAIT,
+  MSG_NOSIGNAL,
+  MSG_PEEK,
+  MSG_TRUNC,
+  MSG_WAITALL,
+  recvExact,
+  recvmsg,
+  type RecvResult,
+  SCM_MAX_FD,
+  SCM_RIGHTS,
+  sendAll,
+  sendmsg,
+  SHUT_RD,
+  SHUT_RDWR,
+  SHUT_WR,
+  shutdown,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SOCK_NONBLOCK,
+  SOCK_SEQPACKET,
+  SOCK_STREAM,
+  socket,
+  socketpair,
+  SOL_SOCKET,
+} from "./socket.ts";

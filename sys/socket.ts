@@ -1,0 +1,371 @@
+/**
+ * Unix domain sockets through libc, with file descriptor passing (`SCM_RIGHTS`, see unix(7) and
+ * cmsg(3)). Deno's own sockets can neither pass descriptors nor adopt one, and vhost-user needs
+ * both, so the whole socket lives here as a raw descriptor.
+ *
+ * For asynchronous use, wait with `FdWatcher`/`waitReady` and then call these functions, which
+ * then do not block.
+ *
+ * @module
+ */
+
+import { addressOf, check, libc, retry } from "./libc.ts";
+
+/** socket(2): Unix domain (local) sockets. */
+export const AF_UNIX = 1;
+/** socket(2): the same as `AF_UNIX`. */
+export const AF_LOCAL = 1;
+/** socket(2): reliable byte stream. */
+export const SOCK_STREAM = 1;
+/** socket(2): datagrams. */
+export const SOCK_DGRAM = 2;
+/** socket(2): reliable datagrams with message boundaries. */
+export const SOCK_SEQPACKET = 5;
+/** socket(2), accept4(2): set `O_NONBLOCK` on the new descriptor. */
+export const SOCK_NONBLOCK = 0o4000;
+/** socket(2), accept4(2): set close-on-exec on the new descriptor. */
+export const SOCK_CLOEXEC = 0o2000000;
+
+/** send(2)/recv(2): look at the data without taking it. */
+export const MSG_PEEK = 0x02;
+/** recvmsg(2): control data was truncated; some passed descriptors were lost. */
+export const MSG_CTRUNC = 0x08;
+/** recvmsg(2): a datagram was truncated. */
+export const MSG_TRUNC = 0x20;
+/** send(2)/recv(2): do not block, for this call only. */
+export const MSG_DONTWAIT = 0x40;
+/** recv(2): wait for the full request. */
+export const MSG_WAITALL = 0x100;
+/** send(2): no `SIGPIPE` when the peer is gone (the call fails with EPIPE instead). */
+export const MSG_NOSIGNAL = 0x4000;
+/** recvmsg(2): set close-on-exec on descriptors received through `SCM_RIGHTS`. */
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+
+/** shutdown(2): no more receptions. */
+export const SHUT_RD = 0;
+/** shutdown(2): no more transmissions. */
+export const SHUT_WR = 1;
+/** shutdown(2): neither. */
+export const SHUT_RDWR = 2;
+
+/** Socket option level of `SCM_RIGHTS`. */
+export const SOL_SOCKET = 1;
+/** Control message type carrying file descriptors. */
+export const SCM_RIGHTS = 1;
+
+// struct sockaddr_un { sa_family_t sun_family; char sun_path[108]; }
+const SUN_PATH_MAX = 108;
+// LP64 layouts (x86-64, arm64). struct msghdr: name 0, namelen 8, iov 16, iovlen 24,
+// control 32, controllen 40, flags 48; 56 bytes. struct iovec: base 0, len 8; 16 bytes.
+// struct cmsghdr: len 0 (size_t), level 8, type 12, data 16.
+const MSGHDR_SIZE = 56;
+const IOVEC_SIZE = 16;
+const CMSG_HEADER = 16;
+/** The most descriptors one `SCM_RIGHTS` message may carry on Linux (SCM_MAX_FD). */
+export const SCM_MAX_FD = 253;
+
+const align8 = (n: number) => (n + 7) & ~7;
+const cmsgSpace = (n: number) => CMSG_HEADER + align8(n);
+
+// One message header and iovec reused by every call (JS is single-threaded; each Worker has
+// its own module instance). Control buffers grow to the largest need seen.
+const header = new Uint8Array(new ArrayBuffer(MSGHDR_SIZE + IOVEC_SIZE));
+const headerView = new DataView(header.buffer);
+let control = new Uint8Array(new ArrayBuffer(cmsgSpace(4 * 8)));
+
+function controlBuffer(fdCount: number): Uint8Array {
+  const size = cmsgSpace(4 * fdCount);
+  if (control.byteLength < size) control = new Uint8Array(new ArrayBuffer(size));
+  return control;
+}
+
+function prepareHeader(data: Uint8Array, controlAddress: bigint, controlLength: number): void {
+  const iov = addressOf(header) + BigInt(MSGHDR_SIZE);
+  headerView.setBigUint64(0, 0n, true); // msg_name
+  headerView.setUint32(8, 0, true); // msg_namelen
+  headerView.setBigUint64(16, iov, true); // msg_iov
+  headerView.setBigUint64(24, 1n, true); // msg_iovlen
+  headerView.setBigUint64(32, controlAddress, true); // msg_control
+  headerView.setBigUint64(40, BigInt(controlLength), true); // msg_controllen
+  headerView.setInt32(48, 0, true); // msg_flags
+  headerView.setBigUint64(MSGHDR_SIZE, addressOf(data), true); // iov_base
+  headerView.setBigUint64(MSGHDR_SIZE + 8, BigInt(data.byteLength), true); // iov_len
+}
+
+function sockaddrUn(path: string): [Uint8Array, number] {
+  // A leading NUL selects the abstract namespace: no terminator, the length says where it ends.
+  const abstract = path.startsWith("\0");
+  const bytes = new TextEncoder().encode(path);
+  const length = 2 + bytes.length + (abstract ? 0 : 1);
+  if (bytes.length + (abstract ? 0 : 1) > SUN_PATH_MAX) {
+    throw new RangeError(`Unix socket path longer than ${SUN_PATH_MAX - 1} bytes: ${path}`);
+  }
+  if (!abstract && path.includes("\0")) {
+    throw new TypeError("Unix socket path contains a NUL character");
+  }
+  const addr = new Uint8Array(new ArrayBuffer(2 + SUN_PATH_MAX));
+  new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+  addr.set(bytes, 2);
+  return [addr, length];
+}
+
+/**
+ * Creates a socket (socket(2)).
+ *
+ * @param domain The address family; default `AF_UNIX`.
+ * @param type The type and flags; default `SOCK_STREAM | SOCK_CLOEXEC`.
+ * @param protocol The protocol; default 0.
+ * @returns The socket descriptor.
+ * @throws {SysError} When socket(2) fails.
+ */
+export function socket(
+  domain: number = AF_UNIX,
+  type: number = SOCK_STREAM | SOCK_CLOEXEC,
+  protocol = 0,
+): number {
+  return check("socket", libc().socket(domain, type, protocol));
+}
+
+/**
+ * Creates a pair of connected sockets (socketpair(2)).
+ *
+ * @example A connected pair
+ * ```ts
+ * import { close, recvmsg, sendmsg, socketpair } from "./mod.ts";
+ * const [a, b] = socketpair();
+ * sendmsg(a, new Uint8Array([1, 2, 3]));
+ * const got = recvmsg(b, new Uint8Array(8));
+ * if (got.bytes !== 3) throw new Error("unexpected");
+ * close(a);
+ * close(b);
+ * ```
+ *
+ * @param domain The address family; default `AF_UNIX`.
+ * @param type The type and flags; default `SOCK_STREAM | SOCK_CLOEXEC`.
+ * @returns The two descriptors.
+ * @throws {SysError} When socketpair(2) fails.
+ */
+export function socketpair(
+  domain: number = AF_UNIX,
+  type: number = SOCK_STREAM | SOCK_CLOEXEC,
+): [number, number] {
+  const sv = new Uint8Array(new ArrayBuffer(8));
+  check("socketpair", libc().socketpair(domain, type, 0, sv));
+  const view = new DataView(sv.buffer);
+  return [view.getInt32(0, true), view.getInt32(4, true)];
+}
+
+/**
+ * Binds a Unix socket to a path (bind(2)). A path starting with `"\0"` names an abstract
+ * socket, which has no file.
+ *
+ * @param fd The socket.
+ * @param path The socket path.
+ * @throws {SysError} When bind(2) fails, such as EADDRINUSE if the file exists.
+ * @throws {RangeError} If the path does not fit in `sun_path` (107 bytes).
+ */
+export function bind(fd: number, path: string): void {
+  const [addr, length] = sockaddrUn(path);
+  check("bind", libc().bind(fd, addr, length));
+}
+
+/**
+ * Marks a socket as accepting connections (listen(2)).
+ *
+ * @param fd The bound socket.
+ * @param backlog The queue length of pending connections.
+ * @throws {SysError} When listen(2) fails.
+ */
+export function listen(fd: number, backlog = 128): void {
+  check("listen", libc().listen(fd, backlog));
+}
+
+/**
+ * Accepts a connection (accept4(2)). Blocks on a blocking socket; on a non-blocking one fails
+ * with EAGAIN when no connection is waiting.
+ *
+ * @param fd The listening socket.
+ * @param flags `SOCK_CLOEXEC` and/or `SOCK_NONBLOCK` for the new socket; default
+ *   `SOCK_CLOEXEC`.
+ * @returns The connected socket.
+ * @throws {SysError} When accept4(2) fails.
+ */
+export function accept(fd: number, flags: number = SOCK_CLOEXEC): number {
+  return retry("accept4", () => libc().accept4(fd, flags));
+}
+
+/**
+ * Connects a socket to a Unix socket path (connect(2)).
+ *
+ * @param fd The socket.
+ * @param path The path of the listening socket (a leading `"\0"` for an abstract one).
+ * @throws {SysError} When connect(2) fails, such as ENOENT or ECONNREFUSED.
+ * @throws {RangeError} If the path does not fit in `sun_path`.
+ */
+export function connect(fd: number, path: string): void {
+  const [addr, length] = sockaddrUn(path);
+  check("connect", libc().connect(fd, addr, length));
+}
+
+/**
+ * Shuts down part or all of a full-duplex connection (shutdown(2)).
+ *
+ * @param fd The socket.
+ * @param how `SHUT_RD`, `SHUT_WR` or `SHUT_RDWR` (default).
+ * @throws {SysError} When shutdown(2) fails.
+ */
+export function shutdown(fd: number, how: number = SHUT_RDWR): void {
+  check("shutdown", libc().shutdown(fd, how));
+}
+
+/**
+ * Sends bytes and, optionally, file descriptors (sendmsg(2) with `SCM_RIGHTS`). The receiver
+ * gets its own descriptors for the same open files; the caller's stay open.
+ *
+ * @param fd The connected socket.
+ * @param data The bytes; at least one byte when `fds` is not empty.
+ * @param fds Descriptors to pass, at most {@link SCM_MAX_FD}.
+ * @param flags `MSG_*` flags; default `MSG_NOSIGNAL`, so a closed peer gives EPIPE rather than
+ *   a fatal `SIGPIPE`.
+ * @returns The number of bytes sent; on a stream socket it may be fewer than `data.byteLength`
+ *   (the descriptors go with the first byte).
+ * @throws {SysError} When sendmsg(2) fails, such as EAGAIN (non-blocking) or EPIPE.
+ * @throws {RangeError} If too many descriptors, or descriptors without data.
+ */
+export function sendmsg(
+  fd: number,
+  data: Uint8Array,
+  fds: readonly number[] = [],
+  flags: number = MSG_NOSIGNAL,
+): number {
+  if (fds.length > SCM_MAX_FD) throw new RangeError(`Too many descriptors: ${fds.length}`);
+  if (fds.length > 0 && data.byteLength === 0) {
+    throw new RangeError("Passing descriptors needs at least one byte of data");
+  }
+  let controlAddress = 0n;
+  let controlLength = 0;
+  if (fds.length > 0) {
+    const buf = controlBuffer(fds.length);
+    controlLength = cmsgSpace(4 * fds.length);
+    buf.fill(0, 0, controlLength);
+    const view = new DataView(buf.buffer);
+    view.setBigUint64(0, BigInt(CMSG_HEADER + 4 * fds.length), true); // cmsg_len = CMSG_LEN
+    view.setInt32(8, SOL_SOCKET, true);
+    view.setInt32(12, SCM_RIGHTS, true);
+    fds.forEach((passed, i) => view.setInt32(CMSG_HEADER + 4 * i, passed, true));
+    controlAddress = addressOf(buf);
+  }
+  prepareHeader(data, controlAddress, controlLength);
+  return retry("sendmsg", () => libc().sendmsg(fd, header, flags));
+}
+
+/** What {@link recvmsg} received. */
+export interface RecvResult {
+  /** Bytes received; 0 means the peer closed the connection (for a stream socket). */
+  bytes: number;
+  /** Descriptors received, owned by the caller (close-on-exec by default). */
+  fds: number[];
+  /**
+   * True if the sender passed more descriptors than `maxFds` allowed (`MSG_CTRUNC`): the
+   * kernel closed the ones that did not fit. `fds` holds the rest.
+   */
+  fdsTruncated: boolean;
+}
+
+/**
+ * Receives bytes and any file descriptors sent with them (recvmsg(2) with `SCM_RIGHTS`).
+ *
+ * @param fd The connected socket.
+ * @param buf Where to put the bytes; at most `buf.byteLength` are received.
+ * @param maxFds How many descriptors to accept; more are closed by the kernel and reported as
+ *   `fdsTruncated`.
+ * @param flags `MSG_*` flags; default `MSG_CMSG_CLOEXEC` (received descriptors are
+ *   close-on-exec). Note `msg_flags` carries `MSG_CMSG_CLOEXEC` back; it is not truncation.
+ * @returns The byte count, the descriptors and whether some were lost.
+ * @throws {SysError} When recvmsg(2) fails, such as EAGAIN on an empty non-blocking socket.
+ * @throws {RangeError} If `maxFds` is out of range.
+ */
+export function recvmsg(
+  fd: number,
+  buf: Uint8Array,
+  maxFds = 0,
+  flags: number = MSG_CMSG_CLOEXEC,
+): RecvResult {
+  if (!Number.isInteger(maxFds) || maxFds < 0 || maxFds > SCM_MAX_FD) {
+    throw new RangeError(`Invalid maxFds: ${maxFds}`);
+  }
+  let controlAddress = 0n;
+  let controlLength = 0;
+  let ctl: Uint8Array | undefined;
+  if (maxFds > 0) {
+    ctl = controlBuffer(maxFds);
+    controlLength = cmsgSpace(4 * maxFds);
+    ctl.fill(0, 0, controlLength);
+    controlAddress = addressOf(ctl);
+  }
+  prepareHeader(buf, controlAddress, controlLength);
+  const bytes = retry("recvmsg", () => libc().recvmsg(fd, header, flags));
+  const msgFlags = headerView.getInt32(48, true);
+  const fds: number[] = [];
+  if (ctl !== undefined) {
+    // The kernel sets msg_controllen to the length it used; walk the headers as CMSG_NXTHDR.
+    const used = Number(headerView.getBigUint64(40, true));
+    const view = new DataView(ctl.buffer);
+    let offset = 0;
+    while (offset + CMSG_HEADER <= used) {
+      const length = Number(view.getBigUint64(offset, true));
+      if (length < CMSG_HEADER || offset + length > used) break;
+      const level = view.getInt32(offset + 8, true);
+      const type = view.getInt32(offset + 12, true);
+      if (level === SOL_SOCKET && type === SCM_RIGHTS) {
+        const count = Math.floor((length - CMSG_HEADER) / 4);
+        for (let i = 0; i < count; i++) fds.push(view.getInt32(offset + CMSG_HEADER + 4 * i, true));
+      }
+      offset += align8(length);
+    }
+  }
+  return { bytes, fds, fdsTruncated: (msgFlags & MSG_CTRUNC) !== 0 };
+}
+
+/**
+ * Sends all of `data`, looping over short sends (sendmsg(2)); `fds` go with the first byte.
+ * For blocking sockets: on a non-blocking one, a full buffer fails with EAGAIN midway.
+ *
+ * @param fd The connected socket.
+ * @param data The bytes.
+ * @param fds Descriptors to pass.
+ * @throws {SysError} When sendmsg(2) fails.
+ */
+export function sendAll(fd: number, data: Uint8Array, fds: readonly number[] = []): void {
+  let sent = sendmsg(fd, data, fds);
+  while (sent < data.byteLength) sent += sendmsg(fd, data.subarray(sent));
+}
+
+/**
+ * Receives exactly `buf.byteLength` bytes, looping over short receives (recvmsg(2)), and
+ * collects the descriptors that arrive with them. For blocking sockets.
+ *
+ * @param fd The connected socket.
+ * @param buf Where to put the bytes.
+ * @param maxFds How many descriptors to accept in all.
+ * @returns The result; `bytes` is less than `buf.byteLength` only if the peer closed the
+ *   connection first (0 if it closed before sending anything).
+ * @throws {SysError} When recvmsg(2) fails.
+ * @throws {RangeError} If the peer sent more than `maxFds` descriptors; the ones received are
+ *   closed first.
+ */
+export function recvExact(fd: number, buf: Uint8Array, maxFds = 0): RecvResult {
+  let bytes = 0;
+  const fds: number[] = [];
+  while (bytes < buf.byteLength) {
+    const got = recvmsg(fd, buf.subarray(bytes), maxFds - fds.length);
+    fds.push(...got.fds);
+    if (got.fdsTruncated) {
+      for (const received of fds) libc().close(received);
+      throw new RangeError(`Peer sent more than ${maxFds} file descriptors`);
+    }
+    if (got.bytes === 0) break;
+    bytes += got.bytes;
+  }
+  return { bytes, fds, fdsTruncated: false };
+}

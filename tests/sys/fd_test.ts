@@ -1,0 +1,293 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  close,
+  dup,
+  F_GETFD,
+  F_GETFL,
+  fallocate,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  fcntl,
+  FD_CLOEXEC,
+  fdatasync,
+  FIOCLEX,
+  FIONCLEX,
+  FIONREAD,
+  fsync,
+  ftruncate,
+  ioctl,
+  memfd_create,
+  memfdCreate,
+  O_CLOEXEC,
+  O_CREAT,
+  O_NONBLOCK,
+  O_RDONLY,
+  O_RDWR,
+  open,
+  pread,
+  pwrite,
+  read,
+  sendmsg,
+  setCloexec,
+  setNonBlocking,
+  socketpair,
+  SysError,
+  write,
+} from "../../sys/mod.ts";
+
+let dir = "";
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), "virtio-ts-sys-"));
+});
+after(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function sysCode(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof SysError) return e.code;
+    throw e;
+  }
+  return "OK";
+}
+
+// Whether this file system can punch holes, decided once so the test can be skipped with a
+// reason rather than failing.
+function probePunchHole(): string | false {
+  const probeDir = mkdtempSync(join(tmpdir(), "virtio-ts-probe-"));
+  try {
+    const fd = open(join(probeDir, "probe"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+    try {
+      ftruncate(fd, 65536);
+      const code = sysCode(() =>
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096)
+      );
+      return code === "OK" ? false : `the temporary file system says ${code}`;
+    } finally {
+      close(fd);
+    }
+  } finally {
+    rmSync(probeDir, { recursive: true, force: true });
+  }
+}
+const punchSkip = probePunchHole();
+
+describe("open() and close()", () => {
+  it("opens, creates and closes files", () => {
+    const fd = open(join(dir, "a"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+    assert.ok(fd >= 0);
+    assert.equal(statSync(join(dir, "a")).mode & 0o777, 0o600);
+    close(fd);
+    assert.equal(sysCode(() => close(fd)), "EBADF");
+  });
+
+  it("reports ENOENT with the call name", () => {
+    assert.throws(() => open(join(dir, "missing"), O_RDONLY), (e: unknown) => {
+      assert.ok(e instanceof SysError);
+      assert.equal(e.call, "open");
+      assert.equal(e.code, "ENOENT");
+      return true;
+    });
+  });
+
+  it("rejects paths with a NUL character", () => {
+    assert.throws(() => open("/dev/null\0x", O_RDONLY), TypeError);
+  });
+});
+
+describe("pread() and pwrite()", () => {
+  it("write and read back at offsets without moving the file position", () => {
+    const fd = open(join(dir, "rw"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+    try {
+      assert.equal(pwrite(fd, new Uint8Array([1, 2, 3, 4]), 4096), 4);
+      assert.equal(statSync(join(dir, "rw")).size, 4100);
+      const buf = new Uint8Array(6);
+      assert.equal(pread(fd, buf, 4094), 6);
+      assert.deepEqual([...buf], [0, 0, 1, 2, 3, 4]);
+      // Into a subarray: the call sees the view's own first byte.
+      const big = new Uint8Array(16).fill(9);
+      assert.equal(pread(fd, big.subarray(8, 10), 4097), 2);
+      assert.deepEqual([...big.subarray(6, 12)], [9, 9, 2, 3, 9, 9]);
+      assert.equal(pread(fd, buf, 1 << 20), 0, "0 past the end");
+      // The file position is still 0: read() sees the start of the file.
+      assert.equal(read(fd, buf), 6);
+      assert.deepEqual([...buf], [0, 0, 0, 0, 0, 0]);
+      fdatasync(fd);
+      fsync(fd);
+    } finally {
+      close(fd);
+    }
+  });
+
+  it("rejects negative offsets", () => {
+    assert.throws(() => pread(0, new Uint8Array(1), -1), RangeError);
+    assert.throws(() => pwrite(0, new Uint8Array(1), 1.5), RangeError);
+  });
+
+  it("fail with EBADF on a closed descriptor", () => {
+    assert.equal(sysCode(() => pread(-1, new Uint8Array(1), 0)), "EBADF");
+    assert.equal(sysCode(() => pwrite(-1, new Uint8Array(1), 0)), "EBADF");
+    assert.equal(sysCode(() => fdatasync(-1)), "EBADF");
+  });
+
+  it("write() appends at the file position", () => {
+    const fd = open(join(dir, "w"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+    try {
+      assert.equal(write(fd, new Uint8Array([7, 8])), 2);
+      assert.equal(write(fd, new Uint8Array([9])), 1);
+      const buf = new Uint8Array(3);
+      assert.equal(pread(fd, buf, 0), 3);
+      assert.deepEqual([...buf], [7, 8, 9]);
+    } finally {
+      close(fd);
+    }
+  });
+});
+
+describe("fallocate()", () => {
+  it("punches a hole that reads back as zeros", { skip: punchSkip }, () => {
+    const path = join(dir, "holes");
+    const fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+    try {
+      const size = 256 * 1024;
+      assert.equal(pwrite(fd, new Uint8Array(size).fill(0xaa), 0), size);
+      fdatasync(fd);
+      const before = statSync(path).blocks;
+      fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 64 * 1024, 128 * 1024);
+      const after = statSync(path).blocks;
+      assert.ok(after < before, `blocks ${before} -> ${after}`);
+      assert.equal(statSync(path).size, size, "KEEP_SIZE keeps the size");
+      const buf = new Uint8Array(4);
+      pread(fd, buf, 64 * 1024 - 2);
+      assert.deepEqual([...buf], [0xaa, 0xaa, 0, 0]);
+      pread(fd, buf, 192 * 1024 - 2);
+      assert.deepEqual([...buf], [0, 0, 0xaa, 0xaa]);
+    } finally {
+      close(fd);
+    }
+  });
+
+  it("zeroes a range or reports EOPNOTSUPP", { skip: punchSkip }, () => {
+    const fd = open(join(dir, "zero"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+    try {
+      pwrite(fd, new Uint8Array(8192).fill(1), 0);
+      const code = sysCode(() => fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, 4096));
+      if (code === "OK") {
+        const buf = new Uint8Array(2);
+        pread(fd, buf, 4095);
+        assert.deepEqual([...buf], [0, 1]);
+      } else {
+        assert.equal(code, "EOPNOTSUPP");
+      }
+    } finally {
+      close(fd);
+    }
+  });
+
+  it("allocates space with mode 0 and validates arguments", () => {
+    const path = join(dir, "alloc");
+    const fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+    try {
+      const code = sysCode(() => fallocate(fd, 0, 0, 65536));
+      if (code === "OK") assert.equal(statSync(path).size, 65536);
+      else assert.equal(code, "EOPNOTSUPP");
+      assert.throws(() => fallocate(fd, 0, -1, 1), RangeError);
+      assert.equal(sysCode(() => fallocate(fd, 0, 0, 0)), "EINVAL");
+    } finally {
+      close(fd);
+    }
+  });
+});
+
+describe("ftruncate() and memfdCreate()", () => {
+  it("sizes a memfd", () => {
+    const fd = memfdCreate("sized");
+    try {
+      ftruncate(fd, 12345);
+      // pread at the end sees 0 bytes; just before it, 1.
+      assert.equal(pread(fd, new Uint8Array(8), 12345), 0);
+      assert.equal(pread(fd, new Uint8Array(8), 12344), 1);
+      assert.notEqual(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0, "MFD_CLOEXEC by default");
+    } finally {
+      close(fd);
+    }
+    const other = memfd_create("alias", 0);
+    assert.equal(fcntl(other, F_GETFD) & FD_CLOEXEC, 0);
+    close(other);
+  });
+});
+
+describe("ioctl()", () => {
+  it("FIONREAD writes the byte count of a socket into a buffer", () => {
+    const [a, b] = socketpair();
+    try {
+      sendmsg(a, new Uint8Array(37));
+      const count = new Uint8Array(4);
+      assert.equal(ioctl(b, FIONREAD, count), 0);
+      assert.equal(new DataView(count.buffer).getInt32(0, true), 37);
+    } finally {
+      close(a);
+      close(b);
+    }
+  });
+
+  it("FIOCLEX and FIONCLEX toggle close-on-exec (bigint request too)", () => {
+    const fd = memfdCreate("cloexec", 0);
+    try {
+      assert.equal(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+      ioctl(fd, FIOCLEX);
+      assert.equal(fcntl(fd, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+      ioctl(fd, BigInt(FIONCLEX), 0n);
+      assert.equal(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+    } finally {
+      close(fd);
+    }
+  });
+
+  it("reports ENOTTY for a request the file does not know", () => {
+    const fd = memfdCreate("notty");
+    try {
+      assert.throws(() => ioctl(fd, 0x5401, new Uint8Array(64)), (e: unknown) => {
+        assert.ok(e instanceof SysError);
+        assert.equal(e.call, "ioctl");
+        assert.equal(e.code, "ENOTTY");
+        return true;
+      });
+    } finally {
+      close(fd);
+    }
+  });
+});
+
+describe("fcntl helpers", () => {
+  it("setNonBlocking(), setCloexec() and dup()", () => {
+    const fd = memfdCreate("flags", 0);
+    try {
+      setNonBlocking(fd);
+      assert.notEqual(fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
+      setNonBlocking(fd, false);
+      assert.equal(fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
+      setCloexec(fd);
+      assert.equal(fcntl(fd, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+      setCloexec(fd, false);
+      assert.equal(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+      const copy = dup(fd);
+      assert.notEqual(copy, fd);
+      assert.equal(fcntl(copy, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+      pwrite(fd, new Uint8Array([5]), 0);
+      const buf = new Uint8Array(1);
+      pread(copy, buf, 0);
+      assert.equal(buf[0], 5);
+      close(copy);
+    } finally {
+      close(fd);
+    }
+  });
+});
