@@ -200,6 +200,26 @@ export interface InterruptNotifier {
 export type InterruptTrigger = (vector: number) => void;
 
 /**
+ * Anything with an eventfd-style `write`: an `EventFd` from `sys/` used as a
+ * vhost-user call fd or a KVM irqfd. Writing 1 raises the interrupt.
+ */
+export interface EventSignal {
+  /**
+   * Add to the counter, waking the waiter.
+   * @param value Amount (default 1).
+   */
+  write(value?: bigint): void;
+}
+
+/** How a notifier raises its interrupt: a callback, or an eventfd. */
+export type InterruptTarget = InterruptTrigger | EventSignal;
+
+function toTrigger(target: InterruptTarget): InterruptTrigger {
+  if (typeof target === "function") return target;
+  return () => target.write(1n);
+}
+
+/**
  * The interrupt status register of a transport (virtio-mmio InterruptStatus,
  * the PCI ISR): notifiers set bits, the driver acknowledges them.
  */
@@ -231,12 +251,12 @@ class StatusNotifier implements InterruptNotifier {
   readonly #vector: number;
 
   constructor(
-    trigger: InterruptTrigger,
+    target: InterruptTarget,
     status: InterruptStatus | undefined,
     bits: number,
     vector: number,
   ) {
-    this.#trigger = trigger;
+    this.#trigger = toTrigger(target);
     this.#status = status;
     this.#bits = bits;
     this.#vector = vector;
@@ -250,7 +270,7 @@ class StatusNotifier implements InterruptNotifier {
 
 /**
  * Create the notifier a device uses to signal a configuration change.
- * @param trigger Raises the interrupt.
+ * @param trigger Raises the interrupt: a callback, or an eventfd (irqfd, vhost-user call fd).
  * @param status Interrupt status register to set `VIRTIO_INTR_CONFIG` in, if the transport has one.
  * @param vector Interrupt vector (default 0).
  * @returns The notifier.
@@ -264,7 +284,7 @@ class StatusNotifier implements InterruptNotifier {
  * ```
  */
 export function createDeviceChangeNotifier(
-  trigger: InterruptTrigger,
+  trigger: InterruptTarget,
   status?: InterruptStatus,
   vector = 0,
 ): InterruptNotifier {
@@ -273,13 +293,13 @@ export function createDeviceChangeNotifier(
 
 /**
  * Create the notifier a device uses to signal used buffers on a queue.
- * @param trigger Raises the interrupt.
+ * @param trigger Raises the interrupt: a callback, or an eventfd (irqfd, vhost-user call fd).
  * @param status Interrupt status register to set `VIRTIO_INTR_VRING` in, if the transport has one.
  * @param vector Interrupt vector (default 0).
  * @returns The notifier.
  */
 export function createQueueNotifier(
-  trigger: InterruptTrigger,
+  trigger: InterruptTarget,
   status?: InterruptStatus,
   vector = 0,
 ): InterruptNotifier {

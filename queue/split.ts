@@ -64,7 +64,7 @@ export function usedRingSize(size: number): number {
 }
 
 function isPowerOfTwo(n: number): boolean {
-  return n > 0 && (n & (n - 1)) === 0;
+  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
 
 /**

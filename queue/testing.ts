@@ -105,6 +105,8 @@ export class DriverQueue {
   readonly usedRing: number;
   /** Whether the driver uses EVENT_IDX. */
   eventIdx: boolean;
+  /** With EVENT_IDX, move `used_event` to the consumed position in `takeUsed` (default true). */
+  autoUsedEvent = true;
   readonly #bufferBase: number;
   readonly #bufferEnd: number;
   readonly #gaps: boolean;
@@ -369,9 +371,17 @@ export class DriverQueue {
 
   /**
    * Take the next used entry, free its descriptors and return what the device wrote.
+   * With EVENT_IDX the driver then re-arms `used_event` at its new position, as
+   * a driver re-enabling callbacks does, unless `autoUsedEvent` is off.
    * @returns The entry, or `null` when the used ring has nothing new.
    */
   takeUsed(): UsedEntry | null {
+    const entry = this.#takeOne();
+    if (entry !== null && this.eventIdx && this.autoUsedEvent) this.setUsedEvent(this.#lastUsed);
+    return entry;
+  }
+
+  #takeOne(): UsedEntry | null {
     if (this.pendingUsed() === 0) return null;
     const slot = this.#lastUsed & (this.size - 1);
     const at = this.usedRing + 4 + 8 * slot;

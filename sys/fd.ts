@@ -8,8 +8,7 @@
  * @module
  */
 
-import { check, cString, fail, libc, retry } from "./libc.ts";
-import { backend } from "./libc.ts";
+import { backend, check, cString, fail, libc, retry } from "./libc.ts";
 
 // open(2) flags. The values are those of x86-64 and the generic table (arm64 and others)
 // except where noted; `O_DIRECT`, `O_DIRECTORY` and `O_NOFOLLOW` differ on arm64.
@@ -296,11 +295,9 @@ export function ioctl(
   checkFd(fd);
   const req = BigInt.asUintN(64, BigInt(request));
   if (arg instanceof Uint8Array) {
+    // `arg` stays referenced (and so alive and in place) for the duration of the call.
     const address = backend().addressOf(arg);
-    // `arg` stays referenced by this frame for the duration of the call.
-    const result = retry("ioctl", () => libc().ioctl(fd, req, address));
-    void arg.byteLength;
-    return result;
+    return retry("ioctl", () => libc().ioctl(fd, req, address));
   }
   const value = BigInt.asUintN(64, BigInt(arg));
   return retry("ioctl", () => libc().ioctl(fd, req, value));

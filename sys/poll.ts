@@ -244,6 +244,7 @@ export class FdWatcher {
     libc().write(this.#control, one, 8n);
   }
 
+  /** Resets the control eventfd; `#woken` is true whenever its counter may be non-zero. */
   #drain(): void {
     this.#woken = false;
     libc().read(this.#control, this.#scratch, 8n);
@@ -265,6 +266,7 @@ export class FdWatcher {
         }
         if (result === 0) continue;
         const view = new DataView(buf.buffer);
+        if (view.getUint16(6, true) !== 0) this.#drain();
         for (let i = 0; i < round.length; i++) {
           const revents = view.getUint16((i + 1) * POLLFD_SIZE + 6, true);
           const registration = round[i];
@@ -283,8 +285,9 @@ export class FdWatcher {
       this.#watches.clear();
       this.#onError(error);
     } finally {
+      // `#woken` is left as it is: if set, the control counter is non-zero and the next loop
+      // drains it before polling.
       this.#loop = undefined;
-      this.#woken = false;
     }
   }
 }

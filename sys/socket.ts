@@ -324,7 +324,14 @@ export function recvmsg(
       offset += align8(length);
     }
   }
-  return { bytes, fds, fdsTruncated: (msgFlags & MSG_CTRUNC) !== 0 };
+  let fdsTruncated = (msgFlags & MSG_CTRUNC) !== 0;
+  if (fds.length > maxFds) {
+    // CMSG_SPACE rounds up to 8 bytes, so room for an odd count fits one more descriptor:
+    // keep the promise of `maxFds` by closing the extra, as the kernel does on truncation.
+    for (const extra of fds.splice(maxFds)) libc().close(extra);
+    fdsTruncated = true;
+  }
+  return { bytes, fds, fdsTruncated };
 }
 
 /**

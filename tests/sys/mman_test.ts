@@ -13,8 +13,8 @@ import {
   mmapFd,
   munmap,
   pread,
-  pwrite,
   PROT_READ,
+  pwrite,
   SysError,
   unsafeView,
 } from "../../sys/mod.ts";

@@ -1,0 +1,439 @@
+/**
+ * Storage behind a virtio-blk device: the {@linkcode BlockBackend} interface, a
+ * raw image file (or block device node) with positional, vectored I/O, and an
+ * in-memory disk.
+ *
+ * @module
+ */
+
+import * as fs from "node:fs";
+import {
+  close as sysClose,
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  fallocate,
+  O_CLOEXEC,
+  O_RDWR,
+  open as sysOpen,
+} from "../sys/fd.ts";
+
+/**
+ * The storage a {@linkcode BlockDevice} serves. Offsets and lengths are in
+ * bytes and always inside `[0, size)` (the device checks them first).
+ * Every method is synchronous and throws on failure; the device turns a throw
+ * into `VIRTIO_BLK_S_IOERR` for that request only.
+ *
+ * `read` and `write` receive views that alias guest memory: an implementation
+ * must fill or consume them during the call and must not keep them.
+ */
+export interface BlockBackend {
+  /** Size in bytes. */
+  readonly size: number;
+  /** Whether the storage refuses writes (the device then offers VIRTIO_BLK_F_RO). */
+  readonly readOnly: boolean;
+  /** Whether `discard` and `writeZeroes(…, true)` may deallocate storage. */
+  readonly canUnmap: boolean;
+  /**
+   * Fill `bufs`, in order, from the bytes starting at `offset`.
+   * @param bufs Destination views (aliasing guest memory).
+   * @param offset Byte offset of the first byte.
+   */
+  read(bufs: readonly Uint8Array[], offset: number): void;
+  /**
+   * Store `bufs`, in order, starting at `offset`.
+   * @param bufs Source views (aliasing guest memory).
+   * @param offset Byte offset of the first byte.
+   */
+  write(bufs: readonly Uint8Array[], offset: number): void;
+  /** Make every completed write durable (fdatasync). */
+  flush(): void;
+  /**
+   * The range is no longer needed: deallocate it if possible. Reads of it
+   * return zeroes afterwards.
+   * @param offset Byte offset.
+   * @param length Byte length.
+   */
+  discard(offset: number, length: number): void;
+  /**
+   * Make the range read as zeroes.
+   * @param offset Byte offset.
+   * @param length Byte length.
+   * @param unmap The storage may be deallocated in the process.
+   */
+  writeZeroes(offset: number, length: number, unmap: boolean): void;
+  /** Release the storage (close files). */
+  close(): void;
+}
+
+/** Linux's limit on iovecs per readv/writev call. */
+const IOV_MAX = 1024;
+/** Chunk size of the zero buffer used when zeroing without fallocate. */
+const ZERO_CHUNK = 1 << 20;
+let zeroes: Uint8Array | undefined;
+
+function zeroChunk(): Uint8Array {
+  return zeroes ??= new Uint8Array(ZERO_CHUNK);
+}
+
+// Advance a position over `bufs` by `n` bytes; returns the new [index, skip].
+function advance(bufs: readonly Uint8Array[], i: number, skip: number, n: number): [number, number] {
+  while (n > 0 && i < bufs.length) {
+    const left = bufs[i].length - skip;
+    if (n >= left) {
+      n -= left;
+      i++;
+      skip = 0;
+    } else {
+      skip += n;
+      n = 0;
+    }
+  }
+  return [i, skip];
+}
+
+/**
+ * preadv the whole of `bufs` at `offset`, retrying short reads; bytes past the
+ * end of the file read as zeroes (a sparse or shrunk image).
+ */
+function readFully(fd: number, bufs: readonly Uint8Array[], offset: number): void {
+  let i = 0;
+  let skip = 0;
+  let pos = offset;
+  while (i < bufs.length) {
+    let n: number;
+    if (skip === 0) {
+      const batch = i === 0 && bufs.length <= IOV_MAX ? bufs : bufs.slice(i, i + IOV_MAX);
+      n = fs.readvSync(fd, batch, pos);
+    } else {
+      const b = bufs[i];
+      n = fs.readSync(fd, b, skip, b.length - skip, pos);
+    }
+    if (n === 0) {
+      bufs[i].fill(0, skip);
+      for (let j = i + 1; j < bufs.length; j++) bufs[j].fill(0);
+      return;
+    }
+    pos += n;
+    [i, skip] = advance(bufs, i, skip, n);
+  }
+}
+
+/** pwritev the whole of `bufs` at `offset`, retrying short writes. */
+function writeFully(fd: number, bufs: readonly Uint8Array[], offset: number): void {
+  let i = 0;
+  let skip = 0;
+  let pos = offset;
+  while (i < bufs.length) {
+    let n: number;
+    if (skip === 0) {
+      const batch = i === 0 && bufs.length <= IOV_MAX ? bufs : bufs.slice(i, i + IOV_MAX);
+      n = fs.writevSync(fd, batch, pos);
+    } else {
+      const b = bufs[i];
+      n = fs.writeSync(fd, b, skip, b.length - skip, pos);
+    }
+    if (n <= 0) throw new Error(`Short write at offset ${pos}`);
+    pos += n;
+    [i, skip] = advance(bufs, i, skip, n);
+  }
+}
+
+/** Size of a block device node from sysfs (node:fs reports 0 for device nodes). */
+function blockDeviceSize(rdev: number): number {
+  const dev = BigInt(rdev);
+  // glibc's dev_t encoding (gnu_dev_major / gnu_dev_minor).
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn);
+  const text = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, "utf8");
+  return Number(text.trim()) * 512;
+}
+
+/** Options of {@linkcode FileBackend}. */
+export interface FileBackendOptions {
+  /** Open the file read-only (default false). */
+  readOnly?: boolean;
+  /** Size in bytes to expose (default: the file's or device's size). */
+  size?: number;
+  /**
+   * Deallocate with fallocate(2) for DISCARD and WRITE_ZEROES with UNMAP, and
+   * zero with FALLOC_FL_ZERO_RANGE (default true). Needs the FFI layer (Deno:
+   * `--allow-ffi`); without it, or where the file system lacks the mode, the
+   * range is zeroed by writing.
+   */
+  fallocate?: boolean;
+}
+
+/**
+ * A raw disk image file, or a block device node, served with positional
+ * vectored I/O (`preadv`/`pwritev` through `node:fs`): there is no shared file
+ * offset, and guest-memory views go to the kernel without a copy.
+ *
+ * @example
+ * ```ts ignore
+ * const backend = new FileBackend("/var/lib/vm/disk.raw");
+ * const blk = new BlockDevice({ backend });
+ * ```
+ */
+export class FileBackend implements BlockBackend {
+  /** The path opened. */
+  readonly path: string;
+  /** The `node:fs` file descriptor used for I/O. */
+  readonly fd: number;
+  /** Whether the file was opened read-only. */
+  readonly readOnly: boolean;
+  readonly #size: number | undefined;
+  readonly #isBlockDevice: boolean;
+  readonly #rdev: number;
+  #closed = false;
+  // A second descriptor from the FFI layer for fallocate: `null` once it is known to be unusable.
+  #sysFd: number | null | undefined;
+  #punchHole: boolean;
+  #zeroRange: boolean;
+
+  /**
+   * Open an image.
+   * @param path File or block device path.
+   * @param options Read-only, size override, fallocate use.
+   * @throws {Error} When the file cannot be opened (the `node:fs` error).
+   * @throws {RangeError} When `options.size` is not a non-negative safe integer.
+   */
+  constructor(path: string, options: FileBackendOptions = {}) {
+    if (
+      options.size !== undefined && (!Number.isSafeInteger(options.size) || options.size < 0)
+    ) {
+      throw new RangeError(`Disk size must be a non-negative safe integer, got ${options.size}`);
+    }
+    this.path = path;
+    this.readOnly = options.readOnly ?? false;
+    this.fd = fs.openSync(path, this.readOnly ? "r" : "r+");
+    try {
+      const st = fs.fstatSync(this.fd);
+      this.#isBlockDevice = st.isBlockDevice();
+      this.#rdev = st.rdev;
+      this.#size = options.size;
+      const use = (options.fallocate ?? true) && !this.readOnly;
+      this.#punchHole = use;
+      this.#zeroRange = use;
+      this.#sysFd = use ? undefined : null;
+      void this.size; // fail now, not on first use, if the size is unreadable
+    } catch (err) {
+      fs.closeSync(this.fd);
+      throw err;
+    }
+  }
+
+  /** Size in bytes: the override, else the file's current size (read each time). */
+  get size(): number {
+    if (this.#size !== undefined) return this.#size;
+    if (this.#isBlockDevice) return blockDeviceSize(this.#rdev);
+    return fs.fstatSync(this.fd).size;
+  }
+
+  /** Whether deallocation through fallocate(2) may still work. */
+  get canUnmap(): boolean {
+    return this.#punchHole;
+  }
+
+  /**
+   * Whether the last discard or unmapping write-zeroes really punched a hole
+   * (`false` once the file system refused and zeroes were written instead).
+   */
+  get punchesHoles(): boolean {
+    return this.#punchHole && typeof this.#sysFd === "number";
+  }
+
+  /**
+   * Fill `bufs` from `offset` with one preadv (more only on a short read).
+   * @param bufs Destination views.
+   * @param offset Byte offset.
+   */
+  read(bufs: readonly Uint8Array[], offset: number): void {
+    readFully(this.fd, bufs, offset);
+  }
+
+  /**
+   * Store `bufs` at `offset` with one pwritev (more only on a short write).
+   * @param bufs Source views.
+   * @param offset Byte offset.
+   */
+  write(bufs: readonly Uint8Array[], offset: number): void {
+    writeFully(this.fd, bufs, offset);
+  }
+
+  /** fdatasync the file. */
+  flush(): void {
+    fs.fdatasyncSync(this.fd);
+  }
+
+  /**
+   * Punch a hole (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE), else write zeroes.
+   * @param offset Byte offset.
+   * @param length Byte length.
+   */
+  discard(offset: number, length: number): void {
+    this.writeZeroes(offset, length, true);
+  }
+
+  /**
+   * Zero a range: punch a hole when `unmap`, else FALLOC_FL_ZERO_RANGE, else write zeroes.
+   * @param offset Byte offset.
+   * @param length Byte length.
+   * @param unmap Deallocation is allowed.
+   */
+  writeZeroes(offset: number, length: number, unmap: boolean): void {
+    if (length === 0) return;
+    if (unmap && this.#punchHole) {
+      if (this.#tryFallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)) return;
+      this.#punchHole = false;
+    }
+    if (this.#zeroRange) {
+      if (this.#tryFallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length)) return;
+      this.#zeroRange = false;
+    }
+    const z = zeroChunk();
+    const one = [z];
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const n = Math.min(ZERO_CHUNK, end - pos);
+      one[0] = n === ZERO_CHUNK ? z : z.subarray(0, n);
+      writeFully(this.fd, one, pos);
+      pos += n;
+    }
+  }
+
+  // true: done; false: the mode is unavailable here (fall back). Other errors propagate.
+  #tryFallocate(mode: number, offset: number, length: number): boolean {
+    if (this.#sysFd === undefined) {
+      try {
+        this.#sysFd = sysOpen(this.path, O_RDWR | O_CLOEXEC);
+      } catch {
+        this.#sysFd = null;
+      }
+    }
+    if (this.#sysFd === null) return false;
+    try {
+      fallocate(this.#sysFd, mode, offset, length);
+      return true;
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (
+        code === "EOPNOTSUPP" || code === "ENOTSUP" || code === "ENOSYS" || code === "EINVAL" ||
+        code === "ENODEV"
+      ) {
+        return false;
+      }
+      throw err;
+    }
+  }
+
+  /** Close the descriptors; idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (typeof this.#sysFd === "number") {
+      try {
+        sysClose(this.#sysFd);
+      } catch {
+        // Nothing useful to do: the descriptor is gone either way.
+      }
+      this.#sysFd = null;
+    }
+    fs.closeSync(this.fd);
+  }
+}
+
+/**
+ * A disk held in memory: for tests, scratch disks and images built on the fly.
+ *
+ * @example
+ * ```ts
+ * import { MemoryBackend } from "./block.ts";
+ * const disk = new MemoryBackend(4096);
+ * disk.write([new Uint8Array([1, 2])], 512);
+ * const out = new Uint8Array(2);
+ * disk.read([out], 512);
+ * if (out[1] !== 2) throw new Error("unreachable");
+ * ```
+ */
+export class MemoryBackend implements BlockBackend {
+  /** The disk's bytes. */
+  readonly bytes: Uint8Array;
+  /** Whether writes are refused. */
+  readonly readOnly: boolean;
+  /** Memory is always "deallocated" by zeroing. */
+  readonly canUnmap = true;
+  /** Number of `flush` calls so far. */
+  flushes = 0;
+
+  /**
+   * @param sizeOrBytes Size of a new zeroed disk, or the bytes to serve (aliased, not copied).
+   * @param options `readOnly` (default false).
+   */
+  constructor(sizeOrBytes: number | Uint8Array, options: { readOnly?: boolean } = {}) {
+    this.bytes = typeof sizeOrBytes === "number" ? new Uint8Array(sizeOrBytes) : sizeOrBytes;
+    this.readOnly = options.readOnly ?? false;
+  }
+
+  /** Size in bytes. */
+  get size(): number {
+    return this.bytes.length;
+  }
+
+  /**
+   * Copy out of the disk.
+   * @param bufs Destination views.
+   * @param offset Byte offset.
+   */
+  read(bufs: readonly Uint8Array[], offset: number): void {
+    let pos = offset;
+    for (const b of bufs) {
+      b.set(this.bytes.subarray(pos, pos + b.length));
+      pos += b.length;
+    }
+  }
+
+  /**
+   * Copy into the disk.
+   * @param bufs Source views.
+   * @param offset Byte offset.
+   * @throws {Error} When the disk is read-only.
+   */
+  write(bufs: readonly Uint8Array[], offset: number): void {
+    if (this.readOnly) throw new Error("Memory disk is read-only");
+    let pos = offset;
+    for (const b of bufs) {
+      this.bytes.set(b, pos);
+      pos += b.length;
+    }
+  }
+
+  /** Nothing to make durable; counts the call. */
+  flush(): void {
+    this.flushes++;
+  }
+
+  /**
+   * Zero the range.
+   * @param offset Byte offset.
+   * @param length Byte length.
+   */
+  discard(offset: number, length: number): void {
+    this.writeZeroes(offset, length, true);
+  }
+
+  /**
+   * Zero the range.
+   * @param offset Byte offset.
+   * @param length Byte length.
+   * @param _unmap Ignored.
+   */
+  writeZeroes(offset: number, length: number, _unmap: boolean): void {
+    if (this.readOnly) throw new Error("Memory disk is read-only");
+    this.bytes.fill(0, offset, offset + length);
+  }
+
+  /** Nothing to release. */
+  close(): void {}
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: static checks, unit tests under Deno and Bun, and the
+# real-guest tests (QEMU TCG + vhost-user; KVM tests skip without /dev/kvm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_tools.sh
+
+echo "== deno check / lint / fmt / doc"
+"$DENO" check mod.ts sys/mod.ts vhost_user/ kvm/ tests/ bench/ demo/
+"$DENO" lint
+"$DENO" fmt --check
+"$DENO" doc --lint mod.ts
+
+echo "== deno publish --dry-run"
+"$DENO" publish --dry-run --allow-dirty 2>&1 | tail -n 3
+
+echo "== unit tests (bun)"
+"$BUN" test --timeout 60000 $(bun_test_dirs)
+
+echo "== all tests (deno; includes the real-guest tests)"
+"$DENO" test --allow-all tests/

@@ -1,0 +1,698 @@
+/**
+ * A vhost-user backend: QEMU (or another VMM) is the frontend and connects
+ * over a Unix socket; it passes the guest memory table, the vring addresses
+ * and the kick/call eventfds, and the backend serves any {@linkcode VirtioDevice}
+ * of this library on them. One frontend at a time; when it goes away the
+ * backend resets and accepts the next one.
+ *
+ * @module
+ */
+
+import { GuestMemory, type GuestRegion } from "../memory/guest_memory.ts";
+import { SplitQueue } from "../queue/split.ts";
+import {
+  createDeviceChangeNotifier,
+  createQueueNotifier,
+  featureBit,
+  type VirtioDevice,
+  VirtioDeviceConfig,
+  type VirtioError,
+  VirtioQueueConfig,
+} from "../devices/device.ts";
+import {
+  accept,
+  AF_UNIX,
+  bind,
+  close,
+  Errno,
+  EventFd,
+  FdWatcher,
+  listen,
+  type Mapping,
+  mmapFd,
+  MSG_CMSG_CLOEXEC,
+  MSG_DONTWAIT,
+  recvmsg,
+  sendAll,
+  setNonBlocking,
+  SOCK_CLOEXEC,
+  SOCK_STREAM,
+  socket,
+  SysError,
+  type Watch,
+} from "../sys/mod.ts";
+import { existsSync, lstatSync, unlinkSync } from "node:fs";
+import {
+  encode,
+  FLAG_NEED_REPLY,
+  FLAG_REPLY,
+  type Message,
+  MessageReader,
+  Payload,
+  ProtocolFeature,
+  Request,
+  requestName,
+  u64Payload,
+  VERSION,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VhostUserError,
+  VRING_IDX_MASK,
+  VRING_NOFD_MASK,
+  vringStatePayload,
+} from "./protocol.ts";
+
+/** Protocol features this backend offers. */
+export const BACKEND_PROTOCOL_FEATURES: bigint = featureBit(ProtocolFeature.MQ) |
+  featureBit(ProtocolFeature.REPLY_ACK) | featureBit(ProtocolFeature.CONFIG) |
+  featureBit(ProtocolFeature.RESET_DEVICE);
+
+/** Options of {@linkcode VhostUserBackend}. */
+export interface VhostUserBackendOptions {
+  /** Path of the Unix socket to listen on (an existing socket file is replaced). */
+  socketPath: string;
+  /** Called with each dropped connection's error, and other errors. */
+  onError?: (err: Error) => void;
+  /** Called with progress messages (connections, rings started). */
+  log?: (message: string) => void;
+}
+
+interface Ring {
+  queue: SplitQueue;
+  num: number;
+  addr: { desc: bigint; used: bigint; avail: bigint } | undefined;
+  base: number;
+  kick: EventFd | undefined;
+  call: EventFd | undefined;
+  err: EventFd | undefined;
+  enabled: boolean;
+  started: boolean;
+  watch: Watch | undefined;
+}
+
+interface MappedRegion {
+  guestAddr: number;
+  size: number;
+  userAddr: bigint;
+  mapping: Mapping;
+  region: GuestRegion;
+}
+
+/**
+ * Serves one device to vhost-user frontends on a Unix socket.
+ *
+ * @example
+ * ```ts ignore
+ * const backend = new VhostUserBackend(new RngDevice(), { socketPath: "/tmp/rng.sock" });
+ * backend.listen();
+ * // qemu-system-x86_64 ... -chardev socket,id=c,path=/tmp/rng.sock -device vhost-user-rng-pci,chardev=c
+ * await backend.closed;
+ * ```
+ */
+export class VhostUserBackend {
+  /** The device served. */
+  readonly device: VirtioDevice;
+  readonly #path: string;
+  readonly #onError: (err: Error) => void;
+  readonly #log: (message: string) => void;
+  readonly #watcher: FdWatcher;
+  #listenFd = -1;
+  #listenWatch: Watch | undefined;
+  #conn = -1;
+  #connWatch: Watch | undefined;
+  #reader = new MessageReader();
+  #owner = false;
+  #features = 0n;
+  #featuresSet = false;
+  #protocolFeatures = 0n;
+  #regions: MappedRegion[] = [];
+  #memory: GuestMemory | undefined;
+  #rings: Ring[];
+  #active = false;
+  #closedResolve!: () => void;
+  /** Connections accepted so far. */
+  connections = 0;
+  /** Resolves when `close()` has finished. */
+  readonly closed: Promise<void>;
+
+  /**
+   * @param device The device to serve.
+   * @param options Socket path and hooks.
+   */
+  constructor(device: VirtioDevice, options: VhostUserBackendOptions) {
+    this.device = device;
+    this.#path = options.socketPath;
+    this.#onError = options.onError ?? ((e) => console.error(`vhost-user: ${e.message}`));
+    this.#log = options.log ?? (() => {});
+    this.#watcher = new FdWatcher({ onError: (e) => this.#onError(asError(e)) });
+    this.#rings = device.queueMaxSizes().map((n) => newRing(n));
+    this.closed = new Promise((resolve) => (this.#closedResolve = resolve));
+  }
+
+  /** Whether a frontend is connected. */
+  get connected(): boolean {
+    return this.#conn >= 0;
+  }
+
+  /** Whether the device is currently activated on the frontend's rings. */
+  get active(): boolean {
+    return this.#active;
+  }
+
+  /** Features the frontend acknowledged. */
+  get ackedFeatures(): bigint {
+    return this.#features;
+  }
+
+  /**
+   * Start listening. Returns at once; connections are served on the event loop.
+   * @throws {SysError} When the socket cannot be created or bound.
+   */
+  listen(): void {
+    if (existsSync(this.#path) && lstatSync(this.#path).isSocket()) unlinkSync(this.#path);
+    const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+    try {
+      bind(fd, this.#path);
+      listen(fd, 4);
+      setNonBlocking(fd);
+    } catch (err) {
+      close(fd);
+      throw err;
+    }
+    this.#listenFd = fd;
+    this.#listenWatch = this.#watcher.watch(fd, () => this.#accept());
+    this.#log(`listening on ${this.#path}`);
+  }
+
+  /** Stop listening, drop the connection and release everything. */
+  async close(): Promise<void> {
+    this.#disconnect("backend closing");
+    this.#listenWatch?.close();
+    if (this.#listenFd >= 0) close(this.#listenFd);
+    this.#listenFd = -1;
+    await this.#watcher.stop();
+    try {
+      if (existsSync(this.#path)) unlinkSync(this.#path);
+    } catch { /* already gone */ }
+    this.#closedResolve();
+  }
+
+  #accept(): void {
+    let fd: number;
+    try {
+      fd = accept(this.#listenFd, SOCK_CLOEXEC);
+    } catch (err) {
+      if (err instanceof SysError && err.errno === Errno.EAGAIN) return;
+      this.#onError(asError(err));
+      return;
+    }
+    if (this.#conn >= 0) {
+      // vhost-user has one frontend per socket; refuse a second one.
+      close(fd);
+      this.#onError(new VhostUserError("OutOfOrder", "a frontend is already connected"));
+      return;
+    }
+    setNonBlocking(fd);
+    this.#conn = fd;
+    this.connections++;
+    this.#reader = new MessageReader();
+    this.#connWatch = this.#watcher.watch(fd, () => this.#readable());
+    this.#log(`frontend connected (connection ${this.connections})`);
+  }
+
+  #readable(): void {
+    const fd = this.#conn;
+    if (fd < 0) return;
+    try {
+      for (;;) {
+        const space = this.#reader.space();
+        let got;
+        try {
+          got = recvmsg(fd, space, 16, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        } catch (err) {
+          if (err instanceof SysError && err.errno === Errno.EAGAIN) break;
+          throw err;
+        }
+        if (got.fdsTruncated) {
+          for (const f of got.fds) close(f);
+          throw new VhostUserError("Malformed", "too many file descriptors in one message");
+        }
+        if (got.bytes === 0) {
+          for (const f of got.fds) close(f);
+          this.#disconnect("frontend closed the connection");
+          return;
+        }
+        this.#reader.commit(got.bytes, got.fds);
+        let msg: Message | null;
+        while ((msg = this.#reader.next()) !== null) this.#dispatch(msg);
+        if (this.#conn !== fd) return;
+      }
+    } catch (err) {
+      this.#onError(asError(err));
+      this.#disconnect("protocol error");
+    }
+  }
+
+  // A handler either returns a reply payload or nothing; a throw drops the connection.
+  #dispatch(msg: Message): void {
+    let reply: Uint8Array | undefined;
+    try {
+      reply = this.#handle(msg);
+    } catch (err) {
+      if (err instanceof VhostUserError) throw err;
+      throw new VhostUserError("Io", asError(err).message, msg.request, { cause: err });
+    } finally {
+      // Descriptors a handler did not adopt are closed.
+      this.#closeFds(msg.fds);
+    }
+    if (reply !== undefined) {
+      this.#send(msg.request, reply);
+    } else if (
+      (msg.flags & FLAG_NEED_REPLY) !== 0 && this.#hasProtocol(ProtocolFeature.REPLY_ACK)
+    ) {
+      this.#send(msg.request, u64Payload(0n));
+    }
+  }
+
+  #closeFds(fds: number[]): void {
+    for (const f of fds.splice(0)) {
+      try {
+        close(f);
+      } catch { /* already closed */ }
+    }
+  }
+
+  #send(request: number, payload: Uint8Array): void {
+    sendAll(this.#conn, encode(request, VERSION | FLAG_REPLY, payload));
+  }
+
+  #hasProtocol(bit: number): boolean {
+    return (this.#protocolFeatures & featureBit(bit)) !== 0n;
+  }
+
+  #offeredFeatures(): bigint {
+    const lo = BigInt(this.device.getAvailFeatures(0) >>> 0);
+    const hi = BigInt(this.device.getAvailFeatures(1) >>> 0);
+    return lo | (hi << 32n) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+  }
+
+  #ring(index: number, request: number): Ring {
+    const ring = this.#rings[index];
+    if (!Number.isInteger(index) || ring === undefined) {
+      throw new VhostUserError("InvalidValue", `no vring ${index}`, request);
+    }
+    return ring;
+  }
+
+  #requireOwner(request: number): void {
+    if (!this.#owner) throw new VhostUserError("OutOfOrder", "SET_OWNER not received", request);
+  }
+
+  #handle(msg: Message): Uint8Array | undefined {
+    const R = Request;
+    const rq = msg.request;
+    switch (rq) {
+      case R.GET_FEATURES:
+        return u64Payload(this.#offeredFeatures());
+      case R.SET_FEATURES: {
+        const f = Payload.u64(msg);
+        const extra = f & ~this.#offeredFeatures();
+        if (extra !== 0n) {
+          throw new VhostUserError(
+            "InvalidValue",
+            `unoffered features 0x${extra.toString(16)}`,
+            rq,
+          );
+        }
+        this.#features = f;
+        this.#featuresSet = true;
+        this.#applyFeatures();
+        return undefined;
+      }
+      case R.SET_OWNER:
+        this.#owner = true;
+        return undefined;
+      case R.RESET_OWNER:
+      case R.RESET_DEVICE:
+        this.#resetState();
+        return undefined;
+      case R.GET_PROTOCOL_FEATURES:
+        return u64Payload(BACKEND_PROTOCOL_FEATURES);
+      case R.SET_PROTOCOL_FEATURES: {
+        const f = Payload.u64(msg);
+        const extra = f & ~BACKEND_PROTOCOL_FEATURES;
+        if (extra !== 0n) {
+          throw new VhostUserError(
+            "InvalidValue",
+            `unoffered protocol features 0x${extra.toString(16)}`,
+            rq,
+          );
+        }
+        this.#protocolFeatures = f;
+        return undefined;
+      }
+      case R.GET_QUEUE_NUM:
+        return u64Payload(BigInt(this.#rings.length));
+      case R.SET_MEM_TABLE:
+        this.#requireOwner(rq);
+        this.#setMemTable(msg);
+        return undefined;
+      case R.SET_VRING_NUM: {
+        this.#requireOwner(rq);
+        const { index, num } = Payload.vringState(msg);
+        const ring = this.#ring(index, rq);
+        if (num === 0 || (num & (num - 1)) !== 0 || num > ring.queue.maxSize) {
+          throw new VhostUserError("InvalidValue", `vring ${index} size ${num}`, rq);
+        }
+        if (ring.started) throw new VhostUserError("OutOfOrder", `vring ${index} is running`, rq);
+        ring.num = num;
+        return undefined;
+      }
+      case R.SET_VRING_ADDR: {
+        this.#requireOwner(rq);
+        const a = Payload.vringAddr(msg);
+        const ring = this.#ring(a.index, rq);
+        if (ring.started) throw new VhostUserError("OutOfOrder", `vring ${a.index} is running`, rq);
+        if (this.#memory === undefined) {
+          throw new VhostUserError("OutOfOrder", "vring address before SET_MEM_TABLE", rq);
+        }
+        // Fail now rather than at start: every address must translate.
+        for (const ua of [a.desc, a.used, a.avail]) this.#translate(ua, rq);
+        ring.addr = { desc: a.desc, used: a.used, avail: a.avail };
+        this.#maybeStart(a.index);
+        return undefined;
+      }
+      case R.SET_VRING_BASE: {
+        this.#requireOwner(rq);
+        const { index, num } = Payload.vringState(msg);
+        const ring = this.#ring(index, rq);
+        if (ring.started) throw new VhostUserError("OutOfOrder", `vring ${index} is running`, rq);
+        if (num > 0xffff) throw new VhostUserError("InvalidValue", `vring base ${num}`, rq);
+        ring.base = num;
+        return undefined;
+      }
+      case R.GET_VRING_BASE: {
+        this.#requireOwner(rq);
+        const { index } = Payload.vringState(msg);
+        const ring = this.#ring(index, rq);
+        const base = ring.started ? ring.queue.nextAvail : ring.base;
+        this.#stopRing(index);
+        ring.base = base;
+        return vringStatePayload(index, base);
+      }
+      case R.SET_VRING_KICK:
+      case R.SET_VRING_CALL:
+      case R.SET_VRING_ERR: {
+        this.#requireOwner(rq);
+        const v = Payload.u64(msg);
+        const index = Number(v & BigInt(VRING_IDX_MASK));
+        const ring = this.#ring(index, rq);
+        const noFd = (v & BigInt(VRING_NOFD_MASK)) !== 0n;
+        if ((v & ~BigInt(VRING_IDX_MASK | VRING_NOFD_MASK)) !== 0n) {
+          throw new VhostUserError("InvalidValue", `vring file payload 0x${v.toString(16)}`, rq);
+        }
+        if (!noFd && msg.fds.length !== 1) {
+          throw new VhostUserError("Malformed", `expected 1 fd, got ${msg.fds.length}`, rq);
+        }
+        const efd = noFd ? undefined : EventFd.fromFd(msg.fds.shift()!);
+        if (rq === R.SET_VRING_KICK) {
+          if (efd === undefined) {
+            throw new VhostUserError("Unsupported", "polling mode (no kick fd)", rq);
+          }
+          this.#stopRing(index);
+          ring.kick?.close();
+          ring.kick = efd;
+          // Without protocol features a ring is enabled once it has a kick fd.
+          if ((this.#features & featureBit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
+            ring.enabled = true;
+          }
+          this.#maybeStart(index);
+        } else if (rq === R.SET_VRING_CALL) {
+          ring.call?.close();
+          ring.call = efd;
+        } else {
+          ring.err?.close();
+          ring.err = efd;
+        }
+        return undefined;
+      }
+      case R.SET_VRING_ENABLE: {
+        this.#requireOwner(rq);
+        const { index, num } = Payload.vringState(msg);
+        const ring = this.#ring(index, rq);
+        if ((this.#features & featureBit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
+          throw new VhostUserError("OutOfOrder", "SET_VRING_ENABLE without protocol features", rq);
+        }
+        if (num > 1) throw new VhostUserError("InvalidValue", `enable ${num}`, rq);
+        ring.enabled = num === 1;
+        if (ring.enabled) this.#maybeStart(index);
+        else this.#stopRing(index);
+        return undefined;
+      }
+      case R.GET_CONFIG: {
+        const c = Payload.config(msg);
+        const data = new Uint8Array(c.size);
+        try {
+          this.device.readConfig(c.offset, data);
+        } catch (err) {
+          throw new VhostUserError("InvalidValue", asError(err).message, rq, { cause: err });
+        }
+        const out = new Uint8Array(12 + c.size);
+        out.set(msg.payload.subarray(0, 12));
+        out.set(data, 12);
+        return out;
+      }
+      case R.SET_CONFIG: {
+        const c = Payload.config(msg);
+        try {
+          this.device.writeConfig(c.offset, c.data);
+        } catch (err) {
+          throw new VhostUserError("InvalidValue", asError(err).message, rq, { cause: err });
+        }
+        return undefined;
+      }
+      default:
+        throw new VhostUserError("Unsupported", `request ${requestName(rq)}`, rq);
+    }
+  }
+
+  #applyFeatures(): void {
+    const f = this.#features & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+    this.device.setAckedFeatures(0, Number(f & 0xffffffffn));
+    this.device.setAckedFeatures(1, Number((f >> 32n) & 0xffffffffn));
+  }
+
+  #setMemTable(msg: Message): void {
+    const descs = Payload.memTable(msg);
+    if (msg.fds.length !== descs.length) {
+      throw new VhostUserError(
+        "Malformed",
+        `${descs.length} regions but ${msg.fds.length} fds`,
+        msg.request,
+      );
+    }
+    const mapped: MappedRegion[] = [];
+    try {
+      descs.forEach((d, i) => {
+        const mapping = mmapFd(msg.fds[i], d.mmapOffset + d.size, 0);
+        const region = new GuestMemory([{
+          base: d.guestAddr,
+          buffer: mapping.buffer,
+          offset: d.mmapOffset,
+          size: d.size,
+        }]).regions[0];
+        mapped.push({
+          guestAddr: d.guestAddr,
+          size: d.size,
+          userAddr: d.userAddr,
+          mapping,
+          region,
+        });
+      });
+      const memory = new GuestMemory(mapped.map((m) => m.region));
+      // Rings hold translated addresses: restart them on the new table.
+      const wasActive = this.#active;
+      this.#deactivate();
+      const old = this.#regions;
+      this.#regions = mapped;
+      this.#memory = memory;
+      for (const m of old) m.mapping.unmap();
+      if (wasActive) this.#activate();
+    } catch (err) {
+      for (const m of mapped) m.mapping.unmap();
+      if (err instanceof VhostUserError) throw err;
+      throw new VhostUserError("InvalidValue", asError(err).message, msg.request, { cause: err });
+    }
+  }
+
+  // Frontend virtual address -> guest-physical address, through the memory table.
+  #translate(userAddr: bigint, request: number): number {
+    for (const r of this.#regions) {
+      if (userAddr >= r.userAddr && userAddr < r.userAddr + BigInt(r.size)) {
+        return r.guestAddr + Number(userAddr - r.userAddr);
+      }
+    }
+    throw new VhostUserError(
+      "InvalidValue",
+      `address 0x${userAddr.toString(16)} is in no memory region`,
+      request,
+    );
+  }
+
+  #maybeStart(index: number): void {
+    const ring = this.#rings[index];
+    if (ring.started || !ring.enabled || ring.kick === undefined || ring.addr === undefined) return;
+    if (this.#memory === undefined) return;
+    const q = ring.queue;
+    q.reset();
+    q.size = ring.num;
+    q.descTable = this.#translate(ring.addr.desc, Request.SET_VRING_ADDR);
+    q.availRing = this.#translate(ring.addr.avail, Request.SET_VRING_ADDR);
+    q.usedRing = this.#translate(ring.addr.used, Request.SET_VRING_ADDR);
+    q.ready = true;
+    q.setFeatures(this.#features);
+    try {
+      q.validate(this.#memory);
+    } catch (err) {
+      q.ready = false;
+      throw new VhostUserError("InvalidValue", `vring ${index}: ${asError(err).message}`, 0, {
+        cause: err,
+      });
+    }
+    // Resume where the frontend says; a used index behind it means requests were in
+    // flight when the previous backend went away: serve them again.
+    q.nextAvail = ring.base;
+    const used = q.usedIdx(this.#memory);
+    q.nextUsed = used;
+    if (used !== ring.base) q.nextAvail = used;
+    ring.started = true;
+    this.#log(`vring ${index} started (size ${ring.num}, base ${ring.base})`);
+    const kick = ring.kick;
+    ring.watch = this.#watcher.watch(kick.fd, () => {
+      kick.read();
+      this.#kicked(index);
+    });
+    this.#activate();
+    this.#kicked(index);
+  }
+
+  #kicked(index: number): void {
+    if (!this.#active || !this.#rings[index].started) return;
+    try {
+      this.device.processQueue(index);
+    } catch (err) {
+      this.#deviceError(asError(err), index);
+    }
+  }
+
+  #stopRing(index: number): void {
+    const ring = this.#rings[index];
+    if (!ring.started) return;
+    ring.watch?.close();
+    ring.watch = undefined;
+    ring.base = ring.queue.nextAvail;
+    ring.started = false;
+    ring.queue.ready = false;
+    this.#log(`vring ${index} stopped at ${ring.base}`);
+    // Serve the remaining rings with a device re-activated without this one.
+    this.#deactivate();
+    this.#activate();
+  }
+
+  #activate(): void {
+    if (this.#active || this.#memory === undefined || !this.#featuresSet) return;
+    const started = this.#rings
+      .map((r, i) => ({ r, i }))
+      .filter(({ r }) => r.started);
+    if (started.length === 0) return;
+    const queues = started.map(({ r, i }) =>
+      new VirtioQueueConfig(
+        i,
+        r.queue,
+        createQueueNotifier(() => r.call?.write(1n)),
+      )
+    );
+    this.#applyFeatures();
+    const config = new VirtioDeviceConfig({
+      memory: this.#memory,
+      queues,
+      // Config-change notifications need the backend request channel, which is not offered.
+      deviceChangeNotifier: createDeviceChangeNotifier(() => {}),
+      ackedFeatures: this.#features & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES),
+      onError: (err) => this.#deviceError(err),
+    });
+    try {
+      this.device.activate(config);
+      this.#active = true;
+      this.#log(`device activated on ${queues.length} queue(s)`);
+    } catch (err) {
+      // Not enough rings yet (e.g. a device needing two) is normal while starting.
+      this.#log(`activation deferred: ${asError(err).message}`);
+    }
+  }
+
+  #deactivate(): void {
+    if (!this.#active) return;
+    this.#active = false;
+    this.device.reset();
+  }
+
+  #deviceError(err: Error, index?: number): void {
+    this.#onError(err);
+    if ((err as VirtioError).needsReset) {
+      // No status channel to the driver: signal the error fds and stop serving.
+      for (const [i, r] of this.#rings.entries()) {
+        if (index === undefined || i === index) r.err?.write(1n);
+      }
+      this.#deactivate();
+    }
+  }
+
+  #resetState(): void {
+    this.#deactivate();
+    for (let i = 0; i < this.#rings.length; i++) {
+      const ring = this.#rings[i];
+      ring.watch?.close();
+      ring.kick?.close();
+      ring.call?.close();
+      ring.err?.close();
+      this.#rings[i] = newRing(ring.queue.maxSize);
+    }
+    this.#features = 0n;
+    this.#featuresSet = false;
+    this.#protocolFeatures = 0n;
+  }
+
+  #disconnect(reason: string): void {
+    if (this.#conn < 0) return;
+    this.#resetState();
+    this.#owner = false;
+    for (const m of this.#regions) m.mapping.unmap();
+    this.#regions = [];
+    this.#memory = undefined;
+    this.#connWatch?.close();
+    this.#connWatch = undefined;
+    this.#closeFds(this.#reader.takeStrayFds());
+    close(this.#conn);
+    this.#conn = -1;
+    this.#log(`frontend disconnected: ${reason}`);
+  }
+}
+
+function newRing(maxSize: number): Ring {
+  return {
+    queue: new SplitQueue(maxSize),
+    num: maxSize,
+    addr: undefined,
+    base: 0,
+    kick: undefined,
+    call: undefined,
+    err: undefined,
+    enabled: false,
+    started: false,
+    watch: undefined,
+  };
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}

@@ -1,0 +1,130 @@
+/**
+ * Command-line vhost-user backend: serve one of our devices on a Unix socket.
+ *
+ * ```sh
+ * deno run --allow-all vhost_user/main.ts --socket /tmp/vblk.sock --device blk --file disk.img
+ * deno run --allow-all vhost_user/main.ts --socket /tmp/vrng.sock --device rng
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import process from "node:process";
+import type { VirtioDevice } from "../devices/device.ts";
+import { RngDevice } from "../devices/rng.ts";
+import { BlockDevice } from "../devices/block.ts";
+import { VhostUserBackend } from "./backend.ts";
+
+const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk [options]
+
+Serves a virtio device to a vhost-user frontend (QEMU, Cloud Hypervisor, ...).
+
+Options:
+  --socket PATH     Unix socket to listen on (required)
+  --device NAME     rng or blk (required)
+  --file PATH       blk: the raw disk image or block device
+  --readonly        blk: refuse writes (VIRTIO_BLK_F_RO)
+  --serial TEXT     blk: serial number reported by GET_ID (up to 20 bytes)
+  --queues N        blk: number of request queues (default 1)
+  --once            exit after the first frontend disconnects
+  --verbose         log connections and ring state changes
+  --help            show this text
+
+Example with QEMU:
+  qemu-system-x86_64 -M q35 -m 512M \\
+    -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \\
+    -chardev socket,id=c0,path=PATH -device vhost-user-blk-pci,chardev=c0`;
+
+/**
+ * Run the CLI.
+ * @param argv Arguments (without the program name).
+ * @returns The process exit code.
+ */
+export async function main(argv: string[]): Promise<number> {
+  let args;
+  try {
+    args = parseArgs({
+      args: argv,
+      options: {
+        socket: { type: "string" },
+        device: { type: "string" },
+        file: { type: "string" },
+        readonly: { type: "boolean", default: false },
+        serial: { type: "string" },
+        queues: { type: "string" },
+        once: { type: "boolean", default: false },
+        verbose: { type: "boolean", default: false },
+        help: { type: "boolean", default: false },
+      },
+      strict: true,
+    }).values;
+  } catch (err) {
+    console.error(`${(err as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (args.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (args.socket === undefined || args.device === undefined) {
+    console.error(`--socket and --device are required\n\n${USAGE}`);
+    return 2;
+  }
+  let device: VirtioDevice;
+  switch (args.device) {
+    case "rng":
+      device = new RngDevice();
+      break;
+    case "blk": {
+      if (args.file === undefined) {
+        console.error("--device blk needs --file");
+        return 2;
+      }
+      const queues = args.queues === undefined ? 1 : Number(args.queues);
+      if (!Number.isInteger(queues) || queues < 1 || queues > 64) {
+        console.error(`--queues must be 1..64, got ${args.queues}`);
+        return 2;
+      }
+      try {
+        device = BlockDevice.open(args.file, {
+          readOnly: args.readonly,
+          serial: args.serial,
+          numQueues: queues,
+        });
+      } catch (err) {
+        console.error(`cannot open ${args.file}: ${(err as Error).message}`);
+        return 1;
+      }
+      break;
+    }
+    default:
+      console.error(`unknown device ${args.device}\n\n${USAGE}`);
+      return 2;
+  }
+  const verbose = args.verbose;
+  const backend = new VhostUserBackend(device, {
+    socketPath: args.socket,
+    log: verbose ? (m) => console.error(`vhost-user: ${m}`) : undefined,
+    onError: (e) => console.error(`vhost-user: error: ${e.message}`),
+  });
+  backend.listen();
+  console.error(`vhost-user ${args.device} backend listening on ${args.socket}`);
+  const stop = () => void backend.close();
+  process.on("SIGINT", stop);
+  process.on("SIGTERM", stop);
+  if (args.once) {
+    const timer = setInterval(() => {
+      if (backend.connections > 0 && !backend.connected) {
+        clearInterval(timer);
+        stop();
+      }
+    }, 50);
+  }
+  await backend.closed;
+  return 0;
+}
+
+if (import.meta.main) {
+  process.exitCode = await main(process.argv.slice(2));
+}
