@@ -77,7 +77,12 @@ function zeroChunk(): Uint8Array {
 }
 
 // Advance a position over `bufs` by `n` bytes; returns the new [index, skip].
-function advance(bufs: readonly Uint8Array[], i: number, skip: number, n: number): [number, number] {
+function advance(
+  bufs: readonly Uint8Array[],
+  i: number,
+  skip: number,
+  n: number,
+): [number, number] {
   while (n > 0 && i < bufs.length) {
     const left = bufs[i].length - skip;
     if (n >= left) {
@@ -368,6 +373,7 @@ export class MemoryBackend implements BlockBackend {
   flushes = 0;
 
   /**
+   * Create a disk in memory.
    * @param sizeOrBytes Size of a new zeroed disk, or the bytes to serve (aliased, not copied).
    * @param options `readOnly` (default false).
    */

@@ -240,7 +240,14 @@ export function parseRequest(chain: DescriptorChain, limits: BlockRequestLimits)
       }
       const problem = rangeProblem(sector, length / SECTOR_SIZE, limits);
       if (problem !== undefined) return ioerr(problem);
-      return { ok: true, type, sector, offset: sector * SECTOR_SIZE, length, segments: NO_SEGMENTS };
+      return {
+        ok: true,
+        type,
+        sector,
+        offset: sector * SECTOR_SIZE,
+        length,
+        segments: NO_SEGMENTS,
+      };
     }
     case VIRTIO_BLK_T_FLUSH:
     case VIRTIO_BLK_T_FLUSH_OUT:

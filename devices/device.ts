@@ -861,7 +861,8 @@ export function serveQueue(
     );
   }
   try {
-    if (used > 0 && q.needsNotification(memory)) qc.notifier.notify();
+    // A broken queue was reported above; asking it again would only report it twice.
+    if (used > 0 && q.broken === undefined && q.needsNotification(memory)) qc.notifier.notify();
   } catch (err) {
     onError(VirtioError.from(err));
   }

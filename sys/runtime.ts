@@ -16,7 +16,8 @@ export type { Runtime } from "./libc.ts";
  * @example Skip KVM tests on machines without it
  * ```ts
  * import { hasKvm } from "./mod.ts";
- * if (!hasKvm()) console.log("no KVM here");
+ * const kvm: boolean = hasKvm();
+ * if (typeof kvm !== "boolean") throw new Error("unexpected");
  * ```
  *
  * @returns True if `/dev/kvm` can be opened read-write.

@@ -87,7 +87,8 @@ export async function main(argv: string[]): Promise<number> {
         return 2;
       }
       try {
-        device = BlockDevice.open(args.file, {
+        device = new BlockDevice({
+          path: args.file,
           readOnly: args.readonly,
           serial: args.serial,
           numQueues: queues,

@@ -85,7 +85,7 @@ describe("FdWatcher", () => {
       }
       assert.deepEqual(seen, [[2, 30n], [0, 10n], [1, 20n]]);
       // Two made ready together are both dispatched (in one round or two).
-      let both = deferred<void>();
+      const both = deferred<void>();
       arrived = { promise: both.promise, resolve: () => seen.length === 5 && both.resolve() };
       efds[1].write(2n);
       efds[0].write(1n);
