@@ -449,7 +449,8 @@ export class MmioTransport {
     const shift = BigInt(32 * page);
     this.#driverFeatures = (this.#driverFeatures & ~(0xffffffffn << shift)) |
       (BigInt(v >>> 0) << shift);
-    this.device.setAckedFeatures(page, v);
+    // Only what this transport offers: a legacy driver must not acknowledge VERSION_1.
+    this.device.setAckedFeatures(page, (v & this.#offeredPage(page)) >>> 0);
   }
 
   #writeQueue(offset: number, apply: (q: SplitQueue) => void): void {

@@ -61,7 +61,7 @@ import {
   vringStatePayload,
 } from "./protocol.ts";
 
-/** Protocol features this backend offers. */
+/** Protocol features this backend offers (CONFIG only for devices with a config space). */
 export const BACKEND_PROTOCOL_FEATURES: bigint = featureBit(ProtocolFeature.MQ) |
   featureBit(ProtocolFeature.REPLY_ACK) | featureBit(ProtocolFeature.CONFIG) |
   featureBit(ProtocolFeature.RESET_DEVICE);
@@ -115,6 +115,7 @@ export class VhostUserBackend {
   readonly #onError: (err: Error) => void;
   readonly #log: (message: string) => void;
   readonly #watcher: FdWatcher;
+  readonly #offeredProtocol: bigint;
   #listenFd = -1;
   #listenWatch: Watch | undefined;
   #conn = -1;
@@ -145,6 +146,16 @@ export class VhostUserBackend {
     this.#log = options.log ?? (() => {});
     this.#watcher = new FdWatcher({ onError: (e) => this.#onError(asError(e)) });
     this.#rings = device.queueMaxSizes().map((n) => newRing(n));
+    // Offer CONFIG only to devices that have a configuration space (QEMU warns otherwise).
+    let hasConfig = true;
+    try {
+      device.readConfig(0, new Uint8Array(1));
+    } catch {
+      hasConfig = false;
+    }
+    this.#offeredProtocol = hasConfig
+      ? BACKEND_PROTOCOL_FEATURES
+      : BACKEND_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
     this.closed = new Promise((resolve) => (this.#closedResolve = resolve));
   }
 
@@ -336,10 +347,10 @@ export class VhostUserBackend {
         this.#resetState();
         return undefined;
       case R.GET_PROTOCOL_FEATURES:
-        return u64Payload(BACKEND_PROTOCOL_FEATURES);
+        return u64Payload(this.#offeredProtocol);
       case R.SET_PROTOCOL_FEATURES: {
         const f = Payload.u64(msg);
-        const extra = f & ~BACKEND_PROTOCOL_FEATURES;
+        const extra = f & ~this.#offeredProtocol;
         if (extra !== 0n) {
           throw new VhostUserError(
             "InvalidValue",

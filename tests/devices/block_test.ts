@@ -1,0 +1,939 @@
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { GuestMemory } from "../../memory/guest_memory.ts";
+import { SplitQueue, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC } from "../../queue/split.ts";
+import { type DriverBuffer, DriverQueue, type UsedEntry } from "../../queue/testing.ts";
+import {
+  DEVICE_DRIVER_OK,
+  DEVICE_NEEDS_RESET,
+  featureBit,
+  TYPE_BLOCK,
+  VIRTIO_F_VERSION_1,
+  VirtioDeviceConfig,
+  VirtioError,
+  VirtioQueueConfig,
+} from "../../devices/device.ts";
+import {
+  BLOCK_CONFIG_SIZE,
+  type BlockBackend,
+  BlockConfigOffset,
+  BlockDevice,
+  type BlockOptions,
+  FileBackend,
+  MemoryBackend,
+  VIRTIO_BLK_F_BLK_SIZE,
+  VIRTIO_BLK_F_CONFIG_WCE,
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_FLUSH,
+  VIRTIO_BLK_F_MQ,
+  VIRTIO_BLK_F_RO,
+  VIRTIO_BLK_F_SEG_MAX,
+  VIRTIO_BLK_F_SIZE_MAX,
+  VIRTIO_BLK_F_TOPOLOGY,
+  VIRTIO_BLK_F_WRITE_ZEROES,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+  VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+} from "../../devices/block.ts";
+import { MMIO_CONFIG_OFFSET, type MmioError, MmioTransport } from "../../transport/mmio.ts";
+import { MmioDriver } from "../../transport/mmio_driver.ts";
+
+// ---------------------------------------------------------------------------
+// Fixtures
+
+let dir = "";
+before(() => {
+  dir = fs.mkdtempSync(join(tmpdir(), "virtio-ts-blk-"));
+});
+after(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** The byte a fresh test image holds at `offset`: varies within and across sectors. */
+function pattern(offset: number): number {
+  return (offset * 31 + Math.floor(offset / 512) * 7 + 1) & 0xff;
+}
+
+let imageCount = 0;
+/** A new image file of `sectors` sectors filled with {@link pattern}. */
+function image(sectors: number): string {
+  const path = join(dir, `disk${imageCount++}.raw`);
+  const bytes = new Uint8Array(sectors * 512);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = pattern(i);
+  fs.writeFileSync(path, bytes);
+  return path;
+}
+
+function fileBytes(path: string, offset: number, len: number): Uint8Array {
+  return new Uint8Array(fs.readFileSync(path)).subarray(offset, offset + len);
+}
+
+function patternBytes(offset: number, len: number): Uint8Array {
+  const out = new Uint8Array(len);
+  for (let i = 0; i < len; i++) out[i] = pattern(offset + i);
+  return out;
+}
+
+function randomBytes(len: number, seed: number): Uint8Array {
+  const out = new Uint8Array(len);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+function hdr(type: number, sector = 0): Uint8Array {
+  const b = new Uint8Array(16);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, type, true);
+  v.setBigUint64(8, BigInt(sector), true);
+  return b;
+}
+
+function segment(sector: number, num: number, flags = 0): Uint8Array {
+  const b = new Uint8Array(16);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, BigInt(sector), true);
+  v.setUint32(8, num, true);
+  v.setUint32(12, flags, true);
+  return b;
+}
+
+function allFeatures(dev: BlockDevice): bigint {
+  return BigInt(dev.getAvailFeatures(0)) | (BigInt(dev.getAvailFeatures(1)) << 32n);
+}
+
+/** A device activated directly with driver-side queues, as a transport would. */
+class Rig {
+  readonly dev: BlockDevice;
+  readonly mem: GuestMemory = GuestMemory.create(16 << 20);
+  readonly drivers: DriverQueue[] = [];
+  readonly interrupts: number[] = [];
+  readonly errors: VirtioError[] = [];
+  readonly hostErrors: VirtioError[] = [];
+  configChanges = 0;
+
+  constructor(
+    options: BlockOptions,
+    opts: { features?: bigint; queues?: number; queueSize?: number; gaps?: boolean } = {},
+  ) {
+    this.dev = new BlockDevice({ ...options, onError: (e) => this.errors.push(e) });
+    const features = allFeatures(this.dev) & (opts.features ?? ~0n);
+    this.dev.setAckedFeatures(0, Number(features & 0xffffffffn));
+    this.dev.setAckedFeatures(1, Number(features >> 32n));
+    const eventIdx = (features & featureBit(VIRTIO_F_EVENT_IDX)) !== 0n;
+    const count = opts.queues ?? 1;
+    const qcs: VirtioQueueConfig[] = [];
+    for (let i = 0; i < count; i++) {
+      const driver = new DriverQueue(this.mem, {
+        size: opts.queueSize ?? 64,
+        ringBase: 0x10000 + 0x10000 * i,
+        bufferBase: 0x100000 + 0x200000 * i,
+        bufferEnd: 0x300000 + 0x200000 * i,
+        gaps: opts.gaps ?? true,
+        eventIdx,
+      });
+      const queue = new SplitQueue(this.dev.queueMaxSizes()[i]);
+      driver.program(queue);
+      this.drivers.push(driver);
+      this.interrupts.push(0);
+      qcs.push(new VirtioQueueConfig(i, queue, { notify: () => this.interrupts[i]++ }));
+    }
+    this.dev.activate(
+      new VirtioDeviceConfig({
+        memory: this.mem,
+        queues: qcs,
+        deviceChangeNotifier: { notify: () => this.configChanges++ },
+        ackedFeatures: this.dev.ackedFeatures(),
+        onError: (e) => this.hostErrors.push(e),
+      }),
+    );
+  }
+
+  /** Add a chain to queue `q` without serving it. */
+  add(buffers: DriverBuffer[], opts: { q?: number; indirect?: boolean } = {}): number {
+    return this.drivers[opts.q ?? 0].addChain(buffers, { indirect: opts.indirect });
+  }
+
+  /** Add a chain, serve the queue, and take its used entry. */
+  submit(buffers: DriverBuffer[], opts: { q?: number; indirect?: boolean } = {}): UsedEntry {
+    const q = opts.q ?? 0;
+    const head = this.add(buffers, opts);
+    this.dev.processQueue(q);
+    const used = this.drivers[q].takeUsed();
+    assert.ok(used !== null, "request was not completed");
+    assert.equal(used.id, head);
+    return used;
+  }
+
+  /** IN of the sum of `lens` bytes at `sector`, data split into `lens`. */
+  read(
+    sector: number,
+    lens: number[],
+    opts: { q?: number; indirect?: boolean } = {},
+  ): { status: number; data: Uint8Array; len: number } {
+    const used = this.submit(
+      [{ readable: hdr(VIRTIO_BLK_T_IN, sector) }, ...lens.map((n) => ({ writable: n })), {
+        writable: 1,
+      }],
+      opts,
+    );
+    const total = lens.reduce((a, b) => a + b, 0);
+    return { status: used.written[total], data: used.written.subarray(0, total), len: used.len };
+  }
+
+  /** OUT of `data` at `sector`, split into pieces of `lens` bytes (default: one). */
+  write(
+    sector: number,
+    data: Uint8Array,
+    opts: { q?: number; indirect?: boolean; lens?: number[] } = {},
+  ): { status: number; len: number } {
+    const pieces: DriverBuffer[] = [];
+    let off = 0;
+    for (const n of opts.lens ?? [data.length]) {
+      pieces.push({ readable: data.subarray(off, off + n) });
+      off += n;
+    }
+    const used = this.submit(
+      [{ readable: hdr(VIRTIO_BLK_T_OUT, sector) }, ...pieces, { writable: 1 }],
+      opts,
+    );
+    return { status: used.written[0], len: used.len };
+  }
+
+  /** A request with only a status byte to write. */
+  simple(type: number, data?: Uint8Array): { status: number; len: number } {
+    const bufs: DriverBuffer[] = [{ readable: hdr(type) }];
+    if (data !== undefined) bufs.push({ readable: data });
+    bufs.push({ writable: 1 });
+    const used = this.submit(bufs);
+    return { status: used.written[0], len: used.len };
+  }
+}
+
+/** A backend that forwards to another and can be told to fail or to watch calls. */
+class SpyBackend implements BlockBackend {
+  readonly inner: BlockBackend;
+  failNext: "read" | "write" | "flush" | "discard" | undefined;
+  readonly calls: string[] = [];
+  onFlush: (() => void) | undefined;
+  lastViews: readonly Uint8Array[] = [];
+
+  constructor(inner: BlockBackend) {
+    this.inner = inner;
+  }
+  get size(): number {
+    return this.inner.size;
+  }
+  get readOnly(): boolean {
+    return this.inner.readOnly;
+  }
+  get canUnmap(): boolean {
+    return this.inner.canUnmap;
+  }
+  #maybeFail(op: "read" | "write" | "flush" | "discard"): void {
+    this.calls.push(op);
+    if (this.failNext === op) {
+      this.failNext = undefined;
+      throw new Error(`injected ${op} failure`);
+    }
+  }
+  read(bufs: readonly Uint8Array[], offset: number): void {
+    this.#maybeFail("read");
+    this.lastViews = [...bufs];
+    this.inner.read(bufs, offset);
+  }
+  write(bufs: readonly Uint8Array[], offset: number): void {
+    this.#maybeFail("write");
+    this.lastViews = [...bufs];
+    this.inner.write(bufs, offset);
+  }
+  flush(): void {
+    this.#maybeFail("flush");
+    this.onFlush?.();
+    this.inner.flush();
+  }
+  discard(offset: number, length: number): void {
+    this.#maybeFail("discard");
+    this.inner.discard(offset, length);
+  }
+  writeZeroes(offset: number, length: number, unmap: boolean): void {
+    this.calls.push(unmap ? "zeroes+unmap" : "zeroes");
+    this.inner.writeZeroes(offset, length, unmap);
+  }
+  close(): void {
+    this.inner.close();
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+describe("BlockDevice", () => {
+  it("offers the block features and lays out the configuration space", () => {
+    const path = image(2048);
+    const dev = new BlockDevice({
+      path,
+      numQueues: 4,
+      queueSize: 128,
+      blockSize: 4096,
+      physicalBlockSize: 16384,
+    });
+    try {
+      assert.equal(dev.deviceType(), TYPE_BLOCK);
+      assert.deepEqual(dev.queueMaxSizes(), [128, 128, 128, 128]);
+      const f = allFeatures(dev);
+      for (
+        const bit of [
+          VIRTIO_F_VERSION_1,
+          VIRTIO_F_INDIRECT_DESC,
+          VIRTIO_F_EVENT_IDX,
+          VIRTIO_BLK_F_SIZE_MAX,
+          VIRTIO_BLK_F_SEG_MAX,
+          VIRTIO_BLK_F_BLK_SIZE,
+          VIRTIO_BLK_F_FLUSH,
+          VIRTIO_BLK_F_TOPOLOGY,
+          VIRTIO_BLK_F_CONFIG_WCE,
+          VIRTIO_BLK_F_MQ,
+          VIRTIO_BLK_F_DISCARD,
+          VIRTIO_BLK_F_WRITE_ZEROES,
+        ]
+      ) {
+        assert.ok((f & featureBit(bit)) !== 0n, `feature ${bit} offered`);
+      }
+      assert.equal(f & featureBit(VIRTIO_BLK_F_RO), 0n);
+
+      const cfg = new Uint8Array(BLOCK_CONFIG_SIZE);
+      dev.readConfig(0, cfg);
+      const v = new DataView(cfg.buffer);
+      const O = BlockConfigOffset;
+      assert.equal(v.getBigUint64(O.capacity, true), 2048n);
+      assert.equal(dev.capacity, 2048);
+      assert.equal(v.getUint32(O.sizeMax, true), 1 << 20);
+      assert.equal(v.getUint32(O.segMax, true), 126);
+      assert.equal(v.getUint32(O.geometry, true), 0);
+      assert.equal(v.getUint32(O.blkSize, true), 4096);
+      assert.equal(v.getUint8(O.physicalBlockExp), 2);
+      assert.equal(v.getUint8(O.alignmentOffset), 0);
+      assert.equal(v.getUint16(O.minIoSize, true), 4);
+      assert.equal(v.getUint8(O.writeback), 1);
+      assert.equal(v.getUint8(O.writeback + 1), 0, "unused0 is zero");
+      assert.equal(v.getUint16(O.numQueues, true), 4);
+      assert.equal(v.getUint32(O.maxDiscardSectors, true), 0x3ffff8);
+      assert.equal(v.getUint32(O.maxDiscardSeg, true), 32);
+      assert.equal(v.getUint32(O.discardSectorAlignment, true), 8);
+      assert.equal(v.getUint32(O.maxWriteZeroesSectors, true), 0x3ffff8);
+      assert.equal(v.getUint32(O.maxWriteZeroesSeg, true), 32);
+      assert.equal(v.getUint8(O.writeZeroesMayUnmap), 1);
+      assert.deepEqual(cfg.subarray(57), new Uint8Array(BLOCK_CONFIG_SIZE - 57), "rest is zero");
+
+      // Reads of a part of a field see the same bytes.
+      const part = new Uint8Array(2);
+      dev.readConfig(O.numQueues, part);
+      assert.deepEqual(part, new Uint8Array([4, 0]));
+      assert.throws(() => dev.readConfig(BLOCK_CONFIG_SIZE - 1, new Uint8Array(2)), VirtioError);
+    } finally {
+      dev.remove();
+    }
+  });
+
+  it("rejects bad options", () => {
+    const backend = new MemoryBackend(4096);
+    assert.throws(() => new BlockDevice({}), TypeError);
+    assert.throws(() => new BlockDevice({ backend, path: "/nonexistent" }), TypeError);
+    assert.throws(() => new BlockDevice({ backend, serial: "x".repeat(21) }), RangeError);
+    assert.throws(() => new BlockDevice({ backend, serial: "caf\u00e9" }), RangeError);
+    assert.throws(() => new BlockDevice({ backend, queueSize: 100 }), RangeError);
+    assert.throws(() => new BlockDevice({ backend, numQueues: 0 }), RangeError);
+    assert.throws(() => new BlockDevice({ backend, blockSize: 256 }), RangeError);
+    assert.throws(() => new BlockDevice({ backend, blockSize: 4096, physicalBlockSize: 512 }));
+    assert.throws(() => new BlockDevice({ path: join(dir, "missing.raw") }));
+  });
+
+  it("IN reads sectors of the image across a multi-segment chain", () => {
+    const path = image(256);
+    const rig = new Rig({ path });
+    try {
+      const r = rig.read(5, [512, 1536, 512, 1024]);
+      assert.equal(r.status, VIRTIO_BLK_S_OK);
+      assert.equal(r.len, 3584 + 1, "used length counts data and status");
+      assert.deepEqual(r.data, patternBytes(5 * 512, 3584));
+      assert.equal(rig.dev.stats.reads, 1);
+      assert.equal(rig.dev.stats.bytesRead, 3584);
+      assert.equal(rig.interrupts[0], 1);
+      assert.deepEqual(rig.errors, []);
+    } finally {
+      rig.dev.remove();
+    }
+  });
+
+  it("OUT writes an indirect multi-segment chain to the file and IN reads it back", () => {
+    const path = image(256);
+    const rig = new Rig({ path });
+    try {
+      const data = randomBytes(4096, 42);
+      const w = rig.write(100, data, { indirect: true, lens: [512, 1024, 2048, 512] });
+      assert.equal(w.status, VIRTIO_BLK_S_OK);
+      assert.equal(w.len, 1);
+      assert.deepEqual(fileBytes(path, 100 * 512, 4096), data);
+      // Neighbours untouched.
+      assert.deepEqual(fileBytes(path, 99 * 512, 512), patternBytes(99 * 512, 512));
+      assert.deepEqual(fileBytes(path, 108 * 512, 512), patternBytes(108 * 512, 512));
+
+      const r = rig.read(100, [1024, 3072], { indirect: true });
+      assert.equal(r.status, VIRTIO_BLK_S_OK);
+      assert.deepEqual(r.data, data);
+      assert.equal(rig.dev.stats.writes, 1);
+      assert.equal(rig.dev.stats.bytesWritten, 4096);
+    } finally {
+      rig.dev.remove();
+    }
+  });
+
+  it("accepts header, data and status sharing descriptors", () => {
+    const path = image(64);
+    const rig = new Rig({ path });
+    try {
+      const data = randomBytes(1024, 7);
+      const head = new Uint8Array(16 + 1024);
+      head.set(hdr(VIRTIO_BLK_T_OUT, 3));
+      head.set(data, 16);
+      const w = rig.submit([{ readable: head }, { writable: 1 }]);
+      assert.equal(w.written[0], VIRTIO_BLK_S_OK);
+      const r = rig.submit([{ readable: hdr(VIRTIO_BLK_T_IN, 3) }, { writable: 1025 }]);
+      assert.equal(r.len, 1025);
+      assert.equal(r.written[1024], VIRTIO_BLK_S_OK);
+      assert.deepEqual(r.written.subarray(0, 1024), data);
+    } finally {
+      rig.dev.remove();
+    }
+  });
+
+  it("hands guest-memory views to the backend without copying", () => {
+    const spy = new SpyBackend(new MemoryBackend(64 * 512));
+    const rig = new Rig({ backend: spy });
+    rig.read(0, [512, 512]);
+    assert.equal(spy.lastViews.length, 2);
+    const guest = rig.mem.regions[0].bytes.buffer;
+    for (const v of spy.lastViews) assert.equal(v.buffer, guest);
+    rig.write(1, randomBytes(1024, 3), { lens: [256, 768] });
+    assert.equal(spy.lastViews.length, 2);
+    for (const v of spy.lastViews) assert.equal(v.buffer, guest);
+  });
+
+  it("FLUSH completes only after the backend flushed", () => {
+    const path = image(64);
+    const spy = new SpyBackend(new FileBackend(path));
+    const rig = new Rig({ backend: spy });
+    try {
+      let usedAtFlush = -1;
+      spy.onFlush = () => {
+        usedAtFlush = rig.drivers[0].usedIdx();
+      };
+      const f = rig.simple(VIRTIO_BLK_T_FLUSH);
+      assert.equal(f.status, VIRTIO_BLK_S_OK);
+      assert.equal(f.len, 1);
+      assert.equal(usedAtFlush, 0, "flush ran before the request was used");
+      assert.deepEqual(spy.calls, ["flush"]);
+      assert.equal(rig.dev.stats.flushes, 1);
+
+      spy.failNext = "flush";
+      assert.equal(rig.simple(VIRTIO_BLK_T_FLUSH).status, VIRTIO_BLK_S_IOERR);
+      assert.equal(rig.errors.at(-1)?.kind, "IOError");
+    } finally {
+      spy.close();
+    }
+  });
+
+  it("GET_ID returns the serial, NUL-padded to 20 bytes", () => {
+    const short = new Rig({ backend: new MemoryBackend(4096), serial: "disk-0" });
+    const u = short.submit([{ readable: hdr(VIRTIO_BLK_T_GET_ID) }, { writable: 20 }, {
+      writable: 1,
+    }]);
+    assert.equal(u.len, 21);
+    assert.equal(u.written[20], VIRTIO_BLK_S_OK);
+    const expected = new Uint8Array(20);
+    expected.set(new TextEncoder().encode("disk-0"));
+    assert.deepEqual(u.written.subarray(0, 20), expected);
+
+    const full = new Rig({ backend: new MemoryBackend(4096), serial: "ABCDEFGHIJKLMNOPQRST" });
+    const v = full.submit([{ readable: hdr(VIRTIO_BLK_T_GET_ID) }, { writable: 21 }]);
+    assert.equal(v.written[20], VIRTIO_BLK_S_OK);
+    assert.equal(new TextDecoder().decode(v.written.subarray(0, 20)), "ABCDEFGHIJKLMNOPQRST");
+
+    // A larger buffer gets the ID then zeroes: every byte counted in len was written.
+    const big = short.submit([{ readable: hdr(VIRTIO_BLK_T_GET_ID) }, { writable: 64 }, {
+      writable: 1,
+    }]);
+    assert.equal(big.len, 65);
+    assert.deepEqual(big.written.subarray(20, 64), new Uint8Array(44));
+  });
+
+  it("DISCARD punches a hole in the image file and the range reads as zeroes", () => {
+    const sectors = 8192; // 4 MiB
+    const path = image(sectors);
+    const fd = fs.openSync(path, "r+");
+    fs.fdatasyncSync(fd);
+    fs.closeSync(fd);
+    const backend = new FileBackend(path);
+    const rig = new Rig({ backend });
+    try {
+      const blocksBefore = fs.statSync(path).blocks;
+      const used = rig.submit([
+        { readable: hdr(VIRTIO_BLK_T_DISCARD) },
+        { readable: segment(2048, 4096) }, // the middle 2 MiB
+        { writable: 1 },
+      ]);
+      assert.equal(used.written[0], VIRTIO_BLK_S_OK);
+      assert.equal(used.len, 1);
+      const r = rig.read(2048, [4096]);
+      assert.deepEqual(r.data, new Uint8Array(4096));
+      const r2 = rig.read(2048 + 4096 - 8, [4096]);
+      assert.deepEqual(r2.data, new Uint8Array(4096));
+      assert.deepEqual(fileBytes(path, 2047 * 512, 512), patternBytes(2047 * 512, 512));
+      assert.deepEqual(fileBytes(path, 6144 * 512, 512), patternBytes(6144 * 512, 512));
+      assert.equal(fs.statSync(path).size, sectors * 512, "size is kept");
+      if (backend.punchesHoles) {
+        const blocksAfter = fs.statSync(path).blocks;
+        assert.ok(
+          blocksBefore - blocksAfter >= 2 * 2048 * 0.9,
+          `blocks ${blocksBefore} -> ${blocksAfter}`,
+        );
+      }
+      assert.equal(rig.dev.stats.discards, 1);
+    } finally {
+      backend.close();
+    }
+  });
+
+  it("DISCARD falls back to writing zeroes without fallocate", () => {
+    const path = image(64);
+    const backend = new FileBackend(path, { fallocate: false });
+    const rig = new Rig({ backend });
+    try {
+      const used = rig.submit([
+        { readable: hdr(VIRTIO_BLK_T_DISCARD) },
+        { readable: segment(8, 16) },
+        { writable: 1 },
+      ]);
+      assert.equal(used.written[0], VIRTIO_BLK_S_OK);
+      assert.deepEqual(fileBytes(path, 8 * 512, 16 * 512), new Uint8Array(16 * 512));
+      assert.deepEqual(fileBytes(path, 24 * 512, 512), patternBytes(24 * 512, 512));
+    } finally {
+      backend.close();
+    }
+  });
+
+  it("WRITE_ZEROES zeroes ranges with and without UNMAP", () => {
+    const path = image(512);
+    const inner = new FileBackend(path);
+    const spy = new SpyBackend(inner);
+    const rig = new Rig({ backend: spy });
+    try {
+      const segs = new Uint8Array(32);
+      segs.set(segment(10, 6, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP));
+      segs.set(segment(300, 100), 16);
+      const used = rig.submit([
+        { readable: hdr(VIRTIO_BLK_T_WRITE_ZEROES) },
+        { readable: segs },
+        { writable: 1 },
+      ]);
+      assert.equal(used.written[0], VIRTIO_BLK_S_OK);
+      assert.deepEqual(spy.calls, ["zeroes+unmap", "zeroes"]);
+      assert.deepEqual(rig.read(10, [3072]).data, new Uint8Array(3072));
+      assert.deepEqual(rig.read(300, [51200]).data, new Uint8Array(51200));
+      assert.deepEqual(rig.read(9, [512]).data, patternBytes(9 * 512, 512));
+      assert.deepEqual(rig.read(16, [512]).data, patternBytes(16 * 512, 512));
+      assert.deepEqual(rig.read(400, [512]).data, patternBytes(400 * 512, 512));
+
+      // Without fallocate the zeroes are written.
+      const path2 = image(64);
+      const plain = new FileBackend(path2, { fallocate: false });
+      const rig2 = new Rig({ backend: plain });
+      const u2 = rig2.submit([
+        { readable: hdr(VIRTIO_BLK_T_WRITE_ZEROES) },
+        { readable: segment(1, 2, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) },
+        { writable: 1 },
+      ]);
+      assert.equal(u2.written[0], VIRTIO_BLK_S_OK);
+      assert.deepEqual(fileBytes(path2, 512, 1024), new Uint8Array(1024));
+      plain.close();
+    } finally {
+      spy.close();
+    }
+  });
+
+  it("DISCARD and WRITE_ZEROES are UNSUPP when not negotiated", () => {
+    const rig = new Rig({ backend: new MemoryBackend(8192) }, {
+      features: ~(featureBit(VIRTIO_BLK_F_DISCARD) | featureBit(VIRTIO_BLK_F_WRITE_ZEROES)),
+    });
+    assert.equal(rig.simple(VIRTIO_BLK_T_DISCARD, segment(0, 1)).status, VIRTIO_BLK_S_UNSUPP);
+    assert.equal(rig.simple(VIRTIO_BLK_T_WRITE_ZEROES, segment(0, 1)).status, VIRTIO_BLK_S_UNSUPP);
+  });
+
+  it("a read-only disk offers RO, refuses writes with IOERR and leaves the file alone", () => {
+    const path = image(64);
+    const rig = new Rig({ path, readOnly: true });
+    try {
+      const f = allFeatures(rig.dev);
+      assert.ok((f & featureBit(VIRTIO_BLK_F_RO)) !== 0n);
+      assert.equal(f & featureBit(VIRTIO_BLK_F_DISCARD), 0n);
+      assert.equal(f & featureBit(VIRTIO_BLK_F_WRITE_ZEROES), 0n);
+      const before = fs.readFileSync(path);
+      const w = rig.write(0, randomBytes(512, 9));
+      assert.equal(w.status, VIRTIO_BLK_S_IOERR);
+      assert.equal(rig.simple(VIRTIO_BLK_T_DISCARD, segment(0, 1)).status, VIRTIO_BLK_S_UNSUPP);
+      assert.deepEqual(fs.readFileSync(path), before);
+      const r = rig.read(0, [512]);
+      assert.equal(r.status, VIRTIO_BLK_S_OK);
+      assert.deepEqual(r.data, patternBytes(0, 512));
+      assert.equal(rig.simple(VIRTIO_BLK_T_FLUSH).status, VIRTIO_BLK_S_OK);
+    } finally {
+      rig.dev.remove();
+    }
+  });
+
+  it("a read past the end fails with IOERR and the device keeps serving", () => {
+    const path = image(64);
+    const rig = new Rig({ path });
+    try {
+      const bad = rig.read(63, [1024]);
+      assert.equal(bad.status, VIRTIO_BLK_S_IOERR);
+      assert.equal(bad.len, 0, "nothing but the trailing status byte was written");
+      assert.equal(rig.errors.length, 1);
+      assert.equal(rig.errors[0].kind, "InvalidInput");
+      assert.match(rig.errors[0].message, /beyond capacity/);
+      assert.equal(rig.hostErrors.length, 1, "the transport hears it too");
+      assert.equal(rig.hostErrors[0].needsReset, false);
+      const good = rig.read(63, [512]);
+      assert.equal(good.status, VIRTIO_BLK_S_OK);
+      assert.deepEqual(good.data, patternBytes(63 * 512, 512));
+      assert.equal(rig.dev.stats.errors, 1);
+    } finally {
+      rig.dev.remove();
+    }
+  });
+
+  it("a backend failure becomes IOERR for that request only", () => {
+    const spy = new SpyBackend(new MemoryBackend(64 * 512));
+    const rig = new Rig({ backend: spy });
+    spy.failNext = "write";
+    assert.equal(rig.write(1, randomBytes(512, 1)).status, VIRTIO_BLK_S_IOERR);
+    assert.equal(rig.errors.at(-1)?.kind, "IOError");
+    assert.match(rig.errors.at(-1)!.message, /injected write failure/);
+    spy.failNext = "read";
+    const r = rig.read(1, [512]);
+    assert.equal(r.status, VIRTIO_BLK_S_IOERR);
+    assert.equal(r.len, 0);
+    const data = randomBytes(512, 2);
+    assert.equal(rig.write(1, data).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(rig.read(1, [512]).data, data);
+    assert.equal(rig.dev.stats.errors, 2);
+  });
+
+  it("answers unknown request types with UNSUPP", () => {
+    const rig = new Rig({ backend: new MemoryBackend(4096) });
+    for (const type of [2, 3, 10, 14, 16, 99]) {
+      const r = rig.simple(type);
+      assert.equal(r.status, VIRTIO_BLK_S_UNSUPP, `type ${type}`);
+      assert.equal(r.len, 1);
+    }
+  });
+
+  it("returns a chain without a status byte with used length 0", () => {
+    const rig = new Rig({ backend: new MemoryBackend(4096) });
+    const used = rig.submit([{ readable: hdr(VIRTIO_BLK_T_IN, 0) }, {
+      readable: new Uint8Array(512),
+    }]);
+    assert.equal(used.len, 0);
+    assert.equal(rig.errors.length, 1);
+    assert.match(rig.errors[0].message, /status/);
+    assert.equal(rig.read(0, [512]).status, VIRTIO_BLK_S_OK);
+  });
+
+  it("writeback toggle: in writethrough mode every write is flushed before completing", () => {
+    const disk = new MemoryBackend(64 * 512);
+    const rig = new Rig({ backend: disk });
+    assert.equal(rig.dev.writethrough, false);
+    rig.write(0, randomBytes(512, 1));
+    assert.equal(disk.flushes, 0, "writeback: no flush per write");
+
+    rig.dev.writeConfig(BlockConfigOffset.writeback, new Uint8Array([0]));
+    const b = new Uint8Array(1);
+    rig.dev.readConfig(BlockConfigOffset.writeback, b);
+    assert.equal(b[0], 0);
+    assert.equal(rig.dev.writethrough, true);
+    rig.write(0, randomBytes(512, 2));
+    assert.equal(disk.flushes, 1);
+    rig.submit([
+      { readable: hdr(VIRTIO_BLK_T_WRITE_ZEROES) },
+      { readable: segment(0, 1) },
+      { writable: 1 },
+    ]);
+    assert.equal(disk.flushes, 2);
+
+    rig.dev.writeConfig(BlockConfigOffset.writeback, new Uint8Array([7]));
+    rig.dev.readConfig(BlockConfigOffset.writeback, b);
+    assert.equal(b[0], 1, "any non-zero value selects writeback");
+    rig.write(0, randomBytes(512, 3));
+    assert.equal(disk.flushes, 2);
+
+    // Only the writeback byte is writable.
+    assert.throws(() => rig.dev.writeConfig(0, new Uint8Array(8)), VirtioError);
+    assert.throws(
+      () => rig.dev.writeConfig(BlockConfigOffset.writeback, new Uint8Array(4)),
+      VirtioError,
+    );
+    assert.throws(() => rig.dev.writeConfig(BlockConfigOffset.numQueues, new Uint8Array(2)));
+  });
+
+  it("honours the negotiated cache rules", () => {
+    // CONFIG_WCE without FLUSH: writeback reads 0 and writes are stable on completion.
+    const a = new MemoryBackend(4096);
+    const rigA = new Rig({ backend: a }, { features: ~featureBit(VIRTIO_BLK_F_FLUSH) });
+    const b = new Uint8Array(1);
+    rigA.dev.readConfig(BlockConfigOffset.writeback, b);
+    assert.equal(b[0], 0);
+    rigA.write(0, randomBytes(512, 1));
+    assert.equal(a.flushes, 1);
+
+    // FLUSH without CONFIG_WCE: the device's default mode (writeback here) holds.
+    const c = new MemoryBackend(4096);
+    const rigC = new Rig({ backend: c }, { features: ~featureBit(VIRTIO_BLK_F_CONFIG_WCE) });
+    rigC.write(0, randomBytes(512, 1));
+    assert.equal(c.flushes, 0);
+
+    // A writethrough default.
+    const d = new MemoryBackend(4096);
+    const rigD = new Rig({ backend: d, writeback: false });
+    rigD.dev.readConfig(BlockConfigOffset.writeback, b);
+    assert.equal(b[0], 0);
+    rigD.write(0, randomBytes(512, 1));
+    assert.equal(d.flushes, 1);
+  });
+
+  it("serves two queues independently (MQ)", () => {
+    const disk = new MemoryBackend(256 * 512);
+    const rig = new Rig({ backend: disk, numQueues: 2 }, { queues: 2 });
+    assert.ok((allFeatures(rig.dev) & featureBit(VIRTIO_BLK_F_MQ)) !== 0n);
+    const d0 = randomBytes(1024, 10);
+    const d1 = randomBytes(1024, 11);
+    const out = (sector: number, d: Uint8Array): DriverBuffer[] => [
+      { readable: hdr(VIRTIO_BLK_T_OUT, sector) },
+      { readable: d },
+      { writable: 1 },
+    ];
+    rig.add(out(0, d0), { q: 0 });
+    rig.add(out(100, d1), { q: 1 });
+
+    rig.dev.processQueue(1);
+    assert.equal(rig.drivers[1].pendingUsed(), 1);
+    assert.equal(rig.drivers[0].pendingUsed(), 0, "queue 0 waits for its own notification");
+    assert.deepEqual(rig.interrupts, [0, 1]);
+    assert.deepEqual(disk.bytes.subarray(100 * 512, 102 * 512), d1);
+    assert.deepEqual(disk.bytes.subarray(0, 1024), new Uint8Array(1024));
+
+    rig.dev.processQueue(0);
+    assert.equal(rig.drivers[0].pendingUsed(), 1);
+    assert.deepEqual(rig.interrupts, [1, 1]);
+    assert.deepEqual(disk.bytes.subarray(0, 1024), d0);
+
+    assert.deepEqual(rig.read(100, [1024], { q: 0 }).data, d1);
+    assert.deepEqual(rig.read(0, [1024], { q: 1 }).data, d0);
+  });
+
+  it("activates with only the first of several queues", () => {
+    const rig = new Rig({ backend: new MemoryBackend(4096), numQueues: 4 }, { queues: 1 });
+    assert.equal(rig.read(0, [512]).status, VIRTIO_BLK_S_OK);
+    rig.dev.processQueue(3);
+    assert.equal(rig.errors.length, 1, "a queue that was never set up is reported");
+  });
+
+  it("with EVENT_IDX, interrupts follow used_event and kicks follow avail_event", () => {
+    const rig = new Rig({ backend: new MemoryBackend(64 * 512) });
+    assert.ok((rig.dev.ackedFeatures() & featureBit(VIRTIO_F_EVENT_IDX)) !== 0n);
+    const dq = rig.drivers[0];
+    assert.equal(dq.eventIdx, true);
+
+    rig.read(0, [512]); // used 0 -> 1 passes used_event 0
+    assert.equal(rig.interrupts[0], 1);
+    dq.setUsedEvent(3); // interrupt only once used.idx passes 3
+    rig.read(0, [512]); // -> 2
+    rig.read(0, [512]); // -> 3
+    assert.equal(rig.interrupts[0], 1);
+    rig.read(0, [512]); // -> 4: passes 3
+    assert.equal(rig.interrupts[0], 2);
+
+    // The device re-armed avail_event at its next available index: the next add needs a kick.
+    rig.add([{ readable: hdr(VIRTIO_BLK_T_FLUSH) }, { writable: 1 }]);
+    assert.equal(dq.kickNeeded(), true);
+    rig.dev.processQueue(0);
+    assert.equal(dq.takeUsed()?.written[0], VIRTIO_BLK_S_OK);
+  });
+
+  it("rounds the capacity down to whole blocks and enforces block alignment", () => {
+    const rig = new Rig({ backend: new MemoryBackend(10 * 4096 + 1000), blockSize: 4096 });
+    assert.equal(rig.dev.capacity, 80);
+    assert.equal(rig.read(1, [4096]).status, VIRTIO_BLK_S_IOERR);
+    assert.equal(rig.read(8, [4096]).status, VIRTIO_BLK_S_OK);
+    assert.equal(rig.read(72, [8192]).status, VIRTIO_BLK_S_IOERR);
+  });
+
+  it("updateCapacity picks up a grown image and signals a configuration change", () => {
+    const path = image(64);
+    const rig = new Rig({ path });
+    try {
+      assert.equal(rig.read(64, [512]).status, VIRTIO_BLK_S_IOERR);
+      fs.truncateSync(path, 128 * 512);
+      assert.equal(rig.dev.updateCapacity(), 128);
+      assert.equal(rig.configChanges, 1);
+      const cap = new Uint8Array(8);
+      rig.dev.readConfig(BlockConfigOffset.capacity, cap);
+      assert.equal(new DataView(cap.buffer).getBigUint64(0, true), 128n);
+      const r = rig.read(64, [512]);
+      assert.equal(r.status, VIRTIO_BLK_S_OK);
+      assert.deepEqual(r.data, new Uint8Array(512));
+      assert.equal(rig.dev.updateCapacity(), 128);
+      assert.equal(rig.configChanges, 1, "no change, no notification");
+    } finally {
+      rig.dev.remove();
+    }
+  });
+
+  it("serves many requests in one notification with random gaps between buffers", () => {
+    const disk = new MemoryBackend(1024 * 512);
+    const rig = new Rig({ backend: disk }, { queueSize: 128 });
+    const expected = new Uint8Array(disk.bytes.length);
+    for (let i = 0; i < 40; i++) {
+      const data = randomBytes(512 * (1 + (i % 4)), 100 + i);
+      const sector = (i * 23) % 1000;
+      const lens = data.length === 512 ? [512] : [256, data.length - 256];
+      const pieces: DriverBuffer[] = [];
+      let off = 0;
+      for (const n of lens) {
+        pieces.push({ readable: data.subarray(off, off + n) });
+        off += n;
+      }
+      rig.add([{ readable: hdr(VIRTIO_BLK_T_OUT, sector) }, ...pieces, { writable: 1 }], {
+        indirect: i % 2 === 0,
+      });
+      expected.set(data, sector * 512);
+    }
+    rig.dev.processQueue(0);
+    const used = rig.drivers[0].takeAllUsed();
+    assert.equal(used.length, 40);
+    for (const u of used) assert.equal(u.written[0], VIRTIO_BLK_S_OK);
+    assert.equal(rig.interrupts[0], 1, "one interrupt for the batch");
+    assert.deepEqual(disk.bytes, expected);
+  });
+});
+
+describe("BlockDevice behind MmioTransport", () => {
+  it("initialises like a guest driver and serves reads, writes, flushes and config writes", () => {
+    const path = image(2048);
+    const dev = new BlockDevice({ path, serial: "mmio-disk", numQueues: 2 });
+    const mem = GuestMemory.create(8 << 20);
+    let irqs = 0;
+    const mmioErrors: MmioError[] = [];
+    const transport = new MmioTransport(dev, mem, {
+      interrupt: () => irqs++,
+      onError: (e) => mmioErrors.push(e),
+    });
+    const driver = new MmioDriver(transport, mem);
+    try {
+      const queues = driver.init();
+      assert.equal(queues.length, 2);
+      assert.ok((driver.status() & DEVICE_DRIVER_OK) !== 0);
+      assert.ok((driver.features & featureBit(VIRTIO_F_EVENT_IDX)) !== 0n);
+      assert.ok((driver.features & featureBit(VIRTIO_BLK_F_MQ)) !== 0n);
+      const cfg = new DataView(driver.readConfig(0, BLOCK_CONFIG_SIZE).buffer);
+      assert.equal(cfg.getBigUint64(BlockConfigOffset.capacity, true), 2048n);
+      assert.equal(cfg.getUint16(BlockConfigOffset.numQueues, true), 2);
+
+      // Write then read back on queue 1, the way Linux lays out requests.
+      const data = randomBytes(8192, 77);
+      queues[1].addChain([
+        { readable: hdr(VIRTIO_BLK_T_OUT, 512) },
+        { readable: data.subarray(0, 4096) },
+        { readable: data.subarray(4096) },
+        { writable: 1 },
+      ]);
+      assert.equal(driver.kick(1), true);
+      const w = queues[1].takeUsed()!;
+      assert.equal(w.written[0], VIRTIO_BLK_S_OK);
+      assert.ok(irqs >= 1);
+      assert.ok(driver.ackInterrupt() !== 0);
+      assert.deepEqual(fileBytes(path, 512 * 512, 8192), data);
+
+      queues[0].addChain([{ readable: hdr(VIRTIO_BLK_T_FLUSH) }, { writable: 1 }]);
+      driver.kick(0);
+      assert.equal(queues[0].takeUsed()!.written[0], VIRTIO_BLK_S_OK);
+
+      queues[0].addChain([
+        { readable: hdr(VIRTIO_BLK_T_IN, 512) },
+        { writable: 8192 },
+        { writable: 1 },
+      ], { indirect: true });
+      driver.kick(0);
+      const r = queues[0].takeUsed()!;
+      assert.equal(r.len, 8193);
+      assert.equal(r.written[8192], VIRTIO_BLK_S_OK);
+      assert.deepEqual(r.written.subarray(0, 8192), data);
+
+      queues[0].addChain([{ readable: hdr(VIRTIO_BLK_T_GET_ID) }, { writable: 20 }, {
+        writable: 1,
+      }]);
+      driver.kick(0);
+      const id = queues[0].takeUsed()!;
+      assert.equal(new TextDecoder().decode(id.written.subarray(0, 9)), "mmio-disk");
+
+      // The driver switches to writethrough through the config window.
+      transport.write(MMIO_CONFIG_OFFSET + BlockConfigOffset.writeback, new Uint8Array([0]));
+      assert.equal(dev.writethrough, true);
+      assert.equal(driver.readConfig(BlockConfigOffset.writeback, 1)[0], 0);
+      // A write to a read-only field is refused and reported, never thrown.
+      transport.write(MMIO_CONFIG_OFFSET + BlockConfigOffset.capacity, new Uint8Array(4));
+      assert.equal(mmioErrors.length, 1);
+      assert.equal(mmioErrors[0].code, "ConfigAccess");
+      assert.equal(driver.readConfig(0, 8)[0], 0, "capacity unchanged (2048 = 0x800)");
+
+      // A bad request is answered; the device does not need a reset.
+      queues[0].addChain([
+        { readable: hdr(VIRTIO_BLK_T_IN, 4096) },
+        { writable: 512 },
+        { writable: 1 },
+      ]);
+      driver.kick(0);
+      assert.equal(queues[0].takeUsed()!.written[512], VIRTIO_BLK_S_IOERR);
+      assert.equal(driver.status() & DEVICE_NEEDS_RESET, 0);
+
+      // Reset restores the default cache mode, and the device can be initialised again.
+      transport.writeU32(0x70, 0);
+      assert.equal(dev.isActive, false);
+      assert.equal(driver.readConfig(BlockConfigOffset.writeback, 1)[0], 1);
+      const again = driver.init({ queues: 1 });
+      again[0].addChain([{ readable: hdr(VIRTIO_BLK_T_IN, 512) }, { writable: 512 }, {
+        writable: 1,
+      }]);
+      driver.kick(0);
+      const r2 = again[0].takeUsed()!;
+      assert.equal(r2.written[512], VIRTIO_BLK_S_OK);
+      assert.deepEqual(r2.written.subarray(0, 512), data.subarray(0, 512));
+    } finally {
+      dev.remove();
+    }
+  });
+});
