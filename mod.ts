@@ -26,5 +26,6 @@ export * from "./queue/mod.ts";
 export * from "./queue/testing.ts";
 export * from "./devices/device.ts";
 export * from "./devices/rng.ts";
+export * from "./devices/block.ts";
 export * from "./transport/mmio.ts";
 export * from "./transport/mmio_driver.ts";

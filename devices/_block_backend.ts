@@ -76,6 +76,12 @@ function zeroChunk(): Uint8Array {
   return zeroes ??= new Uint8Array(ZERO_CHUNK);
 }
 
+function totalLength(bufs: readonly Uint8Array[]): number {
+  let n = 0;
+  for (let i = 0; i < bufs.length; i++) n += bufs[i].length;
+  return n;
+}
+
 // Advance a position over `bufs` by `n` bytes; returns the new [index, skip].
 function advance(
   bufs: readonly Uint8Array[],
@@ -105,11 +111,21 @@ function readFully(fd: number, bufs: readonly Uint8Array[], offset: number): voi
   let i = 0;
   let skip = 0;
   let pos = offset;
+  if (bufs.length <= IOV_MAX) {
+    // The common case: one preadv fills everything.
+    const n = fs.readvSync(fd, bufs, pos);
+    if (n === totalLength(bufs)) return;
+    if (n === 0) {
+      for (const b of bufs) b.fill(0);
+      return;
+    }
+    pos += n;
+    [i, skip] = advance(bufs, 0, 0, n);
+  }
   while (i < bufs.length) {
     let n: number;
     if (skip === 0) {
-      const batch = i === 0 && bufs.length <= IOV_MAX ? bufs : bufs.slice(i, i + IOV_MAX);
-      n = fs.readvSync(fd, batch, pos);
+      n = fs.readvSync(fd, bufs.slice(i, i + IOV_MAX), pos);
     } else {
       const b = bufs[i];
       n = fs.readSync(fd, b, skip, b.length - skip, pos);
@@ -129,11 +145,18 @@ function writeFully(fd: number, bufs: readonly Uint8Array[], offset: number): vo
   let i = 0;
   let skip = 0;
   let pos = offset;
+  if (bufs.length <= IOV_MAX) {
+    // The common case: one pwritev takes everything.
+    const n = fs.writevSync(fd, bufs, pos);
+    if (n === totalLength(bufs)) return;
+    if (n <= 0) throw new Error(`Short write at offset ${pos}`);
+    pos += n;
+    [i, skip] = advance(bufs, 0, 0, n);
+  }
   while (i < bufs.length) {
     let n: number;
     if (skip === 0) {
-      const batch = i === 0 && bufs.length <= IOV_MAX ? bufs : bufs.slice(i, i + IOV_MAX);
-      n = fs.writevSync(fd, batch, pos);
+      n = fs.writevSync(fd, bufs.slice(i, i + IOV_MAX), pos);
     } else {
       const b = bufs[i];
       n = fs.writeSync(fd, b, skip, b.length - skip, pos);

@@ -27,7 +27,7 @@ export const VIRTIO_BLK_T_IN = 0;
 export const VIRTIO_BLK_T_OUT = 1;
 /** Request type: make completed writes durable. */
 export const VIRTIO_BLK_T_FLUSH = 4;
-/** Legacy synonym of {@linkcode VIRTIO_BLK_T_FLUSH} (virtio 1.2 §5.2.6.4). */
+/** Legacy synonym of {@linkcode VIRTIO_BLK_T_FLUSH} (virtio 1.2 §5.2.6.3). */
 export const VIRTIO_BLK_T_FLUSH_OUT = 5;
 /** Request type: fetch the device ID string. */
 export const VIRTIO_BLK_T_GET_ID = 8;

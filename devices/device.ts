@@ -112,6 +112,7 @@ export class ActivateError extends Error {
   readonly kind: ActivateErrorKind;
 
   /**
+   * Create it.
    * @param kind What kind of failure.
    * @param message Details.
    * @param options Standard error options (`cause`).
@@ -150,6 +151,7 @@ export class VirtioError extends Error {
   readonly needsReset: boolean;
 
   /**
+   * Create it.
    * @param kind What kind of failure.
    * @param message Details.
    * @param options `needsReset` and a `cause`.
@@ -343,6 +345,7 @@ export class VirtioSharedMemoryList {
   buffer: ArrayBuffer | SharedArrayBuffer | undefined;
 
   /**
+   * Create it.
    * @param options Where the window is and what it holds.
    */
   constructor(options: {
@@ -396,6 +399,7 @@ export class VirtioQueueConfig {
   readonly notifier: InterruptNotifier;
 
   /**
+   * Create it.
    * @param index Queue index.
    * @param queue The configured queue.
    * @param notifier Used-buffer notifier.
@@ -423,6 +427,7 @@ export class VirtioDeviceConfig {
   readonly onError: (err: VirtioError) => void;
 
   /**
+   * Create it.
    * @param options The parts of the configuration.
    */
   constructor(options: {
@@ -522,6 +527,7 @@ export class VirtioDeviceInfo {
   configSpace: Uint8Array;
 
   /**
+   * Create it.
    * @param driverName Name for logs.
    * @param availFeatures Features the device offers.
    * @param queueSizes Maximum size of each queue.
@@ -622,6 +628,7 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
   #queues: (VirtioQueueConfig | undefined)[] = [];
 
   /**
+   * Create it.
    * @param type The device type (`TYPE_*`).
    * @param info Feature and configuration bookkeeping.
    */

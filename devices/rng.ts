@@ -55,6 +55,7 @@ export class RngDevice extends VirtioDeviceBase {
   requestsServed = 0;
 
   /**
+   * Create it.
    * @param options Queue size, randomness source and error hook.
    */
   constructor(options: RngOptions = {}) {

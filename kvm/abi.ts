@@ -584,7 +584,10 @@ export interface CpuidEntry {
  * @param capacity Entry slots to allocate (for `KVM_GET_SUPPORTED_CPUID`).
  * @returns The structure: an 8-byte header and 40 bytes per slot.
  */
-export function encodeCpuid2(entries: readonly CpuidEntry[], capacity = entries.length): Uint8Array {
+export function encodeCpuid2(
+  entries: readonly CpuidEntry[],
+  capacity = entries.length,
+): Uint8Array {
   const n = Math.max(capacity, entries.length);
   const b = new Uint8Array(KvmSize.cpuid2 + n * KvmSize.cpuidEntry2);
   const v = view(b);
@@ -611,7 +614,15 @@ export function decodeCpuid2(b: Uint8Array): CpuidEntry[] {
   for (let i = 0; i < n; i++) {
     const at = KvmSize.cpuid2 + i * KvmSize.cpuidEntry2;
     const u = (j: number) => v.getUint32(at + j * 4, true);
-    out.push({ function: u(0), index: u(1), flags: u(2), eax: u(3), ebx: u(4), ecx: u(5), edx: u(6) });
+    out.push({
+      function: u(0),
+      index: u(1),
+      flags: u(2),
+      eax: u(3),
+      ebx: u(4),
+      ecx: u(5),
+      edx: u(6),
+    });
   }
   return out;
 }

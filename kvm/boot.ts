@@ -140,6 +140,8 @@ export class BootError extends Error {
   readonly code: BootErrorCode;
 
   /**
+   * Creates the error.
+   *
    * @param code What is wrong.
    * @param message Details.
    */
@@ -212,7 +214,9 @@ function dv(b: Uint8Array): DataView {
  */
 export function parseBzImage(image: Uint8Array): BzImage {
   const O = BootParamsOffset;
-  if (image.byteLength < 0x264) throw new BootError("Truncated", "Image too short for a setup header");
+  if (image.byteLength < 0x264) {
+    throw new BootError("Truncated", "Image too short for a setup header");
+  }
   const v = dv(image);
   if (v.getUint32(O.header, true) !== HDRS_MAGIC || v.getUint16(O.bootFlag, true) !== 0xaa55) {
     throw new BootError("BadMagic", "Not a bzImage: no HdrS magic at 0x202 or no 0xAA55 boot flag");
@@ -255,7 +259,11 @@ export function parseBzImage(image: Uint8Array): BzImage {
     kernelVersion: readKernelVersion(image, v.getUint16(O.kernelVersion, true)),
     headerEnd,
   };
-  return { header, setupHeader: image.subarray(O.setupHeader, headerEnd), kernel: image.subarray(kernelStart) };
+  return {
+    header,
+    setupHeader: image.subarray(O.setupHeader, headerEnd),
+    kernel: image.subarray(kernelStart),
+  };
 }
 
 function readKernelVersion(image: Uint8Array, ptr: number): string {

@@ -34,6 +34,7 @@ export class GuestMemoryError extends RangeError {
   readonly len: number;
 
   /**
+   * Create it.
    * @param addr Guest-physical address of the access.
    * @param len Length in bytes of the access.
    * @param reason Why it failed.
@@ -65,6 +66,7 @@ export class GuestRegion {
   #u16: Uint16Array | undefined;
 
   /**
+   * Describe a region over its backing buffer, without copying.
    * @param options Where the region lives and what backs it.
    * @throws {RangeError} When base, offset or size are not valid.
    */
@@ -127,6 +129,7 @@ export class GuestMemory {
   #last: GuestRegion;
 
   /**
+   * Build an address space from regions.
    * @param regions At least one region; they must not overlap.
    * @throws {RangeError} When there is no region or two regions overlap.
    */

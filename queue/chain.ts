@@ -36,6 +36,7 @@ export class DescriptorChain {
   #writer: ChainWriter | undefined;
 
   /**
+   * An empty chain; `SplitQueue.pop` fills it in.
    * @param memory Guest memory holding the buffers.
    * @param head Head descriptor index.
    */
@@ -74,15 +75,26 @@ const scratch = new Uint8Array(8);
 const scratchView = new DataView(scratch.buffer);
 
 /** State shared by the two cursors: a position over a run of segments. */
-abstract class ChainCursor {
+export abstract class ChainCursor {
+  /** The chain walked. */
   protected readonly chain: DescriptorChain;
+  /** Current segment index. */
   protected seg: number;
+  /** Offset inside the current segment. */
   protected segOff = 0;
+  /** One past the last segment of this part. */
   protected readonly endSeg: number;
   /** Bytes this cursor has moved over so far. */
   consumed = 0;
   readonly #total: number;
 
+  /**
+   * A cursor over segments `[start, end)` of `chain`, `total` bytes long.
+   * @param chain The chain.
+   * @param start First segment.
+   * @param end One past the last segment.
+   * @param total Bytes in those segments.
+   */
   constructor(chain: DescriptorChain, start: number, end: number, total: number) {
     this.chain = chain;
     this.seg = start;
@@ -132,6 +144,11 @@ abstract class ChainCursor {
     }
   }
 
+  /**
+   * Check that `n` bytes remain.
+   * @param n Bytes needed.
+   * @throws {QueueError} `ShortBuffer` when fewer remain.
+   */
   protected need(n: number): void {
     if (!Number.isSafeInteger(n) || n < 0 || n > this.remaining) {
       throw new QueueError(
@@ -142,6 +159,11 @@ abstract class ChainCursor {
     }
   }
 
+  /**
+   * Move forward inside the current segment.
+   * @param take Bytes moved over.
+   * @param segLen Length of the current segment.
+   */
   protected advance(take: number, segLen: number): void {
     this.segOff += take;
     this.consumed += take;
@@ -151,7 +173,12 @@ abstract class ChainCursor {
     }
   }
 
-  /** Copy between `buf` and the chain; `toGuest` picks the direction. */
+  /**
+   * Copy between `buf` and the chain.
+   * @param buf Host bytes.
+   * @param toGuest Direction: into the chain when true.
+   * @returns Bytes copied.
+   */
   protected copy(buf: Uint8Array, toGuest: boolean): number {
     const n = Math.min(buf.length, this.remaining);
     let done = 0;

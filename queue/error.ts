@@ -55,6 +55,7 @@ export class QueueError extends Error {
   readonly fatal: boolean;
 
   /**
+   * Create it.
    * @param code Which rule was broken.
    * @param message Details.
    * @param options The chain head and whether the queue is broken.

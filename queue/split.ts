@@ -124,6 +124,7 @@ export class SplitQueue {
   #usedIdxIndex = 0;
 
   /**
+   * Create it.
    * @param maxSize Largest size the device accepts: a power of two up to 32768.
    * @throws {RangeError} When `maxSize` is not a valid queue size.
    */

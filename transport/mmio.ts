@@ -106,6 +106,7 @@ export class MmioError extends Error {
   readonly offset: number;
 
   /**
+   * Create it.
    * @param code Which rule was broken.
    * @param offset Register offset.
    * @param message Details.
@@ -177,6 +178,7 @@ export class MmioTransport {
   readonly #bufView = new DataView(this.#buf.buffer);
 
   /**
+   * Create it.
    * @param device The device.
    * @param memory Guest memory the queues live in.
    * @param options Version, vendor id, interrupt line and error hook.

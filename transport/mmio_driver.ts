@@ -46,6 +46,7 @@ export class MmioDriver {
   features = 0n;
 
   /**
+   * Create it.
    * @param transport The device's register file.
    * @param memory Guest memory the queues go in.
    */

@@ -440,6 +440,9 @@ export class VhostUserBackend {
         } else if (rq === R.SET_VRING_CALL) {
           ring.call?.close();
           ring.call = efd;
+          // A running ring may have used buffers while it had no call fd (QEMU sends
+          // SET_VRING_CALL after SET_VRING_KICK): signal once so none is lost.
+          if (ring.started) efd?.write(1n);
         } else {
           ring.err?.close();
           ring.err = efd;
@@ -582,8 +585,10 @@ export class VhostUserBackend {
       kick.read();
       this.#kicked(index);
     });
+    // (Re-)activate the device on every started ring, this one included.
+    this.#deactivate();
     this.#activate();
-    this.#kicked(index);
+    for (let i = 0; i < this.#rings.length; i++) this.#kicked(i);
   }
 
   #kicked(index: number): void {

@@ -13,7 +13,12 @@
  */
 
 import { GuestMemory } from "../memory/guest_memory.ts";
-import { DriverQueue } from "../queue/testing.ts";
+import {
+  type DriverBuffer,
+  DriverQueue,
+  type RawDescriptor,
+  type UsedEntry,
+} from "../queue/testing.ts";
 import {
   availRingSize,
   DESCRIPTOR_SIZE,
@@ -65,9 +70,14 @@ import {
 } from "./protocol.ts";
 
 export type { MemoryRegionDesc, Message, VringAddr } from "./protocol.ts";
-export type { GuestMemory } from "../memory/guest_memory.ts";
-export type { DriverQueue } from "../queue/testing.ts";
-export type { EventFd } from "../sys/mod.ts";
+export type {
+  GuestBuffer,
+  GuestMemory,
+  GuestRegion,
+  GuestRegionOptions,
+} from "../memory/guest_memory.ts";
+export type { DriverBuffer, RawDescriptor, UsedEntry } from "../queue/testing.ts";
+export type { EventFd, EventFdOptions, EventFdWaitOptions } from "../sys/mod.ts";
 
 /**
  * Where the frontend pretends guest memory is mapped in its address space:
@@ -229,12 +239,106 @@ export interface StartResult {
   rings: number[];
 }
 
+/**
+ * The driver side of a ring: the part of {@linkcode DriverQueue} (from
+ * `queue/testing.ts`) a frontend uses, laid out in the frontend's guest memory.
+ */
+export interface RingDriver {
+  /** Queue size. */
+  readonly size: number;
+  /** Guest address of the descriptor table. */
+  readonly descTable: number;
+  /** Guest address of the available ring. */
+  readonly availRing: number;
+  /** Guest address of the used ring. */
+  readonly usedRing: number;
+  /** Whether the driver uses EVENT_IDX. */
+  eventIdx: boolean;
+  /** With EVENT_IDX, move `used_event` to the consumed position in `takeUsed`. */
+  autoUsedEvent: boolean;
+  /** Number of free descriptors. */
+  readonly freeDescriptors: number;
+  /** The driver's `avail.idx`. */
+  readonly availIdx: number;
+  /**
+   * Reserve buffer space in the ring's buffer area.
+   * @param len Bytes.
+   * @param align Alignment.
+   * @returns Guest address.
+   */
+  alloc(len: number, align?: number): number;
+  /**
+   * Write one raw descriptor.
+   * @param index Descriptor index.
+   * @param desc The descriptor.
+   * @param table Guest address of the table (default: the ring's).
+   */
+  writeDescriptor(index: number, desc: RawDescriptor, table?: number): void;
+  /**
+   * Add a chain of buffers and (by default) make it available.
+   * @param buffers Readable then writable buffers.
+   * @param options `indirect` table, `publish: false` to only build it.
+   * @returns The head index.
+   */
+  addChain(buffers: DriverBuffer[], options?: { indirect?: boolean; publish?: boolean }): number;
+  /**
+   * Put a head in the available ring and move `avail.idx`.
+   * @param head Descriptor index.
+   */
+  publish(head: number): void;
+  /**
+   * Force `avail.idx`.
+   * @param idx The new index.
+   */
+  setAvailIdx(idx: number): void;
+  /**
+   * Set where the driver has consumed the used ring up to.
+   * @param idx The used index.
+   */
+  setLastUsed(idx: number): void;
+  /**
+   * Whether a notification is due (records the kick).
+   * @returns `true` when the device wants one.
+   */
+  kickNeeded(): boolean;
+  /**
+   * Suppress used-buffer notifications, or re-enable them.
+   * @param suppress `true` to suppress.
+   */
+  suppressInterrupts(suppress: boolean): void;
+  /**
+   * With EVENT_IDX, set `used_event`.
+   * @param idx The value.
+   */
+  setUsedEvent(idx: number): void;
+  /**
+   * The device's `used.idx`.
+   * @returns The index.
+   */
+  usedIdx(): number;
+  /**
+   * Used entries not yet taken.
+   * @returns The count.
+   */
+  pendingUsed(): number;
+  /**
+   * Take the next used entry.
+   * @returns The entry, or `null`.
+   */
+  takeUsed(): UsedEntry | null;
+  /**
+   * Take every pending used entry.
+   * @returns The entries, oldest first.
+   */
+  takeAllUsed(): UsedEntry[];
+}
+
 /** One ring as the frontend drives it. */
 export interface FrontendRing {
   /** Ring index. */
   readonly index: number;
   /** The driver side of the ring, in the frontend's guest memory. */
-  readonly driver: DriverQueue;
+  readonly driver: RingDriver;
   /** The kick eventfd passed to the backend. */
   readonly kick: EventFd;
   /** The call eventfd passed to the backend. */
@@ -293,27 +397,39 @@ export class VhostUserFrontend {
    * @throws {SysError} When the socket cannot be connected or the memory not created.
    * @throws {RangeError} When the memory size is not a positive multiple of 4096.
    */
-  static connect(
+  static async connect(
     path: string,
     options: VhostUserFrontendOptions = {},
   ): Promise<VhostUserFrontend> {
     const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
     let frontend: VhostUserFrontend;
     try {
-      connectFd(fd, path);
+      // Non-blocking, so that a full listen backlog (the backend may be in this very event
+      // loop) gives EAGAIN to retry rather than blocking the loop.
       setNonBlocking(fd);
+      const deadline = performance.now() + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+      for (;;) {
+        try {
+          connectFd(fd, path);
+          break;
+        } catch (err) {
+          if (!(err instanceof SysError && err.errno === Errno.EAGAIN)) throw err;
+          if (performance.now() > deadline) throw err;
+          await new Promise((resolve) => setTimeout(resolve, 5));
+        }
+      }
       frontend = new VhostUserFrontend(fd, options);
     } catch (err) {
       closeFd(fd);
-      return Promise.reject(err);
+      throw err;
     }
     try {
       frontend.#allocateMemory(options.memorySize ?? DEFAULT_MEMORY_SIZE);
     } catch (err) {
       frontend.#release();
-      return Promise.reject(err);
+      throw err;
     }
-    return Promise.resolve(frontend);
+    return frontend;
   }
 
   /** The guest memory (guest address 0 up to its size), shared with the backend. */
@@ -696,7 +812,7 @@ export class VhostUserFrontend {
       (DESCRIPTOR_SIZE * size + availRingSize(size) + 4 + usedRingSize(size)) / 64,
     ) * 64;
     const slot = this.#slot(index, ringBytes + bufferSize);
-    const driver = new DriverQueue(this.#memory, {
+    const driver: RingDriver = new DriverQueue(this.#memory, {
       size,
       ringBase: slot.start,
       bufferBase: slot.start + ringBytes,

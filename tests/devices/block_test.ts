@@ -749,6 +749,8 @@ describe("BlockDevice", () => {
     rig.dev.processQueue(0);
     assert.equal(rig.drivers[0].pendingUsed(), 1);
     assert.deepEqual(rig.interrupts, [1, 1]);
+    assert.equal(rig.drivers[0].takeUsed()!.written[0], VIRTIO_BLK_S_OK);
+    assert.equal(rig.drivers[1].takeUsed()!.written[0], VIRTIO_BLK_S_OK);
     assert.deepEqual(disk.bytes.subarray(0, 1024), d0);
 
     assert.deepEqual(rig.read(100, [1024], { q: 0 }).data, d1);
@@ -767,6 +769,7 @@ describe("BlockDevice", () => {
     assert.ok((rig.dev.ackedFeatures() & featureBit(VIRTIO_F_EVENT_IDX)) !== 0n);
     const dq = rig.drivers[0];
     assert.equal(dq.eventIdx, true);
+    dq.autoUsedEvent = false; // move used_event by hand
 
     rig.read(0, [512]); // used 0 -> 1 passes used_event 0
     assert.equal(rig.interrupts[0], 1);
@@ -935,5 +938,64 @@ describe("BlockDevice behind MmioTransport", () => {
     } finally {
       dev.remove();
     }
+  });
+});
+
+describe("FileBackend", () => {
+  it("zero-fills what lies past the end of a shrunk image", () => {
+    const path = image(4);
+    const backend = new FileBackend(path, { size: 4 * 512 });
+    try {
+      fs.truncateSync(path, 1000);
+      const a = new Uint8Array(512).fill(0xee);
+      const b = new Uint8Array(512).fill(0xee);
+      const c = new Uint8Array(512).fill(0xee);
+      backend.read([a, b, c], 0);
+      assert.deepEqual(a, patternBytes(0, 512));
+      assert.deepEqual(b.subarray(0, 488), patternBytes(512, 488));
+      assert.deepEqual(b.subarray(488), new Uint8Array(24));
+      assert.deepEqual(c, new Uint8Array(512));
+      const d = new Uint8Array(16).fill(1);
+      backend.read([d], 1500);
+      assert.deepEqual(d, new Uint8Array(16));
+    } finally {
+      backend.close();
+    }
+  });
+
+  it("reads and writes more views than one preadv/pwritev takes", () => {
+    const path = image(8);
+    const backend = new FileBackend(path);
+    try {
+      const data = randomBytes(3000, 5);
+      const views: Uint8Array[] = [];
+      for (let i = 0; i < 3000; i++) views.push(data.subarray(i, i + 1));
+      backend.write(views, 100);
+      assert.deepEqual(fileBytes(path, 100, 3000), data);
+      const back = new Uint8Array(3000);
+      const outViews: Uint8Array[] = [];
+      for (let i = 0; i < 3000; i++) outViews.push(back.subarray(i, i + 1));
+      backend.read(outViews, 100);
+      assert.deepEqual(back, data);
+    } finally {
+      backend.close();
+    }
+  });
+
+  it("reports the size of the file and refuses writes when read-only", () => {
+    const path = image(3);
+    const rw = new FileBackend(path);
+    assert.equal(rw.size, 1536);
+    assert.equal(rw.readOnly, false);
+    rw.close();
+    rw.close(); // idempotent
+    const ro = new FileBackend(path, { readOnly: true });
+    try {
+      assert.equal(ro.readOnly, true);
+      assert.throws(() => ro.write([new Uint8Array(512)], 0));
+    } finally {
+      ro.close();
+    }
+    assert.throws(() => new FileBackend(path, { size: -1 }), RangeError);
   });
 });

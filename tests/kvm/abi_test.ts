@@ -192,10 +192,12 @@ test("kvm/abi.ts matches <linux/kvm.h> (C program)", {
     writeFileSync(join(dir, "abi.c"), C_SOURCE);
     execFileSync(cc!, ["-o", join(dir, "abi"), join(dir, "abi.c")]);
     const out = execFileSync(join(dir, "abi"), { encoding: "utf8" });
-    const c = new Map(out.trim().split("\n").map((l) => {
-      const [k, v] = l.split(" ");
-      return [k, Number(v)] as const;
-    }));
+    const c = new Map(
+      out.trim().split("\n").map((l) => {
+        const [k, v] = l.split(" ");
+        return [k, Number(v)] as const;
+      }),
+    );
     for (const [name, value] of Object.entries(KvmIoctl)) {
       assert.equal(value, c.get(name), `ioctl ${name}`);
     }

@@ -110,6 +110,7 @@ function expectErrors(r: Rig, codes: MmioErrorCode[], fn: () => void): MmioError
   r.errors.length = 0;
   fn();
   assert.deepEqual(r.errors.map((e) => e.code), codes, r.errors.map((e) => e.message).join("; "));
+  for (const e of r.errors) assert.ok(e instanceof MmioError);
   const out = [...r.errors];
   r.errors.length = 0;
   return out;

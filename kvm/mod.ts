@@ -1,0 +1,149 @@
+/**
+ * Attach virtio devices to KVM: a microVM monitor in TypeScript that boots a stock Linux bzImage
+ * with our virtio-mmio devices, queue notifications through ioeventfd and interrupts through
+ * irqfd, and one vCPU running in a Worker.
+ *
+ * - {@link MicroVm}: create, run, stop and close a VM.
+ * - `boot.ts`: the bzImage loader and the 64-bit entry state ({@link loadLinux},
+ *   {@link parseBzImage}, {@link e820Map}, {@link longModeSregs}), pure TypeScript.
+ * - `vm.ts`: the KVM ioctls ({@link Kvm}, {@link Vm}, {@link Vcpu}).
+ * - `abi.ts`: ioctl numbers and structure layouts of `<linux/kvm.h>`.
+ * - `exits.ts`, `serial.ts`: exit decoding and the legacy devices (COM1, i8042 reset).
+ *
+ * Everything needing `/dev/kvm` checks for it first: {@link MicroVm.available}, and
+ * {@link MicroVm.create} throws {@link KvmUnavailableError} (message {@link NO_KVM_REASON}).
+ *
+ * @example Boot a guest with an entropy device, where KVM exists
+ * ```ts ignore
+ * import { MicroVm } from "./mod.ts";
+ * import { RngDevice } from "../devices/rng.ts";
+ * if (MicroVm.available()) {
+ *   const vm = MicroVm.create({ kernel, initrd, devices: [new RngDevice()] });
+ *   console.log(await vm.run({ timeoutMs: 30_000 }));
+ *   vm.close();
+ * }
+ * ```
+ *
+ * @module
+ */
+
+export {
+  _IO,
+  _IOC,
+  _IOR,
+  _IOW,
+  _IOWR,
+  type CpuidEntry,
+  decodeCpuid2,
+  decodeRegs,
+  decodeSregs,
+  encodeCpuid2,
+  encodeIoeventfd,
+  encodeIrqfd,
+  encodeIrqLevel,
+  encodeMemoryRegion,
+  encodePitConfig,
+  encodeRegs,
+  encodeSregs,
+  IOC_NONE,
+  IOC_READ,
+  IOC_WRITE,
+  KVM_API_VERSION,
+  KVM_EXIT_IO_IN,
+  KVM_EXIT_IO_OUT,
+  KVM_IOEVENTFD_FLAG_DATAMATCH,
+  KVM_IOEVENTFD_FLAG_DEASSIGN,
+  KVM_IOEVENTFD_FLAG_PIO,
+  KVM_IRQFD_FLAG_DEASSIGN,
+  KVM_PIT_SPEAKER_DUMMY,
+  KvmCap,
+  type KvmDtable,
+  KvmExit,
+  KVMIO,
+  KvmIoctl,
+  type KvmRegs,
+  KvmRunOffset,
+  type KvmSegment,
+  KvmSize,
+  type KvmSregs,
+  KvmSystemEvent,
+  REGS_ORDER,
+} from "./abi.ts";
+export {
+  BOOT_GDT,
+  BOOT_PARAMS_SIZE,
+  BootError,
+  type BootErrorCode,
+  type BootInfo,
+  BootLayout,
+  BootParamsOffset,
+  BootSelector,
+  buildBootParams,
+  type BzImage,
+  type BzImageHeader,
+  CAN_USE_HEAP,
+  E820_MAX_ENTRIES,
+  type E820Entry,
+  e820Map,
+  E820Type,
+  EFER_LMA,
+  EFER_LME,
+  HDRS_MAGIC,
+  LOADED_HIGH,
+  LOADER_TYPE_UNDEFINED,
+  loadLinux,
+  type LoadLinuxOptions,
+  longModeRegs,
+  longModeSregs,
+  MIN_BOOT_PROTOCOL,
+  type MmioDeviceSpec,
+  parseBzImage,
+  virtioMmioCmdline,
+  writeGdt,
+  writePageTables,
+  X86_CR0_PE,
+  X86_CR0_PG,
+  X86_CR4_PAE,
+  XLF_KERNEL_64,
+} from "./boot.ts";
+export {
+  decodeExit,
+  dispatchExit,
+  type ExitHandlers,
+  I8042_CMD_RESET,
+  I8042_COMMAND_PORT,
+  I8042_DATA_PORT,
+  LegacyIo,
+  type LegacyIoOptions,
+  type StopReason,
+  VcpuError,
+  type VcpuErrorCode,
+  type VcpuExit,
+} from "./exits.ts";
+export { COM1_IRQ, COM1_PORT, Serial8250, type Serial8250Options, UartRegister } from "./serial.ts";
+export {
+  APIC_LVT0,
+  APIC_LVT1,
+  APIC_MODE_EXTINT,
+  APIC_MODE_NMI,
+  guestCpuid,
+  Kvm,
+  KvmError,
+  kvmRun,
+  lvtWithMode,
+  NO_KVM_REASON,
+  Vcpu,
+  Vm,
+} from "./vm.ts";
+export {
+  DEFAULT_CMDLINE,
+  DEFAULT_FIRST_IRQ,
+  DEFAULT_MEMORY_SIZE,
+  DEFAULT_MMIO_BASE,
+  IDENTITY_MAP_ADDRESS,
+  KvmUnavailableError,
+  MicroVm,
+  type MicroVmOptions,
+  type RunResult,
+  TSS_ADDRESS,
+} from "./vmm.ts";

@@ -1,0 +1,189 @@
+// Exit decoding and dispatch over a fake kvm_run buffer, the legacy port I/O, the vCPU mailbox,
+// and the vCPU set-up helpers that need no KVM.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { KvmExit, KvmRunOffset as R, KvmSystemEvent } from "../../kvm/abi.ts";
+import { decodeExit, dispatchExit, LegacyIo, VcpuError } from "../../kvm/exits.ts";
+import { Mailbox, MAILBOX_SIZE } from "../../kvm/_mailbox.ts";
+import { APIC_MODE_EXTINT, guestCpuid, lvtWithMode } from "../../kvm/vm.ts";
+
+const RUN_SIZE = 4096;
+
+function fakeRun(reason: number, fill: (v: DataView, run: Uint8Array) => void = () => {}) {
+  const run = new Uint8Array(RUN_SIZE);
+  const v = new DataView(run.buffer);
+  v.setUint32(R.exitReason, reason, true);
+  fill(v, run);
+  return run;
+}
+
+function ioRun(port: number, out: boolean, bytes: number[], size = 1) {
+  return fakeRun(KvmExit.IO, (v, run) => {
+    v.setUint8(R.ioDirection, out ? 1 : 0);
+    v.setUint8(R.ioSize, size);
+    v.setUint16(R.ioPort, port, true);
+    v.setUint32(R.ioCount, bytes.length / size, true);
+    v.setBigUint64(R.ioDataOffset, 0x1000n - 64n, true);
+    run.set(bytes, 4096 - 64);
+  });
+}
+
+function handlers() {
+  const out: number[] = [];
+  const irqs: [number, boolean][] = [];
+  const mmio: [number, boolean, number[]][] = [];
+  const io = new LegacyIo({ output: (b) => out.push(b), setIrq: (i, l) => irqs.push([i, l]) });
+  return {
+    out,
+    irqs,
+    mmio,
+    h: {
+      io,
+      mmio: (addr: number, write: boolean, data: Uint8Array) => {
+        mmio.push([addr, write, [...data]]);
+        if (!write) data.set([0x76, 0x69, 0x72, 0x74].slice(0, data.length));
+      },
+    },
+  };
+}
+
+test("decodeExit() reads KVM_EXIT_IO and the data at data_offset", () => {
+  const run = ioRun(0x3f8, true, [0x41]);
+  const exit = decodeExit(run);
+  assert.equal(exit.kind, "io");
+  if (exit.kind !== "io") return;
+  assert.equal(exit.port, 0x3f8);
+  assert.equal(exit.write, true);
+  assert.equal(exit.size, 1);
+  assert.equal(exit.count, 1);
+  assert.deepEqual([...exit.data], [0x41]);
+  assert.equal(exit.data.byteOffset, 4096 - 64, "aliases kvm_run");
+});
+
+test("dispatchExit() prints COM1 output, including rep outsb", () => {
+  const { h, out } = handlers();
+  assert.equal(dispatchExit(decodeExit(ioRun(0x3f8, true, [0x6f, 0x6b])), h), undefined);
+  assert.deepEqual(out, [0x6f, 0x6b]);
+});
+
+test("dispatchExit() answers port reads in place: LSR, unknown ports, i8042 status", () => {
+  const { h } = handlers();
+  const lsr = ioRun(0x3fd, false, [0]);
+  dispatchExit(decodeExit(lsr), h);
+  assert.equal(lsr[4096 - 64] & 0x60, 0x60);
+  const pci = ioRun(0xcf8, false, [0, 0, 0, 0], 4);
+  dispatchExit(decodeExit(pci), h);
+  assert.deepEqual([...pci.subarray(4096 - 64, 4096 - 60)], [0xff, 0xff, 0xff, 0xff]);
+  const kbd = ioRun(0x64, false, [0xaa]);
+  dispatchExit(decodeExit(kbd), h);
+  assert.equal(kbd[4096 - 64], 0);
+  assert.equal(dispatchExit(decodeExit(ioRun(0x80, true, [0x12])), h), undefined);
+});
+
+test("dispatchExit() turns i8042 0xFE into a reset", () => {
+  const { h } = handlers();
+  assert.equal(dispatchExit(decodeExit(ioRun(0x64, true, [0xfe])), h), "reset");
+});
+
+test("dispatchExit() raises COM1's IRQ 4 through setIrq", () => {
+  const { h, irqs } = handlers();
+  dispatchExit(decodeExit(ioRun(0x3f9, true, [0x02])), h); // IER.THRI
+  assert.deepEqual(irqs, [[4, true]]);
+});
+
+test("dispatchExit() forwards MMIO reads and writes with their data", () => {
+  const { h, mmio } = handlers();
+  const read = fakeRun(KvmExit.MMIO, (v) => {
+    v.setBigUint64(R.mmioPhysAddr, 0xd0000000n, true);
+    v.setUint32(R.mmioLen, 4, true);
+    v.setUint8(R.mmioIsWrite, 0);
+  });
+  assert.equal(dispatchExit(decodeExit(read), h), undefined);
+  assert.equal(new DataView(read.buffer).getUint32(R.mmioData, true), 0x74726976);
+  const write = fakeRun(KvmExit.MMIO, (v) => {
+    v.setBigUint64(R.mmioPhysAddr, 0xd0000070n, true);
+    v.setUint32(R.mmioLen, 4, true);
+    v.setUint8(R.mmioIsWrite, 1);
+    v.setUint32(R.mmioData, 0x0f, true);
+  });
+  dispatchExit(decodeExit(write), h);
+  assert.deepEqual(mmio, [[0xd0000000, false, [0, 0, 0, 0]], [0xd0000070, true, [0x0f, 0, 0, 0]]]);
+});
+
+test("dispatchExit() maps HLT, SHUTDOWN and system events to stop reasons", () => {
+  const { h } = handlers();
+  assert.equal(dispatchExit(decodeExit(fakeRun(KvmExit.HLT)), h), "halt");
+  assert.equal(dispatchExit(decodeExit(fakeRun(KvmExit.SHUTDOWN)), h), "reset");
+  assert.equal(dispatchExit(decodeExit(fakeRun(KvmExit.INTR)), h), undefined);
+  const ev = (t: number) =>
+    fakeRun(KvmExit.SYSTEM_EVENT, (v) => v.setUint32(R.systemEventType, t, true));
+  assert.equal(dispatchExit(decodeExit(ev(KvmSystemEvent.SHUTDOWN)), h), "poweroff");
+  assert.equal(dispatchExit(decodeExit(ev(KvmSystemEvent.RESET)), h), "reset");
+  assert.equal(dispatchExit(decodeExit(ev(KvmSystemEvent.CRASH)), h), "crash");
+});
+
+test("dispatchExit() throws typed errors for FAIL_ENTRY, INTERNAL_ERROR and unknown exits", () => {
+  const { h } = handlers();
+  const fail = fakeRun(KvmExit.FAIL_ENTRY, (v) => {
+    v.setBigUint64(R.failEntryReason, 0x80000021n, true);
+    v.setUint32(R.failEntryCpu, 1, true);
+  });
+  assert.throws(() => dispatchExit(decodeExit(fail), h), (e: unknown) => {
+    assert.ok(e instanceof VcpuError);
+    assert.equal(e.code, "FailEntry");
+    assert.equal(e.detail, 0x80000021n);
+    assert.match(e.message, /0x80000021 on CPU 1/);
+    return true;
+  });
+  const internal = fakeRun(KvmExit.INTERNAL_ERROR, (v) => {
+    v.setUint32(R.internalSuberror, 1, true);
+    v.setUint32(R.internalNdata, 2, true);
+    v.setBigUint64(R.internalData, 0xdeadn, true);
+  });
+  assert.throws(() => dispatchExit(decodeExit(internal), h), /suberror 1 \(data 0xdead 0x0\)/);
+  assert.throws(() => dispatchExit(decodeExit(fakeRun(99)), h), (e: unknown) => {
+    return e instanceof VcpuError && e.code === "UnhandledExit" && e.detail === 99n;
+  });
+});
+
+test("decodeExit() refuses I/O data outside the mapping", () => {
+  const bad = fakeRun(KvmExit.IO, (v) => {
+    v.setUint8(R.ioSize, 4);
+    v.setUint32(R.ioCount, 4, true);
+    v.setBigUint64(R.ioDataOffset, 4090n, true);
+  });
+  assert.throws(() => decodeExit(bad), RangeError);
+});
+
+test("Mailbox carries an MMIO access and its answer between the two sides", () => {
+  const sab = new SharedArrayBuffer(MAILBOX_SIZE);
+  const worker = new Mailbox(sab), main = new Mailbox(sab);
+  const seen: [number, boolean, number[]][] = [];
+  const serve = () =>
+    main.serve((addr, write, data) => {
+      seen.push([addr, write, [...data]]);
+      if (!write) data.set([1, 2, 3, 4]);
+    });
+  const read = new Uint8Array(4);
+  // The doorbell serves synchronously here; across threads it is a postMessage.
+  worker.request(0xd0000008, false, read, serve);
+  assert.deepEqual([...read], [1, 2, 3, 4]);
+  worker.request(0xd0000070, true, new Uint8Array([7, 0, 0, 0]), serve);
+  assert.deepEqual(seen, [[0xd0000008, false, [0, 0, 0, 0]], [0xd0000070, true, [7, 0, 0, 0]]]);
+  assert.equal(main.serve(() => assert.fail("no request")), false);
+  assert.equal(worker.stopRequested, false);
+  main.requestStop();
+  assert.equal(worker.stopRequested, true);
+});
+
+test("guestCpuid() sets the hypervisor bit and APIC id; lvtWithMode() unmasks", () => {
+  const [leaf0, leaf1] = guestCpuid([
+    { function: 0, index: 0, flags: 0, eax: 0xd, ebx: 1, ecx: 2, edx: 3 },
+    { function: 1, index: 0, flags: 0, eax: 0x800f12, ebx: 0xff0800, ecx: 0x1, edx: 0 },
+  ], 0);
+  assert.equal(leaf0.ecx, 2);
+  assert.equal(leaf1.ecx >>> 31, 1);
+  assert.equal(leaf1.ebx >>> 24, 0);
+  assert.equal(leaf1.ebx & 0xffffff, 0xff0800 & 0xffffff);
+  assert.equal(lvtWithMode(0x10000, APIC_MODE_EXTINT), 0x700);
+});

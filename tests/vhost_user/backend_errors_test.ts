@@ -1,0 +1,306 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { VhostUserBackend } from "../../vhost_user/backend.ts";
+import {
+  configPayload,
+  memTablePayload,
+  VhostUserFrontend,
+  type VhostUserFrontendOptions,
+  vringAddrPayload,
+} from "../../vhost_user/frontend.ts";
+import {
+  MAX_PAYLOAD,
+  Request,
+  u64Payload,
+  VhostUserError,
+  type VhostUserErrorCode,
+  vringStatePayload,
+} from "../../vhost_user/protocol.ts";
+import { RngDevice } from "../../devices/rng.ts";
+import type { VirtioDevice } from "../../devices/device.ts";
+import { EventFd } from "../../sys/mod.ts";
+
+const T = { timeout: 30000 };
+
+interface Harness {
+  backend: VhostUserBackend;
+  errors: Error[];
+  connect(options?: VhostUserFrontendOptions): Promise<VhostUserFrontend>;
+}
+
+async function withBackend(device: VirtioDevice, fn: (h: Harness) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "vhost-user-test-"));
+  const errors: Error[] = [];
+  const backend = new VhostUserBackend(device, {
+    socketPath: join(dir, "backend.sock"),
+    onError: (e) => errors.push(e),
+  });
+  backend.listen();
+  const frontends: VhostUserFrontend[] = [];
+  try {
+    await fn({
+      backend,
+      errors,
+      connect: async (options) => {
+        const f = await VhostUserFrontend.connect(join(dir, "backend.sock"), options);
+        frontends.push(f);
+        return f;
+      },
+    });
+  } finally {
+    for (const f of frontends) await f.close();
+    await backend.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await delay(5);
+  }
+}
+
+/** Add one writable chain per size, kick, wait for all of them; returns what was written. */
+async function readEntropy(
+  fe: VhostUserFrontend,
+  sizes: number[],
+  index = 0,
+): Promise<Uint8Array[]> {
+  const { driver } = fe.ring(index);
+  const heads = sizes.map((n) => driver.addChain([{ writable: n }]));
+  fe.kick(index);
+  while (driver.pendingUsed() < sizes.length) {
+    assert.ok(await fe.waitCall(index, 5000), "no call from the backend");
+  }
+  const used = driver.takeAllUsed();
+  assert.deepEqual(used.map((u) => u.id), heads);
+  return used.map((u, i) => {
+    assert.equal(u.len, sizes[i]);
+    assert.equal(u.written.length, sizes[i]);
+    if (sizes[i] >= 16) assert.ok(new Set(u.written).size > 1, "entropy is constant");
+    return u.written;
+  });
+}
+
+/**
+ * Connect, let `act` misbehave, and check that the backend drops this connection with
+ * `code`, keeps running, and serves the next frontend.
+ */
+async function expectDropped(
+  code: VhostUserErrorCode,
+  act: (fe: VhostUserFrontend) => Promise<unknown>,
+  pattern?: RegExp,
+): Promise<void> {
+  const rng = new RngDevice();
+  await withBackend(rng, async (h) => {
+    const fe = await h.connect();
+    try {
+      await act(fe);
+    } catch (err) {
+      // A request waiting for an answer sees the connection close.
+      assert.ok(err instanceof VhostUserError, String(err));
+      assert.match(err.message, /closed the connection/);
+    }
+    assert.equal(await fe.waitDisconnect(5000), true, "the backend kept the connection");
+    await fe.close();
+    assert.equal(h.errors.length, 1, h.errors.map((e) => e.message).join("; "));
+    const err = h.errors[0];
+    assert.ok(err instanceof VhostUserError);
+    assert.equal(err.code, code, err.message);
+    if (pattern !== undefined) assert.match(err.message, pattern);
+    await until(() => !h.backend.connected, "the backend to drop the connection");
+    assert.equal(h.backend.active, false);
+    const next = await h.connect();
+    await next.start();
+    await readEntropy(next, [64, 512]);
+    assert.equal(h.errors.length, 1);
+    assert.equal(h.backend.connections, 2);
+  });
+}
+
+describe("VhostUserBackend drops a misbehaving frontend and serves the next", () => {
+  it("a header with a bad version", T, async () => {
+    await expectDropped(
+      "Malformed",
+      (fe) => fe.request(Request.GET_FEATURES, undefined, { flags: 0x2, expectReply: false }),
+      /version/,
+    );
+  });
+
+  it("an oversized payload", T, async () => {
+    await expectDropped(
+      "Malformed",
+      (fe) => fe.request(Request.SET_FEATURES, new Uint8Array(MAX_PAYLOAD + 8)),
+      /payload of/,
+    );
+  });
+
+  it("a payload shorter than the request needs", T, async () => {
+    await expectDropped(
+      "Malformed",
+      (fe) => fe.request(Request.SET_FEATURES, new Uint8Array(4)),
+      /need 8/,
+    );
+  });
+
+  it("an unknown request", T, async () => {
+    await expectDropped("Unsupported", (fe) => fe.request(99), /UNKNOWN\(99\)/);
+  });
+
+  it("a request the backend does not implement (SET_LOG_BASE)", T, async () => {
+    await expectDropped("Unsupported", async (fe) => {
+      await fe.setOwner();
+      await fe.request(Request.SET_LOG_BASE, u64Payload(0n));
+    });
+  });
+
+  it("SET_MEM_TABLE before SET_OWNER", T, async () => {
+    await expectDropped("OutOfOrder", (fe) => fe.setMemTable(), /SET_OWNER/);
+  });
+
+  it("SET_VRING_ADDR before SET_MEM_TABLE", T, async () => {
+    await expectDropped("OutOfOrder", async (fe) => {
+      await fe.setOwner();
+      await fe.request(
+        Request.SET_VRING_ADDR,
+        vringAddrPayload({
+          index: 0,
+          flags: 0,
+          desc: fe.userAddr(0x10000),
+          used: fe.userAddr(0x12000),
+          avail: fe.userAddr(0x11000),
+          log: 0n,
+        }),
+      );
+    }, /before SET_MEM_TABLE/);
+  });
+
+  it("SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES acked", T, async () => {
+    await expectDropped("OutOfOrder", async (fe) => {
+      await fe.setOwner();
+      await fe.request(Request.SET_VRING_ENABLE, vringStatePayload(0, 1));
+    });
+  });
+
+  it("a ring index out of range", T, async () => {
+    await expectDropped("InvalidValue", async (fe) => {
+      await fe.setOwner();
+      await fe.request(Request.SET_VRING_NUM, vringStatePayload(7, 256));
+    }, /no vring 7/);
+  });
+
+  it("a kick fd for a ring index out of range", T, async () => {
+    const efd = new EventFd();
+    try {
+      await expectDropped("InvalidValue", async (fe) => {
+        await fe.setOwner();
+        await fe.request(Request.SET_VRING_KICK, u64Payload(5n), { fds: [efd.fd] });
+      });
+    } finally {
+      efd.close();
+    }
+  });
+
+  it("a vring size that is not a power of two", T, async () => {
+    await expectDropped("InvalidValue", async (fe) => {
+      await fe.setOwner();
+      await fe.request(Request.SET_VRING_NUM, vringStatePayload(0, 100));
+    }, /size 100/);
+  });
+
+  it("a vring size above the device's maximum", T, async () => {
+    await expectDropped("InvalidValue", async (fe) => {
+      await fe.setOwner();
+      await fe.request(Request.SET_VRING_NUM, vringStatePayload(0, 512));
+    });
+  });
+
+  it("features the backend never offered", T, async () => {
+    await expectDropped("InvalidValue", async (fe) => {
+      await fe.setOwner();
+      await fe.setFeatures(1n << 63n);
+    }, /unoffered features/);
+  });
+
+  it("protocol features the backend never offered", T, async () => {
+    await expectDropped("InvalidValue", async (fe) => {
+      await fe.setOwner();
+      await fe.setProtocolFeatures(1n << 40n);
+    }, /unoffered protocol features/);
+  });
+
+  it("SET_MEM_TABLE with fewer descriptors than regions", T, async () => {
+    await expectDropped("Malformed", async (fe) => {
+      await fe.setOwner();
+      const region = { guestAddr: 0, size: 0x10000, userAddr: fe.userAddr(0), mmapOffset: 0 };
+      await fe.request(Request.SET_MEM_TABLE, memTablePayload([region]));
+    }, /1 regions but 0 fds/);
+  });
+
+  it("SET_MEM_TABLE with more descriptors than regions", T, async () => {
+    const a = new EventFd(), b = new EventFd();
+    try {
+      await expectDropped("Malformed", async (fe) => {
+        await fe.setOwner();
+        const region = { guestAddr: 0, size: 0x10000, userAddr: fe.userAddr(0), mmapOffset: 0 };
+        await fe.request(Request.SET_MEM_TABLE, memTablePayload([region]), {
+          fds: [a.fd, b.fd],
+        });
+      }, /1 regions but 2 fds/);
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  it("a ring address in no memory region", T, async () => {
+    await expectDropped("InvalidValue", async (fe) => {
+      await fe.start({ queues: 0 });
+      const outside = fe.userAddr(fe.memory.totalSize + 0x1000);
+      await fe.request(
+        Request.SET_VRING_ADDR,
+        vringAddrPayload({
+          index: 0,
+          flags: 0,
+          desc: outside,
+          used: fe.userAddr(0x12000),
+          avail: fe.userAddr(0x11000),
+          log: 0n,
+        }),
+      );
+    }, /in no memory region/);
+  });
+
+  it("a ring address given as a guest address instead of a frontend address", T, async () => {
+    await expectDropped("InvalidValue", async (fe) => {
+      await fe.start({ queues: 0 });
+      await fe.request(
+        Request.SET_VRING_ADDR,
+        vringAddrPayload({
+          index: 0,
+          flags: 0,
+          desc: 0x10000n,
+          used: 0x12000n,
+          avail: 0x11000n,
+          log: 0n,
+        }),
+      );
+    }, /in no memory region/);
+  });
+
+  it("GET_CONFIG with a size that does not match the payload", T, async () => {
+    await expectDropped("Malformed", async (fe) => {
+      await fe.start();
+      const payload = configPayload(0, new Uint8Array(4));
+      new DataView(payload.buffer).setUint32(4, 8, true);
+      await fe.request(Request.GET_CONFIG, payload);
+    });
+  });
+});
