@@ -214,64 +214,85 @@ export class MicroVm {
     const onError = options.onError ?? (() => {});
 
     const kvm = Kvm.open();
-    for (const [name, cap] of Object.entries(KvmCap)) {
-      if (["HLT", "EXT_CPUID", "NR_MEMSLOTS", "IMMEDIATE_EXIT"].includes(name)) continue;
-      if (kvm.checkExtension(cap) <= 0) {
-        kvm.close();
-        throw new KvmError(`KVM lacks KVM_CAP_${name}`);
+    const undo: (() => void)[] = [() => kvm.close()];
+    try {
+      for (const [name, cap] of Object.entries(KvmCap)) {
+        if (["HLT", "EXT_CPUID", "NR_MEMSLOTS", "IMMEDIATE_EXIT"].includes(name)) continue;
+        if (kvm.checkExtension(cap) <= 0) {
+          throw new KvmError(`KVM lacks KVM_CAP_${name}`);
+        }
       }
+      const runSize = kvm.vcpuMmapSize();
+      const vm = kvm.createVm();
+      undo.push(() => vm.close());
+      vm.setIdentityMapAddr(IDENTITY_MAP_ADDRESS);
+      vm.setTssAddr(TSS_ADDRESS);
+      vm.createIrqchip();
+      vm.createPit2();
+
+      const ram = mmapAnonymous(memorySize);
+      undo.push(() => ram.unmap());
+      vm.setUserMemoryRegion(0, 0, memorySize, ram.address);
+      const memory = new GuestMemory([{ base: 0, buffer: ram.buffer }]);
+
+      const slots: DeviceSlot[] = devices.map((device, i) => {
+        const base = mmioBase + i * MMIO_WINDOW_SIZE;
+        const irq = firstIrq + i;
+        if (irq === COM1_IRQ) throw new KvmError(`IRQ ${irq} is COM1's`);
+        const irqFd = new EventFd();
+        undo.push(() => irqFd.close());
+        vm.irqfd(irqFd.fd, irq);
+        const transport = new MmioTransport(device, memory, {
+          interrupt: () => irqFd.write(1n),
+          onError,
+        });
+        const queueFds: EventFd[] = [];
+        const watches: Watch[] = [];
+        transport.queues.forEach((_q, index) => {
+          const efd = new EventFd();
+          undo.push(() => efd.close());
+          vm.ioeventfd(base + MmioRegister.QueueNotify, 4, efd.fd, BigInt(index));
+          queueFds.push(efd);
+          const watch = watchReadable(efd.fd, () => {
+            if (efd.read() > 0n) transport.writeU32(MmioRegister.QueueNotify, index);
+          });
+          undo.push(() => watch.close());
+          watches.push(watch);
+        });
+        return { transport, base, irq, irqFd, queueFds, watches };
+      });
+
+      const mmioArgs = virtioMmioCmdline(slots.map((s) => ({ addr: s.base, irq: s.irq })));
+      const cmdline = [options.cmdline ?? DEFAULT_CMDLINE, mmioArgs].filter((s) => s).join(" ");
+      const boot = loadLinux(memory, {
+        kernel: options.kernel,
+        initrd: options.initrd,
+        cmdline,
+        ramSize: memorySize,
+      });
+
+      const vcpu = vm.createVcpu(0);
+      undo.push(() => vcpu.close());
+      vcpu.setCpuid(guestCpuid(kvm.supportedCpuid(), 0));
+      vcpu.setSregs(longModeSregs(vcpu.getSregs(), boot));
+      vcpu.setRegs(longModeRegs(boot));
+      vcpu.setupLapicLint();
+      const run = mmapFd(vcpu.fd, runSize);
+
+      return new MicroVm(
+        { kvm, vm, vcpu, ram, run, runSize, memory, slots, boot, cmdline },
+        options,
+      );
+    } catch (err) {
+      for (const fn of undo.reverse()) {
+        try {
+          fn();
+        } catch {
+          // Best effort: the original error matters.
+        }
+      }
+      throw err;
     }
-    const runSize = kvm.vcpuMmapSize();
-    const vm = kvm.createVm();
-    vm.setIdentityMapAddr(IDENTITY_MAP_ADDRESS);
-    vm.setTssAddr(TSS_ADDRESS);
-    vm.createIrqchip();
-    vm.createPit2();
-
-    const ram = mmapAnonymous(memorySize);
-    vm.setUserMemoryRegion(0, 0, memorySize, ram.address);
-    const memory = new GuestMemory([{ base: 0, buffer: ram.buffer }]);
-
-    const slots: DeviceSlot[] = devices.map((device, i) => {
-      const base = mmioBase + i * MMIO_WINDOW_SIZE;
-      const irq = firstIrq + i;
-      if (irq === COM1_IRQ) throw new KvmError(`IRQ ${irq} is COM1's`);
-      const irqFd = new EventFd();
-      vm.irqfd(irqFd.fd, irq);
-      const transport = new MmioTransport(device, memory, {
-        interrupt: () => irqFd.write(1n),
-        onError,
-      });
-      const queueFds: EventFd[] = [];
-      const watches: Watch[] = [];
-      transport.queues.forEach((_q, index) => {
-        const efd = new EventFd();
-        vm.ioeventfd(base + MmioRegister.QueueNotify, 4, efd.fd, BigInt(index));
-        queueFds.push(efd);
-        watches.push(watchReadable(efd.fd, () => {
-          if (efd.read() > 0n) transport.writeU32(MmioRegister.QueueNotify, index);
-        }));
-      });
-      return { transport, base, irq, irqFd, queueFds, watches };
-    });
-
-    const mmioArgs = virtioMmioCmdline(slots.map((s) => ({ addr: s.base, irq: s.irq })));
-    const cmdline = [options.cmdline ?? DEFAULT_CMDLINE, mmioArgs].filter((s) => s).join(" ");
-    const boot = loadLinux(memory, {
-      kernel: options.kernel,
-      initrd: options.initrd,
-      cmdline,
-      ramSize: memorySize,
-    });
-
-    const vcpu = vm.createVcpu(0);
-    vcpu.setCpuid(guestCpuid(kvm.supportedCpuid(), 0));
-    vcpu.setSregs(longModeSregs(vcpu.getSregs(), boot));
-    vcpu.setRegs(longModeRegs(boot));
-    vcpu.setupLapicLint();
-    const run = mmapFd(vcpu.fd, runSize);
-
-    return new MicroVm({ kvm, vm, vcpu, ram, run, runSize, memory, slots, boot, cmdline }, options);
   }
 
   /** The device windows: base address and interrupt line of each transport. */

@@ -69,6 +69,7 @@ async function boot(
 ): Promise<BootResult> {
   const socket = join(dir, `blk-${Math.random().toString(36).slice(2)}.sock`);
   const backend = startBackend(socket, disk);
+  let seen = "";
   try {
     await waitForSocket(socket);
     return await bootGuest({
@@ -79,7 +80,8 @@ async function boot(
       ],
       script,
       timeoutSec: 180,
-      onOutput: onOutput && ((chunk: string) => onOutput(chunk, backend)),
+      // Markers can be split across chunks: match on everything seen so far.
+      onOutput: onOutput && ((chunk: string) => onOutput((seen += chunk), backend)),
     });
   } finally {
     backend.kill("SIGTERM");
@@ -103,7 +105,7 @@ step features
 wait_for /dev/vda
 q=/sys/block/vda/queue
 echo "VT-SYSFS serial=$(cat /sys/block/vda/serial) lbs=$(cat $q/logical_block_size) \\
-pbs=$(cat $q/physical_block_size) wc=$(cat $q/write_cache) \\
+pbs=$(cat $q/physical_block_size) wc=$(cat $q/write_cache | tr " " _) \\
 discard=$(cat $q/discard_max_hw_bytes) wz=$(cat $q/write_zeroes_max_bytes) \\
 segs=$(cat $q/max_segments) segsize=$(cat $q/max_segment_size) hwkb=$(cat $q/max_hw_sectors_kb) \\
 ro=$(cat /sys/block/vda/ro) mq=$(ls /sys/block/vda/mq | wc -l)"
@@ -186,7 +188,7 @@ describe("block device data integrity with a real guest", { timeout: 600_000 }, 
     assert.equal(f.serial, "vt-integrity");
     assert.equal(f.lbs, "512");
     assert.equal(f.ro, "0");
-    assert.equal(f.wc, "write back"); // FLUSH + CONFIG_WCE in writeback mode
+    assert.equal(f.wc, "write_back"); // FLUSH + CONFIG_WCE in writeback mode
     assert.ok(Number(f.discard) > 0, `discard_max_hw_bytes ${f.discard}`);
     assert.ok(Number(f.wz) > 0, `write_zeroes_max_bytes ${f.wz}`);
     assert.ok(Number(f.segs) > 1, `max_segments ${f.segs}`); // SEG_MAX
