@@ -217,8 +217,22 @@ export interface VringAddr {
   log: bigint;
 }
 
+/** The payload decoders of {@linkcode Payload}. */
+export interface PayloadDecoders {
+  /** A u64 payload. */
+  u64(m: Message): bigint;
+  /** A vring state payload. */
+  vringState(m: Message): { index: number; num: number };
+  /** A vring address payload. */
+  vringAddr(m: Message): VringAddr;
+  /** A SET_MEM_TABLE payload. */
+  memTable(m: Message): MemoryRegionDesc[];
+  /** A GET_CONFIG / SET_CONFIG payload. */
+  config(m: Message): { offset: number; size: number; flags: number; data: Uint8Array };
+}
+
 /** Decoders for payloads; each checks the payload size and throws a `Malformed` error. */
-export const Payload = {
+export const Payload: PayloadDecoders = {
   /**
    * A u64 payload.
    * @param m The message.
