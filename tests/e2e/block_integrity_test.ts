@@ -81,7 +81,7 @@ async function boot(
       script,
       timeoutSec: 180,
       // Markers can be split across chunks: match on everything seen so far.
-      onOutput: onOutput && ((chunk: string) => onOutput((seen += chunk), backend)),
+      onOutput: onOutput && ((chunk: string) => onOutput(seen += chunk, backend)),
     });
   } finally {
     backend.kill("SIGTERM");
