@@ -8,12 +8,10 @@
 // Protocol (main → worker): one "start" message. (worker → main): "console" chunks, "mmio"
 // doorbells, then exactly one "exit" or "error".
 
-import { mmapFd } from "../sys/mod.ts";
+import { ioctl, mmapFd } from "../sys/mod.ts";
+import { encodeIrqLevel, KvmIoctl, KvmRunOffset } from "./abi.ts";
 import { decodeExit, dispatchExit, LegacyIo, type StopReason, VcpuError } from "./exits.ts";
-import { KvmIoctl, KvmRunOffset } from "./abi.ts";
 import { kvmRun } from "./vm.ts";
-import { ioctl } from "../sys/mod.ts";
-import { encodeIrqLevel } from "./abi.ts";
 import { Mailbox } from "./_mailbox.ts";
 
 /** The start message. */

@@ -133,7 +133,33 @@ export const KvmSize = {
 } as const;
 
 /** KVM ioctl request numbers (system, VM and vCPU ioctls), x86-64. */
-export const KvmIoctl = {
+export const KvmIoctl: Readonly<
+  Record<
+    | "GET_API_VERSION"
+    | "CREATE_VM"
+    | "CHECK_EXTENSION"
+    | "GET_VCPU_MMAP_SIZE"
+    | "GET_SUPPORTED_CPUID"
+    | "CREATE_VCPU"
+    | "SET_USER_MEMORY_REGION"
+    | "SET_TSS_ADDR"
+    | "SET_IDENTITY_MAP_ADDR"
+    | "CREATE_IRQCHIP"
+    | "IRQ_LINE"
+    | "IRQFD"
+    | "CREATE_PIT2"
+    | "IOEVENTFD"
+    | "RUN"
+    | "GET_REGS"
+    | "SET_REGS"
+    | "GET_SREGS"
+    | "SET_SREGS"
+    | "GET_LAPIC"
+    | "SET_LAPIC"
+    | "SET_CPUID2",
+    number
+  >
+> = {
   GET_API_VERSION: _IO(KVMIO, 0x00),
   CREATE_VM: _IO(KVMIO, 0x01),
   CHECK_EXTENSION: _IO(KVMIO, 0x03),
