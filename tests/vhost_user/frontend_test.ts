@@ -1,15 +1,10 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { VhostUserBackend } from "../../vhost_user/backend.ts";
 import {
   configPayload,
   FRONTEND_VA_BASE,
   memTablePayload,
   VhostUserFrontend,
-  type VhostUserFrontendOptions,
   vringAddrPayload,
 } from "../../vhost_user/frontend.ts";
 import {
@@ -21,74 +16,9 @@ import {
   VhostUserError,
 } from "../../vhost_user/protocol.ts";
 import { RngDevice } from "../../devices/rng.ts";
-import { featureBit, type VirtioDevice } from "../../devices/device.ts";
+import { featureBit } from "../../devices/device.ts";
 import { SysError } from "../../sys/mod.ts";
-
-const T = { timeout: 30000 };
-
-interface Harness {
-  backend: VhostUserBackend;
-  errors: Error[];
-  connect(options?: VhostUserFrontendOptions): Promise<VhostUserFrontend>;
-}
-
-async function withBackend(device: VirtioDevice, fn: (h: Harness) => Promise<void>): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), "vhost-user-test-"));
-  const errors: Error[] = [];
-  const backend = new VhostUserBackend(device, {
-    socketPath: join(dir, "backend.sock"),
-    onError: (e) => errors.push(e),
-  });
-  backend.listen();
-  const frontends: VhostUserFrontend[] = [];
-  try {
-    await fn({
-      backend,
-      errors,
-      connect: async (options) => {
-        const f = await VhostUserFrontend.connect(join(dir, "backend.sock"), options);
-        frontends.push(f);
-        return f;
-      },
-    });
-  } finally {
-    for (const f of frontends) await f.close();
-    await backend.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await delay(5);
-  }
-}
-
-/** Add one writable chain per size, kick, wait for all of them; returns what was written. */
-async function readEntropy(
-  fe: VhostUserFrontend,
-  sizes: number[],
-  index = 0,
-): Promise<Uint8Array[]> {
-  const { driver } = fe.ring(index);
-  const heads = sizes.map((n) => driver.addChain([{ writable: n }]));
-  fe.kick(index);
-  while (driver.pendingUsed() < sizes.length) {
-    assert.ok(await fe.waitCall(index, 5000), "no call from the backend");
-  }
-  const used = driver.takeAllUsed();
-  assert.deepEqual(used.map((u) => u.id), heads);
-  return used.map((u, i) => {
-    assert.equal(u.len, sizes[i]);
-    assert.equal(u.written.length, sizes[i]);
-    if (sizes[i] >= 16) assert.ok(new Set(u.written).size > 1, "entropy is constant");
-    return u.written;
-  });
-}
+import { delay, readEntropy, T, until, withBackend } from "./_harness.ts";
 
 describe("VhostUserFrontend", () => {
   it("encodes SET_VRING_ADDR, SET_MEM_TABLE and config payloads little-endian", () => {
