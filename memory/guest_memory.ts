@@ -386,16 +386,9 @@ export class GuestMemory {
    * @throws {GuestMemoryError} When any byte is not backed (nothing is copied then).
    */
   read(addr: number, dst: Uint8Array): void {
-    if (!this.checkSpan(addr, dst.length)) throw new GuestMemoryError(addr, dst.length);
-    let done = 0;
-    while (done < dst.length) {
-      const a = addr + done;
-      const r = this.findRegion(a)!;
-      const n = Math.min(dst.length - done, r.end - a);
-      const off = a - r.base;
+    this.#eachChunk(addr, dst.length, (r, off, done, n) => {
       dst.set(r.bytes.subarray(off, off + n), done);
-      done += n;
-    }
+    });
   }
 
   /**
@@ -405,15 +398,9 @@ export class GuestMemory {
    * @throws {GuestMemoryError} When any byte is not backed (nothing is copied then).
    */
   write(addr: number, src: Uint8Array): void {
-    if (!this.checkSpan(addr, src.length)) throw new GuestMemoryError(addr, src.length);
-    let done = 0;
-    while (done < src.length) {
-      const a = addr + done;
-      const r = this.findRegion(a)!;
-      const n = Math.min(src.length - done, r.end - a);
-      r.bytes.set(src.subarray(done, done + n), a - r.base);
-      done += n;
-    }
+    this.#eachChunk(addr, src.length, (r, off, done, n) => {
+      r.bytes.set(src.subarray(done, done + n), off);
+    });
   }
 
   /**
@@ -424,14 +411,28 @@ export class GuestMemory {
    * @throws {GuestMemoryError} When any byte is not backed (nothing is written then).
    */
   fill(addr: number, len: number, value = 0): void {
+    this.#eachChunk(addr, len, (r, off, _done, n) => {
+      r.bytes.fill(value, off, off + n);
+    });
+  }
+
+  /**
+   * Check that `[addr, addr + len)` is backed, then call `fn` for each piece of
+   * it that lies in one region: the region, the offset in it, how many bytes
+   * came before, and the piece's length.
+   */
+  #eachChunk(
+    addr: number,
+    len: number,
+    fn: (region: GuestRegion, offset: number, done: number, n: number) => void,
+  ): void {
     if (!this.checkSpan(addr, len)) throw new GuestMemoryError(addr, len);
     let done = 0;
     while (done < len) {
       const a = addr + done;
       const r = this.findRegion(a)!;
       const n = Math.min(len - done, r.end - a);
-      const off = a - r.base;
-      r.bytes.fill(value, off, off + n);
+      fn(r, a - r.base, done, n);
       done += n;
     }
   }
