@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { GuestMemory } from "../memory/guest_memory.ts";
+import { type GuestMemory, GuestMemoryError } from "../memory/guest_memory.ts";
 import type { DescriptorChain } from "../queue/chain.ts";
 import { QueueError } from "../queue/error.ts";
 import type { SplitQueue } from "../queue/split.ts";
@@ -177,7 +177,7 @@ export class VirtioError extends Error {
     if (err instanceof QueueError) {
       return new VirtioError("QueueError", err.message, { needsReset: err.fatal, cause: err });
     }
-    if (err instanceof RangeError && err.name === "GuestMemoryError") {
+    if (err instanceof GuestMemoryError) {
       return new VirtioError("GuestMemory", err.message, { cause: err });
     }
     const msg = err instanceof Error ? err.message : String(err);

@@ -512,9 +512,9 @@ export class MmioTransport {
     const desc = pfn * this.#guestPageSize;
     const avail = desc + 16 * q.size;
     const used = Math.ceil((avail + 6 + 2 * q.size) / align) * align;
-    q.setDescTableAddress(desc % 0x1_0000_0000, Math.floor(desc / 0x1_0000_0000));
-    q.setAvailRingAddress(avail % 0x1_0000_0000, Math.floor(avail / 0x1_0000_0000));
-    q.setUsedRingAddress(used % 0x1_0000_0000, Math.floor(used / 0x1_0000_0000));
+    q.descTable = desc;
+    q.availRing = avail;
+    q.usedRing = used;
     q.ready = true;
   }
 
