@@ -121,14 +121,21 @@ export const BUILD_SCRIPT: string = join(HERE, "build.sh");
 let cached: Promise<GuestImage> | undefined;
 
 /**
- * Builds the guest if needed (runs `build.sh`, which installs its Debian packages when missing and
- * is a no-op of well under a second once cached) and returns the kernel and initramfs paths.
- * Concurrent and repeated calls share one build.
+ * Runs a build script (`bash script`) and returns the `KEY=value` lines it printed on stdout for
+ * `keys`. Rejects with the script's output when it fails or leaves a key out.
+ *
+ * @param script Path of the script.
+ * @param keys The keys the script must print.
+ * @param options Extra environment; `verbose` streams the script's stderr.
+ * @returns The values by key.
  */
-export function ensureGuest(options: EnsureGuestOptions = {}): Promise<GuestImage> {
-  if (cached && !options.env) return cached;
-  const p = new Promise<GuestImage>((resolve, reject) => {
-    const child = spawn("bash", [BUILD_SCRIPT], {
+export function runBuildScript(
+  script: string,
+  keys: readonly string[],
+  options: EnsureGuestOptions = {},
+): Promise<Record<string, string>> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("bash", [script], {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, ...options.env },
     });
@@ -141,12 +148,26 @@ export function ensureGuest(options: EnsureGuestOptions = {}): Promise<GuestImag
     });
     child.on("error", reject);
     child.on("close", (code) => {
-      const kernel = /^VT_GUEST_KERNEL=(.*)$/m.exec(out)?.[1];
-      const initramfs = /^VT_GUEST_INITRAMFS=(.*)$/m.exec(out)?.[1];
-      if (code === 0 && kernel && initramfs) resolve({ kernel, initramfs });
-      else reject(new Error(`tests/guest/build.sh failed (exit ${code}):\n${err}${out}`));
+      const values: Record<string, string> = {};
+      for (const key of keys) {
+        const v = new RegExp(`^${key}=(.*)$`, "m").exec(out)?.[1];
+        if (v) values[key] = v;
+      }
+      if (code === 0 && keys.every((k) => k in values)) resolve(values);
+      else reject(new Error(`${script} failed (exit ${code}):\n${(err + out).slice(-8000)}`));
     });
   });
+}
+
+/**
+ * Builds the guest if needed (runs `build.sh`, which installs its Debian packages when missing and
+ * is a no-op of well under a second once cached) and returns the kernel and initramfs paths.
+ * Concurrent and repeated calls share one build.
+ */
+export function ensureGuest(options: EnsureGuestOptions = {}): Promise<GuestImage> {
+  if (cached && !options.env) return cached;
+  const p = runBuildScript(BUILD_SCRIPT, ["VT_GUEST_KERNEL", "VT_GUEST_INITRAMFS"], options)
+    .then((v) => ({ kernel: v.VT_GUEST_KERNEL, initramfs: v.VT_GUEST_INITRAMFS }));
   if (!options.env) {
     cached = p;
     p.catch(() => (cached = undefined));

@@ -6,11 +6,11 @@
  * @module
  */
 
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { runBuildScript } from "../qemu.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -40,22 +40,8 @@ let cached: Promise<string> | undefined;
  */
 export function ensureKernel(options: { verbose?: boolean } = {}): Promise<string> {
   if (cached) return cached;
-  cached = new Promise<string>((resolve, reject) => {
-    const child = spawn("bash", [KERNEL_BUILD_SCRIPT], { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => {
-      err += d;
-      if (options.verbose) process.stderr.write(d);
-    });
-    child.on("error", reject);
-    child.on("close", (code) => {
-      const path = /^VT_KVM_KERNEL=(.*)$/m.exec(out)?.[1];
-      if (code === 0 && path) resolve(path);
-      else reject(new Error(`build-kernel.sh failed (exit ${code}):\n${err.slice(-4000)}`));
-    });
-  });
+  cached = runBuildScript(KERNEL_BUILD_SCRIPT, ["VT_KVM_KERNEL"], options)
+    .then((v) => v.VT_KVM_KERNEL);
   cached.catch(() => (cached = undefined));
   return cached;
 }
