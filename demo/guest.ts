@@ -12,13 +12,14 @@
  * @module
  */
 
-import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
 import { bootGuest, ensureGuest } from "../tests/guest/qemu.ts";
+import { startBackend } from "../tests/guest/backends.ts";
 import { hasKvm } from "../sys/mod.ts";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -42,21 +43,6 @@ cmp /tmp/msg /tmp/back && echo "read back: $(cat /tmp/back)"
 step poweroff
 `;
 
-function startBackend(args: string[]): ChildProcess {
-  const deno = join(root, "node_modules", ".bin", "deno");
-  const child = spawn(deno, ["run", "--allow-all", join(root, "vhost_user", "main.ts"), ...args], {
-    stdio: ["ignore", "inherit", "inherit"],
-  });
-  return child;
-}
-
-async function waitForSocket(path: string): Promise<void> {
-  for (let i = 0; i < 200 && !existsSync(path); i++) {
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  if (!existsSync(path)) throw new Error(`backend did not create ${path}`);
-}
-
 async function qemuDemo(): Promise<number> {
   console.log(
     "/dev/kvm not present: QEMU (TCG) is the VMM, our devices are vhost-user backends",
@@ -68,13 +54,14 @@ async function qemuDemo(): Promise<number> {
   truncateSync(disk, 64 << 20);
   const rngSock = join(dir, "rng.sock");
   const blkSock = join(dir, "blk.sock");
-  const children = [
-    startBackend(["--socket", rngSock, "--device", "rng"]),
-    startBackend(["--socket", blkSock, "--device", "blk", "--file", disk, "--serial", "vt-demo"]),
+  const backends = [
+    await startBackend(["--socket", rngSock, "--device", "rng"], { stdout: "inherit" }),
+    await startBackend(
+      ["--socket", blkSock, "--device", "blk", "--file", disk, "--serial", "vt-demo"],
+      { stdout: "inherit" },
+    ),
   ];
   try {
-    await waitForSocket(rngSock);
-    await waitForSocket(blkSock);
     const result = await bootGuest({
       args: [
         ...["-chardev", `socket,id=rng,path=${rngSock}`],
@@ -92,7 +79,7 @@ async function qemuDemo(): Promise<number> {
     );
     return result.passed ? 0 : 1;
   } finally {
-    for (const c of children) c.kill("SIGTERM");
+    for (const b of backends) await b.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }

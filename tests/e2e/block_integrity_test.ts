@@ -5,10 +5,9 @@
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import {
   closeSync,
-  existsSync,
   mkdtempSync,
   openSync,
   readSync,
@@ -17,49 +16,16 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { bootGuest, type BootResult, ensureGuest } from "../guest/qemu.ts";
+import { startBackend, yesPattern } from "../guest/backends.ts";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const MiB = 1 << 20;
 const DISK_SIZE = 128 * MiB;
 const PATTERN_OFFSET = 4 * MiB;
 const PATTERN_SIZE = 4 * MiB;
 
-function pattern(): Uint8Array {
-  const line = new TextEncoder().encode("FLUSHED-BEFORE-SIGKILL-0123456789\n");
-  const out = new Uint8Array(PATTERN_SIZE);
-  for (let i = 0; i < out.length; i++) out[i] = line[i % line.length];
-  return out;
-}
-
-function startBackend(socket: string, disk: string): ChildProcess {
-  return spawn(
-    join(root, "node_modules", ".bin", "deno"),
-    [
-      "run",
-      "--allow-all",
-      join(root, "vhost_user", "main.ts"),
-      ...["--socket", socket, "--device", "blk", "--file", disk],
-      ...["--serial", "vt-integrity", "--queues", "2"],
-    ],
-    { stdio: ["ignore", "ignore", "inherit"] },
-  );
-}
-
-async function waitForSocket(path: string): Promise<void> {
-  for (let i = 0; i < 400 && !existsSync(path); i++) {
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  assert.ok(existsSync(path), `backend did not listen on ${path}`);
-}
-
-function exited(child: ChildProcess): Promise<void> {
-  return child.exitCode !== null || child.signalCode !== null
-    ? Promise.resolve()
-    : new Promise((r) => child.once("exit", () => r()));
-}
+const PATTERN_LINE = "FLUSHED-BEFORE-SIGKILL-0123456789";
 
 async function boot(
   dir: string,
@@ -68,10 +34,12 @@ async function boot(
   onOutput?: (chunk: string, backend: ChildProcess) => void,
 ): Promise<BootResult> {
   const socket = join(dir, `blk-${Math.random().toString(36).slice(2)}.sock`);
-  const backend = startBackend(socket, disk);
+  const backend = await startBackend([
+    ...["--socket", socket, "--device", "blk", "--file", disk],
+    ...["--serial", "vt-integrity", "--queues", "2"],
+  ]);
   let seen = "";
   try {
-    await waitForSocket(socket);
     return await bootGuest({
       args: [
         ...["-chardev", `socket,id=blk,path=${socket}`],
@@ -81,18 +49,17 @@ async function boot(
       script,
       timeoutSec: 180,
       // Markers can be split across chunks: match on everything seen so far.
-      onOutput: onOutput && ((chunk: string) => onOutput(seen += chunk, backend)),
+      onOutput: onOutput && ((chunk: string) => onOutput(seen += chunk, backend.child)),
     });
   } finally {
-    backend.kill("SIGTERM");
-    await exited(backend);
+    await backend.stop();
   }
 }
 
 const WRITE_AND_FLUSH = `
 step write
 wait_for /dev/vda
-yes FLUSHED-BEFORE-SIGKILL-0123456789 | head -c ${PATTERN_SIZE} > /tmp/pat
+yes ${PATTERN_LINE} | head -c ${PATTERN_SIZE} > /tmp/pat
 dd if=/tmp/pat of=/dev/vda bs=1048576 seek=${PATTERN_OFFSET / MiB} oflag=direct 2>/dev/null
 # fsync on the block device issues VIRTIO_BLK_T_FLUSH
 dd if=/dev/null of=/dev/vda conv=fsync 2>/dev/null
@@ -110,7 +77,7 @@ discard=$(cat $q/discard_max_hw_bytes) wz=$(cat $q/write_zeroes_max_bytes) \\
 segs=$(cat $q/max_segments) segsize=$(cat $q/max_segment_size) hwkb=$(cat $q/max_hw_sectors_kb) \\
 ro=$(cat /sys/block/vda/ro) mq=$(ls /sys/block/vda/mq | wc -l)"
 step verify-flushed
-yes FLUSHED-BEFORE-SIGKILL-0123456789 | head -c ${PATTERN_SIZE} > /tmp/pat
+yes ${PATTERN_LINE} | head -c ${PATTERN_SIZE} > /tmp/pat
 dd if=/dev/vda bs=1048576 skip=${PATTERN_OFFSET / MiB} count=${
   PATTERN_SIZE / MiB
 } 2>/dev/null | cmp /tmp/pat -
@@ -174,7 +141,7 @@ describe("block device data integrity with a real guest", { timeout: 600_000 }, 
     const got = new Uint8Array(PATTERN_SIZE);
     readSync(fd, got, 0, PATTERN_SIZE, PATTERN_OFFSET);
     closeSync(fd);
-    assert.deepEqual(got, pattern());
+    assert.deepEqual(got, yesPattern(PATTERN_LINE, PATTERN_SIZE));
   });
 
   it("a second boot reads the flushed data back", () => {

@@ -17,6 +17,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bootGuest, type BootResult, ensureGuest } from "../guest/qemu.ts";
+import { yesPattern } from "../guest/backends.ts";
 import { VhostUserBackend } from "../../vhost_user/backend.ts";
 import { RngDevice } from "../../devices/rng.ts";
 import { BlockDevice } from "../../devices/block.ts";
@@ -26,13 +27,7 @@ const PATTERN_OFFSET = MiB; // bytes into /dev/vda
 const DISK_SIZE = 64 * MiB;
 const SHRUNK_SIZE = 32 * MiB;
 
-/** The 1 MiB pattern the guest writes: `yes VIRTIO-TS-PATTERN-0123456789 | head -c 1048576`. */
-function pattern(): Uint8Array {
-  const line = new TextEncoder().encode("VIRTIO-TS-PATTERN-0123456789\n");
-  const out = new Uint8Array(MiB);
-  for (let i = 0; i < out.length; i++) out[i] = line[i % line.length];
-  return out;
-}
+const PATTERN_LINE = "VIRTIO-TS-PATTERN-0123456789";
 
 const SCRIPT = `
 step devices
@@ -50,7 +45,7 @@ echo "VT-HWRNG $a $b"
 step blk-size
 expect_eq "$(cat /sys/block/vda/size)" ${DISK_SIZE / 512} vda-sectors
 step blk-write
-yes VIRTIO-TS-PATTERN-0123456789 | head -c 1048576 > /tmp/pat
+yes ${PATTERN_LINE} | head -c 1048576 > /tmp/pat
 dd if=/tmp/pat of=/dev/vda bs=65536 seek=${PATTERN_OFFSET / 65536} conv=fsync 2>/dev/null
 sync
 echo 3 > /proc/sys/vm/drop_caches
@@ -156,7 +151,7 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
     const got = new Uint8Array(MiB);
     readSync(fd, got, 0, MiB, PATTERN_OFFSET);
     closeSync(fd);
-    assert.deepEqual(got, pattern());
+    assert.deepEqual(got, yesPattern(PATTERN_LINE, MiB));
     assert.ok(vda.stats.writes > 0 && vda.stats.flushes > 0, JSON.stringify(vda.stats));
   });
 

@@ -1,0 +1,71 @@
+/**
+ * Our vhost-user CLI (`vhost_user/main.ts`) run as its own process, for the real-guest tests
+ * and the demo, and the byte pattern the guests write. Only `node:` imports.
+ *
+ * @module
+ */
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+/** A backend process started by {@link startBackend}. */
+export interface BackendProcess {
+  /** The process. */
+  child: ChildProcess;
+  /** SIGTERM it (unless it already exited) and wait until it has exited. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Start `vhost_user/main.ts` with `args` and wait until it listens on its `--socket` path.
+ *
+ * @param args CLI arguments; must include `--socket PATH`.
+ * @param options `stdout`: show the backend's stdout (default: ignore it); stderr is shown.
+ * @returns The running backend.
+ */
+export async function startBackend(
+  args: string[],
+  options: { stdout?: "inherit" | "ignore" } = {},
+): Promise<BackendProcess> {
+  const socket = args[args.indexOf("--socket") + 1];
+  if (!args.includes("--socket") || socket === undefined) throw new Error("--socket is required");
+  const child = spawn(
+    join(ROOT, "node_modules", ".bin", "deno"),
+    ["run", "--allow-all", join(ROOT, "vhost_user", "main.ts"), ...args],
+    { stdio: ["ignore", options.stdout ?? "ignore", "inherit"] },
+  );
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const backend = {
+    child,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      await exited;
+    },
+  };
+  for (let i = 0; i < 400 && !existsSync(socket) && child.exitCode === null; i++) {
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  if (!existsSync(socket)) {
+    await backend.stop();
+    throw new Error(`backend did not listen on ${socket}`);
+  }
+  return backend;
+}
+
+/**
+ * What `yes TEXT | head -c SIZE` prints in the guest: `TEXT\n` repeated, cut at `size` bytes.
+ *
+ * @param text The line, without its newline.
+ * @param size Total bytes.
+ * @returns The bytes.
+ */
+export function yesPattern(text: string, size: number): Uint8Array {
+  const line = new TextEncoder().encode(`${text}\n`);
+  const out = new Uint8Array(size);
+  for (let i = 0; i < size; i++) out[i] = line[i % line.length];
+  return out;
+}
