@@ -103,65 +103,60 @@ function advance(
   return [i, skip];
 }
 
-/**
- * preadv the whole of `bufs` at `offset`, retrying short reads; bytes past the
- * end of the file read as zeroes (a sparse or shrunk image).
- */
-function readFully(fd: number, bufs: readonly Uint8Array[], offset: number): void {
-  let i = 0;
-  let skip = 0;
-  let pos = offset;
-  if (bufs.length <= IOV_MAX) {
-    // The common case: one preadv fills everything.
-    const n = fs.readvSync(fd, bufs, pos);
-    if (n === totalLength(bufs)) return;
-    if (n === 0) {
-      for (const b of bufs) b.fill(0);
-      return;
-    }
-    pos += n;
-    [i, skip] = advance(bufs, 0, 0, n);
-  }
-  while (i < bufs.length) {
-    let n: number;
-    if (skip === 0) {
-      n = fs.readvSync(fd, bufs.slice(i, i + IOV_MAX), pos);
-    } else {
-      const b = bufs[i];
-      n = fs.readSync(fd, b, skip, b.length - skip, pos);
-    }
-    if (n === 0) {
-      bufs[i].fill(0, skip);
-      for (let j = i + 1; j < bufs.length; j++) bufs[j].fill(0);
-      return;
-    }
-    pos += n;
-    [i, skip] = advance(bufs, i, skip, n);
-  }
+/** One direction of positional vectored I/O, and what to do when it makes no progress. */
+interface Direction {
+  vec(fd: number, bufs: readonly Uint8Array[], pos: number): number;
+  one(fd: number, buf: Uint8Array, off: number, len: number, pos: number): number;
+  /** No progress at `pos` with `bufs[i]` filled up to `skip`. */
+  stalled(bufs: readonly Uint8Array[], i: number, skip: number, pos: number): void;
 }
 
-/** pwritev the whole of `bufs` at `offset`, retrying short writes. */
-function writeFully(fd: number, bufs: readonly Uint8Array[], offset: number): void {
+/** preadv; bytes past the end of the file read as zeroes (a sparse or shrunk image). */
+const READ: Direction = {
+  vec: (fd, bufs, pos) => fs.readvSync(fd, bufs, pos),
+  one: (fd, buf, off, len, pos) => fs.readSync(fd, buf, off, len, pos),
+  stalled(bufs, i, skip) {
+    bufs[i].fill(0, skip);
+    for (let j = i + 1; j < bufs.length; j++) bufs[j].fill(0);
+  },
+};
+
+/** pwritev; a write that makes no progress is an error. */
+const WRITE: Direction = {
+  vec: (fd, bufs, pos) => fs.writevSync(fd, bufs, pos),
+  one: (fd, buf, off, len, pos) => fs.writeSync(fd, buf, off, len, pos),
+  stalled(_bufs, _i, _skip, pos) {
+    throw new Error(`Short write at offset ${pos}`);
+  },
+};
+
+/** Transfer the whole of `bufs` at `offset`, retrying short transfers. */
+function transferFully(
+  dir: Direction,
+  fd: number,
+  bufs: readonly Uint8Array[],
+  offset: number,
+): void {
   let i = 0;
   let skip = 0;
   let pos = offset;
   if (bufs.length <= IOV_MAX) {
-    // The common case: one pwritev takes everything.
-    const n = fs.writevSync(fd, bufs, pos);
+    // The common case: one preadv / pwritev moves everything.
+    const n = dir.vec(fd, bufs, pos);
     if (n === totalLength(bufs)) return;
-    if (n <= 0) throw new Error(`Short write at offset ${pos}`);
+    if (n <= 0) return dir.stalled(bufs, 0, 0, pos);
     pos += n;
     [i, skip] = advance(bufs, 0, 0, n);
   }
   while (i < bufs.length) {
     let n: number;
     if (skip === 0) {
-      n = fs.writevSync(fd, bufs.slice(i, i + IOV_MAX), pos);
+      n = dir.vec(fd, bufs.slice(i, i + IOV_MAX), pos);
     } else {
       const b = bufs[i];
-      n = fs.writeSync(fd, b, skip, b.length - skip, pos);
+      n = dir.one(fd, b, skip, b.length - skip, pos);
     }
-    if (n <= 0) throw new Error(`Short write at offset ${pos}`);
+    if (n <= 0) return dir.stalled(bufs, i, skip, pos);
     pos += n;
     [i, skip] = advance(bufs, i, skip, n);
   }
@@ -277,7 +272,7 @@ export class FileBackend implements BlockBackend {
    * @param offset Byte offset.
    */
   read(bufs: readonly Uint8Array[], offset: number): void {
-    readFully(this.fd, bufs, offset);
+    transferFully(READ, this.fd, bufs, offset);
   }
 
   /**
@@ -286,7 +281,7 @@ export class FileBackend implements BlockBackend {
    * @param offset Byte offset.
    */
   write(bufs: readonly Uint8Array[], offset: number): void {
-    writeFully(this.fd, bufs, offset);
+    transferFully(WRITE, this.fd, bufs, offset);
   }
 
   /** fdatasync the file. */
@@ -326,7 +321,7 @@ export class FileBackend implements BlockBackend {
     while (pos < end) {
       const n = Math.min(ZERO_CHUNK, end - pos);
       one[0] = n === ZERO_CHUNK ? z : z.subarray(0, n);
-      writeFully(this.fd, one, pos);
+      transferFully(WRITE, this.fd, one, pos);
       pos += n;
     }
   }
