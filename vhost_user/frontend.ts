@@ -612,22 +612,14 @@ export class VhostUserFrontend {
   // Wait until the socket is readable; false on timeout. Rejects when the frontend closes.
   async #waitReadable(timeoutMs: number): Promise<boolean> {
     if (timeoutMs <= 0) return false;
-    const ac = new AbortController();
-    const timedOut = new Error("timeout");
-    const timer = setTimeout(() => ac.abort(timedOut), timeoutMs);
-    const closing = this.#closing.signal;
-    const onClose = () => ac.abort(new VhostUserError("Io", "frontend is closed"));
-    closing.addEventListener("abort", onClose, { once: true });
-    try {
-      await waitReady(this.#fd, POLLIN, { signal: ac.signal });
-      return true;
-    } catch (err) {
-      if (err === timedOut) return false;
-      throw err;
-    } finally {
-      clearTimeout(timer);
-      closing.removeEventListener("abort", onClose);
-    }
+    return await withTimeout(
+      timeoutMs,
+      (signal) => waitReady(this.#fd, POLLIN, { signal }).then(() => {}),
+      {
+        signal: this.#closing.signal,
+        reason: () => new VhostUserError("Io", "frontend is closed"),
+      },
+    );
   }
 
   #closeFds(fds: number[]): void {
@@ -935,18 +927,9 @@ export class VhostUserFrontend {
   async waitCall(index: number, timeoutMs: number): Promise<boolean> {
     const call = this.ring(index).call;
     if (call.read() !== 0n) return true;
-    const ac = new AbortController();
-    const timedOut = new Error("timeout");
-    const timer = setTimeout(() => ac.abort(timedOut), timeoutMs);
-    try {
-      await call.wait({ signal: ac.signal });
-      return true;
-    } catch (err) {
-      if (err === timedOut) return false;
-      throw err;
-    } finally {
-      clearTimeout(timer);
-    }
+    return await withTimeout(timeoutMs, async (signal) => {
+      await call.wait({ signal });
+    });
   }
 
   /**
@@ -1013,5 +996,32 @@ export class VhostUserFrontend {
     if (this.#fd >= 0) closeFd(this.#fd);
     this.#fd = -1;
     this.#freeMemory();
+  }
+}
+
+/**
+ * Run `wait` with a signal that aborts after `timeoutMs`, or when `cancel.signal` aborts (with
+ * `cancel.reason()`).
+ * @returns `true` when `wait` finished, `false` when it was cut short by the timeout.
+ */
+async function withTimeout(
+  timeoutMs: number,
+  wait: (signal: AbortSignal) => Promise<void>,
+  cancel?: { signal: AbortSignal; reason: () => unknown },
+): Promise<boolean> {
+  const ac = new AbortController();
+  const timedOut = new Error("timeout");
+  const timer = setTimeout(() => ac.abort(timedOut), timeoutMs);
+  const onCancel = () => ac.abort(cancel?.reason());
+  cancel?.signal.addEventListener("abort", onCancel, { once: true });
+  try {
+    await wait(ac.signal);
+    return true;
+  } catch (err) {
+    if (err === timedOut) return false;
+    throw err;
+  } finally {
+    clearTimeout(timer);
+    cancel?.signal.removeEventListener("abort", onCancel);
   }
 }
