@@ -585,9 +585,8 @@ export class VhostUserBackend {
       kick.read();
       this.#kicked(index);
     });
-    // (Re-)activate the device on every started ring, this one included.
-    this.#deactivate();
-    this.#activate();
+    // Serve every started ring, this one included.
+    this.#reactivate();
     for (let i = 0; i < this.#rings.length; i++) this.#kicked(i);
   }
 
@@ -609,9 +608,8 @@ export class VhostUserBackend {
     ring.started = false;
     ring.queue.ready = false;
     this.#log(`vring ${index} stopped at ${ring.base}`);
-    // Serve the remaining rings with a device re-activated without this one.
-    this.#deactivate();
-    this.#activate();
+    // Serve the remaining rings without this one.
+    this.#reactivate();
   }
 
   #activate(): void {
@@ -644,6 +642,12 @@ export class VhostUserBackend {
       // Not enough rings yet (e.g. a device needing two) is normal while starting.
       this.#log(`activation deferred: ${asError(err).message}`);
     }
+  }
+
+  // The device's queue set changed: activate it again on the rings now started.
+  #reactivate(): void {
+    this.#deactivate();
+    this.#activate();
   }
 
   #deactivate(): void {
