@@ -227,6 +227,20 @@ export class GuestMemory {
   }
 
   /**
+   * The region holding all of `[addr, addr + len)` (`len` > 0), without throwing.
+   * @param addr Guest-physical address.
+   * @param len Length in bytes.
+   * @returns The region, or `undefined` when the range is not inside one region.
+   */
+  regionOf(addr: number, len: number): GuestRegion | undefined {
+    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(len) || addr < 0 || len <= 0) {
+      return undefined;
+    }
+    const r = this.findRegion(addr);
+    return r !== undefined && addr + len <= r.end ? r : undefined;
+  }
+
+  /**
    * Resolve a range to its region and the offset inside it.
    * @param addr Guest-physical address.
    * @param len Length in bytes.

@@ -274,14 +274,15 @@ export class SplitQueue {
           fatal: true,
         });
       }
-      if (!mem.checkRange(addr, len)) {
+      const region = mem.regionOf(addr, len);
+      if (region === undefined) {
         throw new QueueError(
           "InvalidRing",
           `${name} at 0x${addr.toString(16)} (+${len}) is outside guest memory`,
           { fatal: true },
         );
       }
-      const { region, offset } = mem.resolve(addr, len);
+      const offset = addr - region.base;
       if ((region.bytes.byteOffset + offset) % align !== 0) {
         throw new QueueError("InvalidRing", `${name} is misaligned in its backing buffer`, {
           fatal: true,
@@ -421,12 +422,12 @@ export class SplitQueue {
         }
         const n = len / DESCRIPTOR_SIZE;
         if (n > MAX_INDIRECT_ENTRIES) bad("InvalidIndirectLength", `${n} indirect entries`);
-        if (!mem.checkRange(addr, len)) {
-          bad("DescriptorOutOfBounds", `indirect table at 0x${addr.toString(16)} (+${len})`);
+        const region = mem.regionOf(addr, len);
+        if (region === undefined) {
+          return bad("DescriptorOutOfBounds", `indirect table at 0x${addr.toString(16)} (+${len})`);
         }
-        const r = mem.resolve(addr, len);
-        table = r.region;
-        base = r.offset;
+        table = region;
+        base = addr - region.base;
         entries = n;
         ttl = n;
         inIndirect = true;
