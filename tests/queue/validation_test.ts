@@ -51,6 +51,13 @@ function popFails(
 ): QueueError {
   for (const [i, d] of descs) s.driver.writeDescriptor(i, d, table);
   s.driver.publish(head);
+  const caught = expectPopError(s, code, fatal);
+  if (!fatal) assert.equal(caught.head, head);
+  return caught;
+}
+
+/** `pop()` must throw a QueueError with this code and fatality; returns it. */
+function expectPopError(s: Setup, code: QueueErrorCode, fatal: boolean): QueueError {
   let caught: unknown;
   try {
     s.queue.pop(s.mem);
@@ -60,7 +67,6 @@ function popFails(
   assert.ok(caught instanceof QueueError, `expected a QueueError, got ${caught}`);
   assert.equal(caught.code, code, caught.message);
   assert.equal(caught.fatal, fatal);
-  if (!fatal) assert.equal(caught.head, head);
   return caught;
 }
 
@@ -303,30 +309,14 @@ describe("SplitQueue.pop() chain validation", () => {
   it("SplitQueue.pop() rejects INDIRECT when VIRTIO_F_INDIRECT_DESC was not negotiated", () => {
     const s = setup({ indirect: false });
     s.driver.addChain([{ writable: 4 }], { indirect: true });
-    let caught: unknown;
-    try {
-      s.queue.pop(s.mem);
-    } catch (err) {
-      caught = err;
-    }
-    assert.ok(caught instanceof QueueError);
-    assert.equal(caught.code, "IndirectNotNegotiated");
-    assert.equal(caught.fatal, false);
+    const caught = expectPopError(s, "IndirectNotNegotiated", false);
     assertKeepsWorking(s, caught);
   });
 
   it("SplitQueue.pop() rejects a readable descriptor after a writable one", () => {
     const s = setup();
     const head = s.driver.addChain([{ writable: 4 }, { readable: new Uint8Array([1]) }]);
-    let caught: unknown;
-    try {
-      s.queue.pop(s.mem);
-    } catch (err) {
-      caught = err;
-    }
-    assert.ok(caught instanceof QueueError);
-    assert.equal(caught.code, "ReadableAfterWritable");
-    assert.equal(caught.fatal, false);
+    const caught = expectPopError(s, "ReadableAfterWritable", false);
     assert.equal(caught.head, head);
     assertKeepsWorking(s, caught);
   });
@@ -359,15 +349,7 @@ describe("SplitQueue.pop() chain validation", () => {
       });
     }
     s.driver.publish(0);
-    let caught: unknown;
-    try {
-      s.queue.pop(s.mem);
-    } catch (err) {
-      caught = err;
-    }
-    assert.ok(caught instanceof QueueError);
-    assert.equal(caught.code, "ChainTooLarge");
-    assert.equal(caught.fatal, false);
+    const caught = expectPopError(s, "ChainTooLarge", false);
     assert.equal(caught.head, 0);
     assert.equal(s.queue.broken, undefined);
     s.queue.addUsed(s.mem, 0, 0);
@@ -395,15 +377,7 @@ describe("SplitQueue.pop() chain validation", () => {
   it("SplitQueue.pop() treats avail.idx more than the queue size ahead as fatal (AvailIdxJump)", () => {
     const s = setup();
     s.driver.setAvailIdx(SIZE + 1);
-    let caught: unknown;
-    try {
-      s.queue.pop(s.mem);
-    } catch (err) {
-      caught = err;
-    }
-    assert.ok(caught instanceof QueueError);
-    assert.equal(caught.code, "AvailIdxJump");
-    assert.equal(caught.fatal, true);
+    const caught = expectPopError(s, "AvailIdxJump", true);
     assert.equal(caught.head, undefined);
     assertBroken(s, caught);
   });
