@@ -14,8 +14,13 @@ import {
   FALLOC_FL_ZERO_RANGE,
   fallocate,
   O_CLOEXEC,
+  O_RDONLY,
   O_RDWR,
   open as sysOpen,
+  pread,
+  preadv,
+  pwrite,
+  pwritev,
 } from "../sys/fd.ts";
 
 /**
@@ -130,6 +135,20 @@ const WRITE: Direction = {
   },
 };
 
+/** preadv through the FFI layer (`fd` is an OS descriptor); as {@linkcode READ} otherwise. */
+const SYS_READ: Direction = {
+  vec: preadv,
+  one: (fd, buf, off, len, pos) => pread(fd, buf.subarray(off, off + len), pos),
+  stalled: READ.stalled,
+};
+
+/** pwritev through the FFI layer. */
+const SYS_WRITE: Direction = {
+  vec: pwritev,
+  one: (fd, buf, off, len, pos) => pwrite(fd, buf.subarray(off, off + len), pos),
+  stalled: WRITE.stalled,
+};
+
 /** Transfer the whole of `bufs` at `offset`, retrying short transfers. */
 function transferFully(
   dir: Direction,
@@ -185,12 +204,20 @@ export interface FileBackendOptions {
    * range is zeroed by writing.
    */
   fallocate?: boolean;
+  /**
+   * Do reads and writes through the FFI layer's preadv/pwritev when it is
+   * available (default true): guest memory mapped from a memfd (vhost-user)
+   * goes to the kernel as one iovec table. With `false`, or without FFI
+   * (Deno without `--allow-ffi`), `node:fs` does the I/O.
+   */
+  ffi?: boolean;
 }
 
 /**
  * A raw disk image file, or a block device node, served with positional
- * vectored I/O (`preadv`/`pwritev` through `node:fs`): there is no shared file
- * offset, and guest-memory views go to the kernel without a copy.
+ * vectored I/O (`preadv`/`pwritev` through the FFI layer, else `node:fs`):
+ * there is no shared file offset, and guest-memory views go to the kernel
+ * without a copy.
  *
  * @example
  * ```ts ignore
@@ -209,8 +236,12 @@ export class FileBackend implements BlockBackend {
   readonly #isBlockDevice: boolean;
   readonly #rdev: number;
   #closed = false;
-  // A second descriptor from the FFI layer for fallocate: `null` once it is known to be unusable.
-  #sysFd: number | null | undefined;
+  // A second descriptor from the FFI layer, for I/O and fallocate: `null` when FFI is unusable.
+  #sysFd: number | null;
+  // The descriptor and functions reads and writes go through.
+  readonly #ioFd: number;
+  readonly #read: Direction;
+  readonly #write: Direction;
   #punchHole: boolean;
   #zeroRange: boolean;
 
@@ -235,15 +266,31 @@ export class FileBackend implements BlockBackend {
       this.#isBlockDevice = st.isBlockDevice();
       this.#rdev = st.rdev;
       this.#size = options.size;
-      const use = (options.fallocate ?? true) && !this.readOnly;
-      this.#punchHole = use;
-      this.#zeroRange = use;
-      this.#sysFd = use ? undefined : null;
       void this.size; // fail now, not on first use, if the size is unreadable
     } catch (err) {
       fs.closeSync(this.fd);
       throw err;
     }
+    const wantFallocate = (options.fallocate ?? true) && !this.readOnly;
+    this.#sysFd = null;
+    if (wantFallocate || (options.ffi ?? true)) {
+      try {
+        this.#sysFd = sysOpen(path, (this.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+      } catch {
+        // No FFI (permission or runtime): node:fs does everything, zeroes are written.
+      }
+    }
+    this.#punchHole = wantFallocate && this.#sysFd !== null;
+    this.#zeroRange = this.#punchHole;
+    const sysIo = (options.ffi ?? true) && this.#sysFd !== null;
+    this.#ioFd = sysIo ? this.#sysFd! : this.fd;
+    this.#read = sysIo ? SYS_READ : READ;
+    this.#write = sysIo ? SYS_WRITE : WRITE;
+  }
+
+  /** Whether reads and writes go through the FFI layer's preadv/pwritev (else `node:fs`). */
+  get usesFfi(): boolean {
+    return this.#read === SYS_READ;
   }
 
   /** Size in bytes: the override, else the file's current size (read each time). */
@@ -272,7 +319,7 @@ export class FileBackend implements BlockBackend {
    * @param offset Byte offset.
    */
   read(bufs: readonly Uint8Array[], offset: number): void {
-    transferFully(READ, this.fd, bufs, offset);
+    transferFully(this.#read, this.#ioFd, bufs, offset);
   }
 
   /**
@@ -281,7 +328,7 @@ export class FileBackend implements BlockBackend {
    * @param offset Byte offset.
    */
   write(bufs: readonly Uint8Array[], offset: number): void {
-    transferFully(WRITE, this.fd, bufs, offset);
+    transferFully(this.#write, this.#ioFd, bufs, offset);
   }
 
   /** fdatasync the file. */
@@ -321,20 +368,13 @@ export class FileBackend implements BlockBackend {
     while (pos < end) {
       const n = Math.min(ZERO_CHUNK, end - pos);
       one[0] = n === ZERO_CHUNK ? z : z.subarray(0, n);
-      transferFully(WRITE, this.fd, one, pos);
+      transferFully(this.#write, this.#ioFd, one, pos);
       pos += n;
     }
   }
 
   // true: done; false: the mode is unavailable here (fall back). Other errors propagate.
   #tryFallocate(mode: number, offset: number, length: number): boolean {
-    if (this.#sysFd === undefined) {
-      try {
-        this.#sysFd = sysOpen(this.path, O_RDWR | O_CLOEXEC);
-      } catch {
-        this.#sysFd = null;
-      }
-    }
     if (this.#sysFd === null) return false;
     try {
       fallocate(this.#sysFd, mode, offset, length);

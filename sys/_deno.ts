@@ -23,6 +23,8 @@ const SYMBOLS = {
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  preadv: { parameters: ["i32", "buffer", "i32", "i64"], result: "isize" },
+  pwritev: { parameters: ["i32", "buffer", "i32", "i64"], result: "isize" },
   mmap: { parameters: ["usize", "usize", "i32", "i32", "i32", "i64"], result: "usize" },
   munmap: { parameters: ["usize", "usize"], result: "i32" },
   madvise: { parameters: ["usize", "usize", "i32"], result: "i32" },
@@ -97,6 +99,8 @@ export function createDenoBackend(): Backend {
     write: (fd, buf, count) => Number(sym.write(fd, buf, count)),
     pread: (fd, buf, count, offset) => Number(sym.pread(fd, buf, count, offset)),
     pwrite: (fd, buf, count, offset) => Number(sym.pwrite(fd, buf, count, offset)),
+    preadv: (fd, iov, iovcnt, offset) => Number(sym.preadv(fd, iov, iovcnt, offset)),
+    pwritev: (fd, iov, iovcnt, offset) => Number(sym.pwritev(fd, iov, iovcnt, offset)),
     mmap: (addr, len, prot, flags, fd, off) =>
       BigInt.asIntN(64, BigInt(sym.mmap(addr, len, prot, flags, fd, off))),
     munmap: sym.munmap,

@@ -9,6 +9,7 @@
  */
 
 import { backend, check, cString, fail, libc, retry } from "./libc.ts";
+import { mappedAddressOf } from "./mman.ts";
 
 // open(2) flags. The values are those of x86-64 and the generic table (arm64 and others)
 // except where noted; `O_DIRECT`, `O_DIRECTORY` and `O_NOFOLLOW` differ on arm64.
@@ -182,6 +183,102 @@ export function pwrite(fd: number, buf: Uint8Array, offset: number): number {
   checkFd(fd);
   const off = checkOffset("offset", offset);
   return retry("pwrite", () => libc().pwrite(fd, buf, BigInt(buf.byteLength), off));
+}
+
+/** Linux's limit on iovecs per preadv/pwritev call (IOV_MAX). */
+export const IOV_MAX = 1024;
+const IOVEC_SIZE = 16; // struct iovec { void *iov_base; size_t iov_len; }
+const iovBytes = new Uint8Array(IOV_MAX * IOVEC_SIZE);
+const iovView = new DataView(iovBytes.buffer);
+
+/** Lay out `bufs` as iovecs in the shared scratch table; false when one is not mapped memory. */
+function fillIovecs(bufs: readonly Uint8Array[]): boolean {
+  for (let i = 0; i < bufs.length; i++) {
+    const b = bufs[i];
+    const address = mappedAddressOf(b);
+    if (address === undefined) return false;
+    const at = i * IOVEC_SIZE;
+    iovView.setUint32(at, address % 0x1_0000_0000, true);
+    iovView.setUint32(at + 4, Math.floor(address / 0x1_0000_0000), true);
+    iovView.setUint32(at + 8, b.byteLength, true);
+    iovView.setUint32(at + 12, 0, true);
+  }
+  return true;
+}
+
+function vectored(write: boolean, fd: number, bufs: readonly Uint8Array[], offset: number): number {
+  checkFd(fd);
+  const off = checkOffset("offset", offset);
+  if (bufs.length === 1) {
+    const b = bufs[0];
+    return write
+      ? retry("pwrite", () => libc().pwrite(fd, b, BigInt(b.byteLength), off))
+      : retry("pread", () => libc().pread(fd, b, BigInt(b.byteLength), off));
+  }
+  if (bufs.length === 0) return 0;
+  if (bufs.length <= IOV_MAX && fillIovecs(bufs)) {
+    const n = bufs.length;
+    return write
+      ? retry("pwritev", () => libc().pwritev(fd, iovBytes, n, off))
+      : retry("preadv", () => libc().preadv(fd, iovBytes, n, off));
+  }
+  // Not all in mapped memory (or too many): one positioned call per buffer, stopping short
+  // where the kernel did, so the result means what preadv's would.
+  let total = 0;
+  for (let i = 0; i < bufs.length; i++) {
+    const b = bufs[i];
+    const n = write ? pwrite(fd, b, offset + total) : pread(fd, b, offset + total);
+    total += n;
+    if (n < b.byteLength) break;
+  }
+  return total;
+}
+
+/**
+ * Reads into `bufs`, in order, from file offset `offset` without moving the file position
+ * (preadv(2)). Views into the buffer of a {@link Mapping} (guest memory) go to the kernel as
+ * one iovec table, without a copy and without allocating; other views are read one pread(2)
+ * each. Either way the result is what one preadv would return.
+ *
+ * @example
+ * ```ts
+ * import { close, ftruncate, memfdCreate, mmapFd, preadv, pwritev } from "./mod.ts";
+ * const fd = memfdCreate("disk");
+ * ftruncate(fd, 8192);
+ * const m = mmapFd(fd, 8192);
+ * const bytes = new Uint8Array(m.buffer);
+ * bytes.fill(7, 0, 512);
+ * pwritev(fd, [bytes.subarray(0, 256), bytes.subarray(256, 512)], 4096);
+ * const out = new Uint8Array(m.buffer, 1024, 512);
+ * if (preadv(fd, [out], 4096) !== 512 || out[511] !== 7) throw new Error("unreachable");
+ * m.unmap();
+ * close(fd);
+ * ```
+ *
+ * @param fd The file descriptor.
+ * @param bufs Where to read to, in order.
+ * @param offset The file offset.
+ * @returns The number of bytes read; fewer than asked near the end of the file.
+ * @throws {SysError} When the read fails.
+ * @throws {RangeError} If `offset` is negative or not a safe integer.
+ */
+export function preadv(fd: number, bufs: readonly Uint8Array[], offset: number): number {
+  return vectored(false, fd, bufs, offset);
+}
+
+/**
+ * Writes `bufs`, in order, at file offset `offset` without moving the file position
+ * (pwritev(2)); views into a {@link Mapping} go as one iovec table, as in {@link preadv}.
+ *
+ * @param fd The file descriptor.
+ * @param bufs The bytes to write, in order.
+ * @param offset The file offset.
+ * @returns The number of bytes written, which may be fewer than asked.
+ * @throws {SysError} When the write fails.
+ * @throws {RangeError} If `offset` is negative or not a safe integer.
+ */
+export function pwritev(fd: number, bufs: readonly Uint8Array[], offset: number): number {
+  return vectored(true, fd, bufs, offset);
 }
 
 /**

@@ -59,6 +59,23 @@ export interface MmapOptions {
   flags?: number;
 }
 
+// The address of each live Mapping's buffer, so vectored I/O can hand the kernel pointers into
+// it without asking the runtime per view: mapped memory never moves, unlike a small on-heap
+// typed array, whose address is only good until the next allocation.
+const mappedAddresses = new WeakMap<ArrayBuffer, number>();
+
+/**
+ * The address of `view`'s first byte when it lies in the buffer of a live {@link Mapping},
+ * else `undefined`. Allocates nothing.
+ *
+ * @param view A view.
+ * @returns The address as a number (user-space addresses are below 2^53), or `undefined`.
+ */
+export function mappedAddressOf(view: ArrayBufferView): number | undefined {
+  const base = mappedAddresses.get(view.buffer as ArrayBuffer);
+  return base === undefined ? undefined : base + view.byteOffset;
+}
+
 /**
  * A memory mapping seen as an `ArrayBuffer`. The memory stays mapped until {@link Mapping.unmap}
  * is called; dropping the object does not unmap it.
@@ -83,6 +100,7 @@ export class Mapping {
     this.address = address;
     this.length = length;
     this.#buffer = backend().view(address, length);
+    mappedAddresses.set(this.#buffer, Number(address));
   }
 
   /**
@@ -114,6 +132,7 @@ export class Mapping {
   unmap(): void {
     if (!this.#mapped) return;
     this.#mapped = false;
+    mappedAddresses.delete(this.#buffer);
     const buffer = this.#buffer as ArrayBuffer & { transfer?: (length: number) => ArrayBuffer };
     if (typeof buffer.transfer === "function") {
       // Detach the external buffer; the zero-length result is what remains.

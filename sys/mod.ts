@@ -2,8 +2,9 @@
  * The system layer: libc through FFI, on Deno (`Deno.dlopen`) and Bun (`bun:ffi`) alike. It is
  * the only part of virtio-ts that knows which runtime it runs on.
  *
- * - File descriptors: {@link open}, {@link close}, {@link pread}, {@link pwrite},
- *   {@link fdatasync}, {@link fallocate}, {@link ftruncate}, {@link ioctl}, {@link memfdCreate}.
+ * - File descriptors: {@link open}, {@link close}, {@link pread}, {@link pwrite}, {@link preadv},
+ *   {@link pwritev}, {@link fdatasync}, {@link fallocate}, {@link ftruncate}, {@link ioctl},
+ *   {@link memfdCreate}.
  * - Memory: {@link mmapFd} and {@link mmapAnonymous} give a {@link Mapping} whose `buffer` is
  *   the mapped memory.
  * - {@link EventFd}, with a non-blocking {@link EventFd.wait}.
@@ -60,6 +61,7 @@ export {
   fsync,
   ftruncate,
   ioctl,
+  IOV_MAX,
   memfd_create,
   memfdCreate,
   MFD_ALLOW_SEALING,
@@ -82,7 +84,9 @@ export {
   O_WRONLY,
   open,
   pread,
+  preadv,
   pwrite,
+  pwritev,
   read,
   setCloexec,
   setNonBlocking,
@@ -105,6 +109,7 @@ export {
   MAP_PRIVATE,
   MAP_SHARED,
   MAP_SHARED_VALIDATE,
+  mappedAddressOf,
   Mapping,
   mmapAnonymous,
   mmapFd,

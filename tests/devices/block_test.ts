@@ -46,6 +46,7 @@ import {
   VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from "../../devices/block.ts";
 import { MMIO_CONFIG_OFFSET, type MmioError, MmioTransport } from "../../transport/mmio.ts";
+import { close as closeFd, ftruncate, memfdCreate, mmapFd } from "../../sys/mod.ts";
 import { MmioDriver } from "../../transport/mmio_driver.ts";
 
 // ---------------------------------------------------------------------------
@@ -120,7 +121,7 @@ function allFeatures(dev: BlockDevice): bigint {
 /** A device activated directly with driver-side queues, as a transport would. */
 class Rig {
   readonly dev: BlockDevice;
-  readonly mem: GuestMemory = GuestMemory.create(16 << 20);
+  readonly mem: GuestMemory;
   readonly drivers: DriverQueue[] = [];
   readonly interrupts: number[] = [];
   readonly errors: VirtioError[] = [];
@@ -129,8 +130,15 @@ class Rig {
 
   constructor(
     options: BlockOptions,
-    opts: { features?: bigint; queues?: number; queueSize?: number; gaps?: boolean } = {},
+    opts: {
+      features?: bigint;
+      queues?: number;
+      queueSize?: number;
+      gaps?: boolean;
+      memory?: GuestMemory;
+    } = {},
   ) {
+    this.mem = opts.memory ?? GuestMemory.create(16 << 20);
     this.dev = new BlockDevice({ ...options, onError: (e) => this.errors.push(e) });
     const features = allFeatures(this.dev) & (opts.features ?? ~0n);
     this.dev.setAckedFeatures(0, Number(features & 0xffffffffn));
@@ -377,6 +385,39 @@ describe("BlockDevice", () => {
       assert.deepEqual(rig.errors, []);
     } finally {
       rig.dev.remove();
+    }
+  });
+
+  it("on memfd-mapped guest memory, scattered segments move by preadv/pwritev or node:fs alike", () => {
+    const fd = memfdCreate("guest");
+    ftruncate(fd, 16 << 20);
+    const mapping = mmapFd(fd, 16 << 20);
+    const memory = new GuestMemory([{ base: 0, buffer: mapping.buffer }]);
+    try {
+      for (const ffi of [true, false]) {
+        const path = image(256);
+        const backend = new FileBackend(path, { ffi });
+        assert.equal(backend.usesFfi, ffi);
+        const rig = new Rig({ backend }, { memory });
+        try {
+          const data = randomBytes(8192, ffi ? 7 : 8);
+          const w = rig.write(16, data, { lens: [512, 4096, 1024, 2560] });
+          assert.equal(w.status, VIRTIO_BLK_S_OK);
+          assert.deepEqual(fileBytes(path, 16 * 512, 8192), data);
+          assert.deepEqual(fileBytes(path, 15 * 512, 512), patternBytes(15 * 512, 512));
+          const r = rig.read(16, [4096, 512, 3584]);
+          assert.equal(r.status, VIRTIO_BLK_S_OK);
+          assert.deepEqual(r.data, data);
+          // The last sector of the disk, split across segments.
+          const end = rig.read(255, [256, 256]);
+          assert.deepEqual(end.data, patternBytes(255 * 512, 512));
+        } finally {
+          backend.close();
+        }
+      }
+    } finally {
+      mapping.unmap();
+      closeFd(fd);
     }
   });
 

@@ -21,8 +21,11 @@ import {
   fsync,
   ftruncate,
   ioctl,
+  IOV_MAX,
+  mappedAddressOf,
   memfd_create,
   memfdCreate,
+  mmapFd,
   O_CLOEXEC,
   O_CREAT,
   O_NONBLOCK,
@@ -30,7 +33,9 @@ import {
   O_RDWR,
   open,
   pread,
+  preadv,
   pwrite,
+  pwritev,
   read,
   sendmsg,
   setCloexec,
@@ -99,6 +104,120 @@ describe("open() and close()", () => {
 
   it("rejects paths with a NUL character", () => {
     assert.throws(() => open("/dev/null\0x", O_RDONLY), TypeError);
+  });
+});
+
+describe("preadv() and pwritev()", () => {
+  function withMemfd(size: number, fn: (fd: number, mem: Uint8Array) => void): void {
+    const fd = memfdCreate("vec");
+    ftruncate(fd, size);
+    const m = mmapFd(fd, size);
+    try {
+      fn(fd, new Uint8Array(m.buffer));
+    } finally {
+      m.unmap();
+      close(fd);
+    }
+  }
+
+  it("move scattered views of mapped memory as one iovec table, in order", () => {
+    const file = open(join(dir, "vec"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+    try {
+      withMemfd(65536, (_fd, mem) => {
+        for (let i = 0; i < 4096; i++) mem[i] = (i * 7) & 0xff;
+        // Three views out of order in memory, with odd lengths.
+        const parts = [mem.subarray(3000, 4000), mem.subarray(17, 529), mem.subarray(1000, 1001)];
+        assert.notEqual(mappedAddressOf(parts[0]), undefined);
+        assert.equal(pwritev(file, parts, 100), 1513);
+        const back = new Uint8Array(1513);
+        assert.equal(pread(file, back, 100), 1513);
+        const expected = new Uint8Array([...parts[0], ...parts[1], ...parts[2]]);
+        assert.deepEqual(back, expected);
+        // Read into other scattered views of the mapping.
+        const into = [mem.subarray(40000, 40500), mem.subarray(20000, 21013)];
+        assert.equal(preadv(file, into, 100), 1513);
+        assert.deepEqual(new Uint8Array([...into[0], ...into[1]]), expected);
+        // At the end of the file the count is short and the rest untouched.
+        mem.fill(0xee, 50000, 50100);
+        const tail = [mem.subarray(50000, 50010), mem.subarray(50050, 50100)];
+        assert.equal(preadv(file, tail, 100 + 1513 - 20), 20);
+        assert.deepEqual([...tail[0]], [...expected.subarray(1493, 1503)]);
+        assert.deepEqual([...tail[1].subarray(0, 10)], [...expected.subarray(1503, 1513)]);
+        assert.equal(tail[1][10], 0xee);
+      });
+    } finally {
+      close(file);
+    }
+  });
+
+  it("fall back to one call per view for ordinary buffers, with the same result", () => {
+    const file = open(join(dir, "vec2"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+    try {
+      const a = new Uint8Array([1, 2, 3]), b = new Uint8Array(600).fill(4);
+      assert.equal(mappedAddressOf(a), undefined);
+      assert.equal(pwritev(file, [a, b], 10), 603);
+      const x = new Uint8Array(2), y = new Uint8Array(700);
+      assert.equal(preadv(file, [x, y], 10), 603, "short at the end of the file");
+      assert.deepEqual([...x], [1, 2]);
+      assert.deepEqual([...y.subarray(0, 3)], [3, 4, 4]);
+      assert.equal(y[601], 0);
+      assert.equal(preadv(file, [], 0), 0);
+      assert.equal(preadv(file, [x], 613), 0, "0 past the end");
+    } finally {
+      close(file);
+    }
+  });
+
+  it("mix mapped and ordinary views, and take more views than IOV_MAX", () => {
+    const file = open(join(dir, "vec3"), O_RDWR | O_CREAT | O_CLOEXEC, 0o600);
+    try {
+      withMemfd(8192, (_fd, mem) => {
+        mem.fill(5, 0, 8);
+        const mixed = [mem.subarray(0, 8), new Uint8Array(8).fill(6)];
+        assert.equal(pwritev(file, mixed, 0), 16);
+        const many = Array.from({ length: IOV_MAX + 1 }, (_, i) => mem.subarray(i * 4, i * 4 + 4));
+        assert.equal(pwritev(file, many, 16), 4 * (IOV_MAX + 1));
+        const back = new Uint8Array(16 + 4 * (IOV_MAX + 1));
+        assert.equal(pread(file, back, 0), back.length);
+        assert.deepEqual([...back.subarray(0, 16)], [
+          5,
+          5,
+          5,
+          5,
+          5,
+          5,
+          5,
+          5,
+          6,
+          6,
+          6,
+          6,
+          6,
+          6,
+          6,
+          6,
+        ]);
+        assert.deepEqual(back.subarray(16), mem.subarray(0, 4 * (IOV_MAX + 1)));
+      });
+    } finally {
+      close(file);
+    }
+  });
+
+  it("forget a mapping's address once it is unmapped", () => {
+    const fd = memfdCreate("gone");
+    ftruncate(fd, 4096);
+    const m = mmapFd(fd, 4096);
+    const view = new Uint8Array(m.buffer, 100, 10);
+    assert.equal(mappedAddressOf(view), Number(m.address) + 100);
+    m.unmap();
+    close(fd);
+    assert.equal(mappedAddressOf(new Uint8Array(m.buffer)), undefined);
+  });
+
+  it("reject bad offsets and closed descriptors", () => {
+    assert.throws(() => preadv(0, [new Uint8Array(1)], -1), RangeError);
+    assert.equal(sysCode(() => pwritev(-1, [new Uint8Array(1), new Uint8Array(1)], 0)), "EBADF");
   });
 });
 

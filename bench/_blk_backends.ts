@@ -1,0 +1,126 @@
+/**
+ * The two vhost-user-blk backends the end-to-end benchmark compares, started as processes on
+ * the same image: ours (`vhost_user/main.ts`) and `qemu-storage-daemon`'s vhost-user-blk
+ * export, both through the host page cache. Plus connecting a {@linkcode BlkLoad} to one.
+ *
+ * @module
+ */
+
+import { spawn } from "node:child_process";
+import { existsSync, rmSync } from "node:fs";
+import process from "node:process";
+import { type BackendProcess, startBackend } from "../tests/guest/backends.ts";
+import { VhostUserFrontend } from "../vhost_user/frontend.ts";
+import { BlkLoad, readCapacity } from "./_blk_load.ts";
+
+export type { BackendProcess };
+
+/** Slots (largest queue depth) the benchmark frontend lays out. */
+export const LOAD_SLOTS = 32;
+/** Largest request the benchmark frontend sends. */
+export const LOAD_MAX_BLOCK = 1 << 20;
+/** Guest memory of the benchmark frontend: rings plus 32 slots of 1 MiB. */
+export const LOAD_MEMORY = 64 << 20;
+
+/**
+ * Start our backend on `image`.
+ * @param image The raw image.
+ * @param socket The socket path to listen on.
+ * @returns The process.
+ */
+export function startOurs(image: string, socket: string): Promise<BackendProcess> {
+  rmSync(socket, { force: true });
+  return startBackend(["--socket", socket, "--device", "blk", "--file", image]);
+}
+
+/**
+ * The qemu-storage-daemon command line serving `image` as a vhost-user-blk export: file
+ * driver with the page cache (`cache.direct=off`, thread-pool AIO), raw format, writable, one
+ * queue. `locking=off` so our backend may have the same image open.
+ * @param image The raw image.
+ * @param socket The socket path.
+ * @returns argv without the program.
+ */
+export function qsdArgs(image: string, socket: string): string[] {
+  return [
+    "--blockdev",
+    `driver=file,node-name=file0,filename=${image},cache.direct=off,aio=threads,locking=off`,
+    "--blockdev",
+    "driver=raw,node-name=disk0,file=file0",
+    "--export",
+    `type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=${socket},` +
+    "writable=on,num-queues=1",
+  ];
+}
+
+/**
+ * Whether `qemu-storage-daemon` is on the PATH.
+ * @returns `true` when found.
+ */
+export function hasQsd(): boolean {
+  return (process.env.PATH ?? "").split(":").some((d) => existsSync(`${d}/qemu-storage-daemon`));
+}
+
+/**
+ * Start qemu-storage-daemon on `image` and wait until it listens.
+ * @param image The raw image.
+ * @param socket The socket path.
+ * @returns The process.
+ */
+export async function startQsd(image: string, socket: string): Promise<BackendProcess> {
+  rmSync(socket, { force: true });
+  const child = spawn("qemu-storage-daemon", qsdArgs(image, socket), {
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const proc: BackendProcess = {
+    child,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      await exited;
+    },
+  };
+  for (let i = 0; i < 400 && !existsSync(socket) && child.exitCode === null; i++) {
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  if (!existsSync(socket)) {
+    await proc.stop();
+    throw new Error(`qemu-storage-daemon did not listen on ${socket}`);
+  }
+  return proc;
+}
+
+/** A frontend connected to a backend, with the load generator on its ring 0. */
+export interface Connected {
+  /** The frontend (close it when done). */
+  frontend: VhostUserFrontend;
+  /** The load generator on ring 0. */
+  load: BlkLoad;
+}
+
+/**
+ * Connect a frontend to `socket`, negotiate every feature the backend offers, set up ring 0
+ * (256 entries, room for {@linkcode LOAD_SLOTS} slots of {@linkcode LOAD_MAX_BLOCK}) and read
+ * the capacity.
+ * @param socket The backend's socket.
+ * @returns The frontend and its load generator.
+ */
+export async function connectLoad(socket: string): Promise<Connected> {
+  const frontend = await VhostUserFrontend.connect(socket, { memorySize: LOAD_MEMORY });
+  try {
+    await frontend.start({ queues: 0 });
+    await frontend.setupRing(0, {
+      size: 256,
+      bufferSize: LOAD_SLOTS * (LOAD_MAX_BLOCK + 8192) + (1 << 20),
+    });
+    const capacity = await readCapacity(frontend);
+    const load = new BlkLoad(frontend, 0, capacity, {
+      slots: LOAD_SLOTS,
+      maxBlock: LOAD_MAX_BLOCK,
+    });
+    return { frontend, load };
+  } catch (err) {
+    await frontend.close();
+    throw err;
+  }
+}
