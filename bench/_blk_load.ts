@@ -111,6 +111,9 @@ export class BlkLoad {
   /** Disk size in bytes (`capacity` × 512). */
   readonly capacity: number;
   #lastUsed: number;
+  // Set once a run or check failed: requests may still be in flight, so the ring's state is
+  // unknown and the generator refuses further work (connect again instead).
+  #failed: Error | undefined;
 
   /**
    * @param frontend A started frontend.
@@ -227,10 +230,27 @@ export class BlkLoad {
    * @param w The workload.
    * @param options Duration, op budget and seed.
    * @returns What was done.
-   * @throws {BlkLoadError} On a failed request or a used entry that names no slot.
+   * @throws {BlkLoadError} On a failed request or a used entry that names no slot; after any
+   *   failure the generator refuses further work.
    * @throws {Error} When no completion arrives within 10 s.
    */
-  async run(w: Workload, options: RunOptions = {}): Promise<LoadResult> {
+  run(w: Workload, options: RunOptions = {}): Promise<LoadResult> {
+    return this.#guard(() => this.#run(w, options));
+  }
+
+  async #guard<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#failed !== undefined) {
+      throw new BlkLoadError(`load generator unusable after an earlier failure: ${this.#failed}`);
+    }
+    try {
+      return await fn();
+    } catch (err) {
+      this.#failed = err instanceof Error ? err : new Error(String(err));
+      throw err;
+    }
+  }
+
+  async #run(w: Workload, options: RunOptions): Promise<LoadResult> {
     if (w.queueDepth > this.#slots.length || w.blockSize > this.#maxBlock) {
       throw new RangeError(`${w.name} needs more slots or larger buffers`);
     }
@@ -339,11 +359,19 @@ export class BlkLoad {
    * @param hostRead Reads `length` bytes of the image at `offset`, bypassing the backend.
    * @param options Number of 4 KiB blocks (default 64) and the seed.
    * @returns The number of bytes checked.
-   * @throws {BlkLoadError} On any difference, naming the offset.
+   * @throws {BlkLoadError} On a failed request or any difference, naming the offset; after
+   *   any failure the generator refuses further work.
    */
-  async verify(
+  verify(
     hostRead: (offset: number, length: number) => Uint8Array,
     options: { count?: number; seed?: number } = {},
+  ): Promise<number> {
+    return this.#guard(() => this.#verify(hostRead, options));
+  }
+
+  async #verify(
+    hostRead: (offset: number, length: number) => Uint8Array,
+    options: { count?: number; seed?: number },
   ): Promise<number> {
     const count = options.count ?? 64;
     let rnd = (options.seed ?? 0x9e3779b9) >>> 0 || 1;

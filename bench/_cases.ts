@@ -15,18 +15,31 @@ import { type DriverBuffer, DriverQueue } from "../queue/testing.ts";
 import { RngDevice } from "../devices/rng.ts";
 import { MmioRegister, MmioTransport } from "../transport/mmio.ts";
 import { MmioDriver } from "../transport/mmio_driver.ts";
+import { VirtioDeviceConfig, VirtioQueueConfig } from "../devices/device.ts";
+import {
+  BlockDevice,
+  type BlockRequestLimits,
+  FileBackend,
+  parseRequest,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+} from "../devices/block.ts";
+import { closeSync, openSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { close as closeFd, ftruncate, memfdCreate, mmapFd } from "../sys/mod.ts";
 
 /** One benchmark workload: `run()` does `batch` operations. */
 export interface BenchCase {
   /** Benchmark name, stating the batch. */
   name: string;
   /** Group the case belongs to. */
-  group: "queue" | "rng";
+  group: "queue" | "rng" | "block";
   /** Operations (chains or requests) per `run()`. */
   batch: number;
   /** Descriptors processed per `run()` (queue cases). */
   descriptors: number;
-  /** Bytes of payload produced per `run()` (rng cases). */
+  /** Bytes of payload produced or moved per `run()` (rng and block cases). */
   bytes: number;
   /** Do one batch. */
   run(): void;
@@ -122,6 +135,200 @@ export function rngCase(size: number, batch: number): BenchCase {
   };
 }
 
+function blockHeader(type: number, sector: number): Uint8Array {
+  const h = new Uint8Array(16);
+  const v = new DataView(h.buffer);
+  v.setUint32(0, type, true);
+  v.setUint32(8, sector % 0x1_0000_0000, true);
+  v.setUint32(12, Math.floor(sector / 0x1_0000_0000), true);
+  return h;
+}
+
+const PARSE_LIMITS: BlockRequestLimits = {
+  capacitySectors: 1 << 21,
+  readOnly: false,
+  blockSize: 512,
+  discard: true,
+  maxDiscardSegments: 32,
+  maxDiscardSectors: 0x3fffff,
+  writeZeroes: true,
+  maxWriteZeroesSegments: 32,
+  maxWriteZeroesSectors: 0x3fffff,
+};
+
+/**
+ * The pure request parser on real chains: each `run()` re-publishes `batch` pre-built
+ * 4 KiB IN requests, pops each, parses and validates it and returns it with `addUsed`: the
+ * queue work of `queueCase(3)` plus the parse.
+ * @param batch Requests per run.
+ * @returns The case.
+ */
+export function blockParseCase(batch: number = QUEUE_BATCH): BenchCase {
+  const mem = GuestMemory.create(16 << 20);
+  const driver = new DriverQueue(mem, { size: 1024 });
+  const queue = new SplitQueue(1024);
+  driver.program(queue);
+  queue.validate(mem);
+  const heads = Array.from({ length: batch }, (_, i) =>
+    driver.addChain([
+      { readable: blockHeader(VIRTIO_BLK_T_IN, i * 8) },
+      { writable: 4096 },
+      { writable: 1 },
+    ], { publish: false }));
+  let sink = 0;
+  return {
+    name: `block request pop+parse+addUsed, 4 KiB IN (batch ${batch})`,
+    group: "block",
+    batch,
+    descriptors: 3 * batch,
+    bytes: 0,
+    run() {
+      for (let i = 0; i < heads.length; i++) driver.publish(heads[i]);
+      let chain;
+      while ((chain = queue.pop(mem)) !== null) {
+        const req = parseRequest(chain, PARSE_LIMITS);
+        if (!req.ok) throw new Error(req.reason);
+        sink += req.length;
+        queue.addUsed(mem, chain.head, 0);
+      }
+      if (queue.needsNotification(mem)) sink++;
+      if (sink < 0) throw new Error("unreachable");
+    },
+  };
+}
+
+/** Size of the image the in-process block cases serve (kept in the page cache by use). */
+const BENCH_DISK = 64 << 20;
+let benchDisk: string | undefined;
+
+/** A 64 MiB image of non-zero bytes in the temporary directory, written once per process. */
+function benchDiskPath(): string {
+  if (benchDisk !== undefined) return benchDisk;
+  const path = join(tmpdir(), "virtio-ts-bench-disk.img");
+  const chunk = new Uint8Array(1 << 20);
+  for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 131 + 7) & 0xff;
+  const fd = openSync(path, "w");
+  try {
+    for (let off = 0; off < BENCH_DISK; off += chunk.length) {
+      writeSync(fd, chunk, 0, chunk.length, off);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  benchDisk = path;
+  return path;
+}
+
+/** Options of {@linkcode blockDeviceCase}. */
+export interface BlockDeviceCaseOptions {
+  /** IN (read) or OUT (write). */
+  op: "read" | "write";
+  /** Payload bytes per request. */
+  size: number;
+  /** Requests per `run()`. */
+  batch: number;
+  /** Split each payload into segments of this many bytes (default: one segment). */
+  segment?: number;
+  /**
+   * Guest memory mapped from a memfd, as a vhost-user backend has it (default: an
+   * `ArrayBuffer`); scattered segments then go to the kernel as one iovec table.
+   */
+  mapped?: boolean;
+}
+
+/**
+ * The in-process device path: driver harness → {@linkcode BlockDevice} → {@linkcode FileBackend}
+ * on an image in the page cache. Each `run()` publishes `batch` pre-built requests at
+ * successive offsets and calls `processQueue` once, which parses, does the I/O, writes the
+ * status, adds the used entries and decides on the interrupt.
+ * @param options The request shape.
+ * @returns The case.
+ */
+export function blockDeviceCase(options: BlockDeviceCaseOptions): BenchCase {
+  const { op, size, batch } = options;
+  const segment = options.segment ?? size;
+  // A pool of chains spread over the whole image, published `batch` at a time in turn, so
+  // successive runs touch different pages of the file and of guest memory (4 KiB requests at
+  // scattered offsets, larger ones in order).
+  const pool = Math.max(batch, Math.min(256, Math.floor(BENCH_DISK / size)));
+  const memSize = 2 * size * pool + (4 << 20);
+  let memory: GuestMemory;
+  if (options.mapped) {
+    const fd = memfdCreate("bench-guest");
+    ftruncate(fd, memSize);
+    memory = new GuestMemory([{ base: 0, buffer: mmapFd(fd, memSize).buffer }]);
+    closeFd(fd);
+  } else {
+    memory = GuestMemory.create(memSize);
+  }
+  const backend = new FileBackend(benchDiskPath());
+  const blk = new BlockDevice({ backend, queueSize: 1024 });
+  const driver = new DriverQueue(memory, { size: 1024, gaps: false });
+  const queue = new SplitQueue(1024);
+  driver.program(queue);
+  const features = BigInt(blk.getAvailFeatures(0)) | (BigInt(blk.getAvailFeatures(1)) << 32n);
+  blk.setAckedFeatures(0, Number(features & 0xffffffffn));
+  blk.setAckedFeatures(1, Number(features >> 32n));
+  let interrupts = 0;
+  blk.activate(
+    new VirtioDeviceConfig({
+      memory,
+      queues: [new VirtioQueueConfig(0, queue, { notify: () => interrupts++ })],
+      deviceChangeNotifier: { notify() {} },
+      ackedFeatures: blk.ackedFeatures(),
+    }),
+  );
+  const type = op === "read" ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT;
+  const sectors = size / 512;
+  const slots = Math.floor(BENCH_DISK / size);
+  const heads = Array.from({ length: pool }, (_, i) => {
+    const slot = size < 65536 ? (i * 7919) % slots : i % slots;
+    const header = { readable: blockHeader(type, slot * sectors) };
+    const data = Array.from(
+      { length: size / segment },
+      () => op === "read" ? { writable: segment } : { readable: new Uint8Array(segment).fill(i) },
+    );
+    return driver.addChain([header, ...data, { writable: 1 }], {
+      publish: false,
+      indirect: data.length > 8,
+    });
+  });
+  let next = 0;
+  const label = size >= 1 << 20 ? `${size >> 20} MiB` : `${size >> 10} KiB`;
+  const shape = segment === size ? "" : ` in ${size / segment} segments`;
+  return {
+    name: `block ${op === "read" ? "IN" : "OUT"} ${label}${shape}, ` +
+      `${options.mapped ? "memfd" : "ArrayBuffer"} guest memory, file in page cache ` +
+      `(batch ${batch})`,
+    group: "block",
+    batch,
+    descriptors: batch * (2 + size / segment),
+    bytes: size * batch,
+    run() {
+      for (let i = 0; i < batch; i++) {
+        driver.publish(heads[next]);
+        next = next + 1 === pool ? 0 : next + 1;
+      }
+      blk.processQueue(0);
+      driver.setLastUsed(driver.usedIdx());
+      if (blk.stats.errors !== 0 || interrupts < 0) throw new Error("block request failed");
+    },
+  };
+}
+
+/** The block cases: parsing, then 4 KiB, 64 KiB and 1 MiB reads and writes in process. */
+export function blockCases(): BenchCase[] {
+  return [
+    blockParseCase(),
+    blockDeviceCase({ op: "read", size: 4096, batch: 64 }),
+    blockDeviceCase({ op: "write", size: 4096, batch: 64 }),
+    blockDeviceCase({ op: "read", size: 65536, batch: 16 }),
+    blockDeviceCase({ op: "read", size: 1 << 20, batch: 4 }),
+    blockDeviceCase({ op: "write", size: 1 << 20, batch: 4 }),
+    blockDeviceCase({ op: "read", size: 1 << 20, batch: 4, segment: 4096, mapped: true }),
+  ];
+}
+
 /** Every queue case. */
 export function queueCases(): BenchCase[] {
   return CHAIN_LENGTHS.map((n) => queueCase(n));
@@ -136,10 +343,14 @@ export function rngCases(): BenchCase[] {
  * A rate line for a case from its mean time per `run()`.
  * @param c The case.
  * @param nsPerRun Mean nanoseconds per `run()`.
- * @returns E.g. `"12.3 M descriptors/s"` or `"456.7 MB/s"`.
+ * @returns E.g. `"12.3 M descriptors/s"`, `"456.7 MB/s"` or `"80 k req/s, 328 MB/s"`.
  */
 export function rate(c: BenchCase, nsPerRun: number): string {
   const perSecond = 1e9 / nsPerRun;
   if (c.group === "rng") return `${(c.bytes * perSecond / 1e6).toFixed(1)} MB/s`;
+  if (c.group === "block") {
+    const reqs = `${(c.batch * perSecond / 1e3).toFixed(0)} k req/s`;
+    return c.bytes === 0 ? reqs : `${reqs}, ${(c.bytes * perSecond / 1e6).toFixed(0)} MB/s`;
+  }
   return `${(c.descriptors * perSecond / 1e6).toFixed(2)} M descriptors/s`;
 }

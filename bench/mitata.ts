@@ -7,15 +7,18 @@
  */
 
 import { bench, group, run } from "mitata";
-import { type BenchCase, queueCases, rate, rngCases } from "./_cases.ts";
+import { type BenchCase, blockCases, queueCases, rate, rngCases } from "./_cases.ts";
 
-const cases: BenchCase[] = [...queueCases(), ...rngCases()];
+const cases: BenchCase[] = [...queueCases(), ...rngCases(), ...blockCases()];
 
 group("split queue", () => {
   for (const c of cases.filter((c) => c.group === "queue")) bench(c.name, () => c.run());
 });
 group("rng", () => {
   for (const c of cases.filter((c) => c.group === "rng")) bench(c.name, () => c.run());
+});
+group("block", () => {
+  for (const c of cases.filter((c) => c.group === "block")) bench(c.name, () => c.run());
 });
 
 const { benchmarks } = await run();

@@ -216,6 +216,9 @@ export class VhostUserBackend {
       this.#onError(asError(err));
       return;
     }
+    // A frontend that reconnects may be accepted before its old connection's hang-up is seen:
+    // drain the old one first (it disconnects at end of file).
+    if (this.#conn >= 0) this.#readable();
     if (this.#conn >= 0) {
       // vhost-user has one frontend per socket; refuse a second one.
       close(fd);

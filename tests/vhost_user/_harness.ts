@@ -16,6 +16,8 @@ export const T = { timeout: 30000 };
 export interface Harness {
   backend: VhostUserBackend;
   errors: Error[];
+  /** The backend's socket path. */
+  path: string;
   connect(options?: VhostUserFrontendOptions): Promise<VhostUserFrontend>;
 }
 
@@ -36,6 +38,7 @@ export async function withBackend(
     await fn({
       backend,
       errors,
+      path: join(dir, "backend.sock"),
       connect: async (options) => {
         const f = await VhostUserFrontend.connect(join(dir, "backend.sock"), options);
         frontends.push(f);

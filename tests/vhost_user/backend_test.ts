@@ -11,6 +11,7 @@ import {
 } from "../../devices/device.ts";
 import { VIRTIO_F_EVENT_IDX } from "../../queue/split.ts";
 import { readEntropy, T, until, withBackend } from "./_harness.ts";
+import { AF_UNIX, close, connect, SOCK_CLOEXEC, SOCK_STREAM, socket } from "../../sys/mod.ts";
 
 /** A device with a config space, writable from 8 on, and `queues` queues that do nothing. */
 class ConfigDevice extends VirtioDeviceBase {
@@ -150,6 +151,26 @@ describe("VhostUserBackend serving an RngDevice to VhostUserFrontend", () => {
         assert.equal(h.backend.connections, i);
       }
       assert.deepEqual(h.errors, []);
+    });
+  });
+
+  it("accepts a frontend that reconnects before its hang-up was seen", T, async () => {
+    await withBackend(new RngDevice(), async (h) => {
+      const first = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+      connect(first, h.path);
+      await until(() => h.backend.connected, "the backend to accept the first frontend");
+      // Connect again, then hang up the old connection, without yielding in between
+      // (VhostUserFrontend.connect connects before its first await): when the backend accepts
+      // the new connection the old one is already at end of file, and the new frontend must
+      // not be refused (the race of a frontend process that reconnects quickly).
+      const pending = h.connect();
+      close(first);
+      const second = await pending;
+      await second.start();
+      await readEntropy(second, [128]);
+      assert.equal(h.backend.connections, 2);
+      assert.deepEqual(h.errors, []);
+      await second.close();
     });
   });
 
