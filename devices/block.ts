@@ -78,6 +78,14 @@ export {
   type FileBackendOptions,
   MemoryBackend,
 } from "./_block_backend.ts";
+export {
+  OVERLAY_CLUSTER_SIZE,
+  OverlayBackend,
+  OverlayError,
+  type OverlayLayout,
+  overlayLayout,
+  type OverlayOptions,
+} from "./_block_overlay.ts";
 
 // ---------------------------------------------------------------------------
 // Feature bits (virtio 1.2 §5.2.3)

@@ -13,7 +13,7 @@ import { parseArgs } from "node:util";
 import process from "node:process";
 import type { VirtioDevice } from "../devices/device.ts";
 import { RngDevice } from "../devices/rng.ts";
-import { BlockDevice } from "../devices/block.ts";
+import { BlockDevice, FileBackend, OverlayBackend } from "../devices/block.ts";
 import { VhostUserBackend } from "./backend.ts";
 
 const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk [options]
@@ -25,6 +25,8 @@ Options:
   --device NAME     rng or blk (required)
   --file PATH       blk: the raw disk image or block device
   --readonly        blk: refuse writes (VIRTIO_BLK_F_RO)
+  --overlay PATH    blk: copy-on-write overlay file over --file, which is then opened
+                    read-only and never written (the overlay is created when missing)
   --serial TEXT     blk: serial number reported by GET_ID (up to 20 bytes)
   --queues N        blk: number of request queues (default 1)
   --once            exit after the first frontend disconnects
@@ -51,6 +53,7 @@ export async function main(argv: string[]): Promise<number> {
         device: { type: "string" },
         file: { type: "string" },
         readonly: { type: "boolean", default: false },
+        overlay: { type: "string" },
         serial: { type: "string" },
         queues: { type: "string" },
         once: { type: "boolean", default: false },
@@ -72,6 +75,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   let device: VirtioDevice;
+  let overlay: OverlayBackend | undefined;
   switch (args.device) {
     case "rng":
       device = new RngDevice();
@@ -86,14 +90,23 @@ export async function main(argv: string[]): Promise<number> {
         console.error(`--queues must be 1..64, got ${args.queues}`);
         return 2;
       }
+      const common = { readOnly: args.readonly, serial: args.serial, numQueues: queues };
       try {
-        device = new BlockDevice({
-          path: args.file,
-          readOnly: args.readonly,
-          serial: args.serial,
-          numQueues: queues,
-        });
+        if (args.overlay !== undefined) {
+          const base = new FileBackend(args.file, { readOnly: true });
+          try {
+            overlay = OverlayBackend.openFile(base, args.overlay);
+          } catch (err) {
+            base.close();
+            console.error(`cannot open overlay ${args.overlay}: ${(err as Error).message}`);
+            return 1;
+          }
+          device = new BlockDevice({ backend: overlay, ...common });
+        } else {
+          device = new BlockDevice({ path: args.file, ...common });
+        }
       } catch (err) {
+        overlay?.close();
         console.error(`cannot open ${args.file}: ${(err as Error).message}`);
         return 1;
       }
@@ -123,6 +136,8 @@ export async function main(argv: string[]): Promise<number> {
     }, 50);
   }
   await backend.closed;
+  // Persist the overlay's bitmap (a SIGKILL keeps what the last FLUSH made durable).
+  overlay?.close();
   return 0;
 }
 

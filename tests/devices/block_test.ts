@@ -24,6 +24,7 @@ import {
   type BlockOptions,
   FileBackend,
   MemoryBackend,
+  OverlayBackend,
   VIRTIO_BLK_F_BLK_SIZE,
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
@@ -418,6 +419,41 @@ describe("BlockDevice", () => {
     } finally {
       mapping.unmap();
       closeFd(fd);
+    }
+  });
+
+  it("serves a copy-on-write overlay: writes land in the overlay, the base image is untouched", () => {
+    const basePath = image(2048); // 1 MiB
+    const baseBefore = fs.readFileSync(basePath);
+    const cow = join(dir, `overlay${imageCount++}.cow`);
+    const disk = OverlayBackend.openFile(new FileBackend(basePath, { readOnly: true }), cow);
+    const rig = new Rig({ backend: disk });
+    try {
+      assert.equal(rig.dev.readOnly, false, "the overlay is writable over a read-only base");
+      const data = randomBytes(6144, 77);
+      // Straddles the first 64 KiB cluster boundary, in uneven segments.
+      const w = rig.write(120, data, { lens: [1024, 3072, 2048] });
+      assert.equal(w.status, VIRTIO_BLK_S_OK);
+      const r = rig.read(112, [4096, 8192, 4096]);
+      assert.equal(r.status, VIRTIO_BLK_S_OK);
+      const expected = patternBytes(112 * 512, 16384);
+      expected.set(data, 8 * 512);
+      assert.deepEqual(r.data, expected);
+      const f = rig.submit([{ readable: hdr(VIRTIO_BLK_T_FLUSH) }, { writable: 1 }]);
+      assert.equal(f.written[0], VIRTIO_BLK_S_OK);
+      assert.deepEqual(fs.readFileSync(basePath), baseBefore);
+    } finally {
+      disk.close();
+    }
+    // A new overlay instance sees the flushed data.
+    const again = OverlayBackend.openFile(new FileBackend(basePath, { readOnly: true }), cow);
+    try {
+      const out = new Uint8Array(6144);
+      again.read([out], 120 * 512);
+      assert.deepEqual(out, randomBytes(6144, 77));
+      assert.equal(again.allocatedClusters, 2);
+    } finally {
+      again.close();
     }
   });
 
