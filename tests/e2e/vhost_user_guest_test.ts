@@ -9,6 +9,7 @@ import {
   closeSync,
   mkdtempSync,
   openSync,
+  readFileSync,
   readSync,
   rmSync,
   truncateSync,
@@ -17,10 +18,10 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bootGuest, type BootResult, ensureGuest } from "../guest/qemu.ts";
-import { yesPattern } from "../guest/backends.ts";
+import { type BackendProcess, startBackend, yesPattern } from "../guest/backends.ts";
 import { VhostUserBackend } from "../../vhost_user/backend.ts";
 import { RngDevice } from "../../devices/rng.ts";
-import { BlockDevice } from "../../devices/block.ts";
+import { BlockDevice, FileBackend, OverlayBackend } from "../../devices/block.ts";
 
 const MiB = 1 << 20;
 const PATTERN_OFFSET = MiB; // bytes into /dev/vda
@@ -28,12 +29,18 @@ const DISK_SIZE = 64 * MiB;
 const SHRUNK_SIZE = 32 * MiB;
 
 const PATTERN_LINE = "VIRTIO-TS-PATTERN-0123456789";
+const BASE_SIZE = 8 * MiB;
+const BASE_LINE = "VT-BASE-IMAGE";
+const OVERLAY_LINE = "VT-OVERLAY-WRITE";
+const OVERLAY_SECTOR = 3; // not on a cluster boundary: both ends are copied up
+const OVERLAY_BYTES = 192 * 512;
 
 const SCRIPT = `
 step devices
 for d in /sys/bus/virtio/devices/*; do echo "VT-DEV $(basename $d) $(cat $d/device)"; done
 wait_for /dev/vda
 wait_for /dev/vdb
+wait_for /dev/vdc
 step hwrng
 expect_eq "$(cat /sys/class/misc/hw_random/rng_current)" virtio_rng.0 rng-current
 n=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c)
@@ -58,6 +65,16 @@ expect_eq "$(cat /sys/block/vdb/ro)" 1 vdb-ro
 blockdev --setrw /dev/vdb
 if dd if=/tmp/pat of=/dev/vdb bs=4096 count=1 oflag=direct 2>/tmp/err; then fail "write to read-only disk succeeded"; fi
 echo "VT-RO-REFUSED $(cat /tmp/err | head -1)"
+step blk-overlay
+expect_eq "$(head -n 1 /dev/vdc)" ${BASE_LINE} vdc-base-line
+yes ${OVERLAY_LINE} | head -c ${OVERLAY_BYTES} > /tmp/ov
+dd if=/tmp/ov of=/dev/vdc bs=512 seek=${OVERLAY_SECTOR} conv=fsync 2>/dev/null
+echo 3 > /proc/sys/vm/drop_caches
+dd if=/dev/vdc bs=512 skip=${OVERLAY_SECTOR} count=${
+  OVERLAY_BYTES / 512
+} iflag=direct 2>/dev/null | cmp /tmp/ov -
+expect_eq "$(head -n 1 /dev/vdc)" ${BASE_LINE} vdc-base-line-after
+echo VT-OVERLAY-OK
 step blk-past-end
 echo VT-SHRINK-NOW
 sleep 2
@@ -81,6 +98,7 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
   let rng: RngDevice;
   let vda: BlockDevice;
   let vdb: BlockDevice;
+  let vdc: BackendProcess;
   const errors: string[] = [];
 
   before(async () => {
@@ -99,6 +117,12 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
     vdaBackend = new VhostUserBackend(vda, { socketPath: join(dir, "vda.sock"), onError });
     vdbBackend = new VhostUserBackend(vdb, { socketPath: join(dir, "vdb.sock"), onError });
     for (const b of [rngBackend, vdaBackend, vdbBackend]) b.listen();
+    // A copy-on-write overlay over a base image, served by the CLI in its own process.
+    writeFileSync(join(dir, "base.img"), yesPattern(BASE_LINE, BASE_SIZE));
+    vdc = await startBackend([
+      ...["--socket", join(dir, "vdc.sock"), "--device", "blk"],
+      ...["--file", join(dir, "base.img"), "--overlay", join(dir, "vdc.cow")],
+    ]);
     let shrunk = false;
     let seen = "";
     result = await bootGuest({
@@ -109,6 +133,8 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
         ...["-device", "vhost-user-blk-pci,chardev=vda,num-queues=1"],
         ...["-chardev", `socket,id=vdb,path=${join(dir, "vdb.sock")}`],
         ...["-device", "vhost-user-blk-pci,chardev=vdb,num-queues=1"],
+        ...["-chardev", `socket,id=vdc,path=${join(dir, "vdc.sock")}`],
+        ...["-device", "vhost-user-blk-pci,chardev=vdc,num-queues=1"],
       ],
       script: SCRIPT,
       timeoutSec: 240,
@@ -124,19 +150,23 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
       },
     });
     if (!result.passed) console.error(result.output);
+    // Killed hard: what the guest flushed must already be in the overlay.
+    vdc.child.kill("SIGKILL");
+    await vdc.stop();
   });
 
   after(async () => {
     for (const b of [rngBackend, vdaBackend, vdbBackend]) await b?.close();
+    await vdc?.stop();
     vda?.remove();
     vdb?.remove();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it("the guest binds its virtio drivers to our rng and two block devices", () => {
+  it("the guest binds its virtio drivers to our rng and three block devices", () => {
     const types = [...result.output.matchAll(/^VT-DEV \S+ (0x[0-9a-f]+)$/gm)].map((m) => m[1])
       .sort();
-    assert.deepEqual(types, ["0x0002", "0x0002", "0x0004"], result.output);
+    assert.deepEqual(types, ["0x0002", "0x0002", "0x0002", "0x0004"], result.output);
   });
 
   it("the guest reads /dev/hwrng from our rng device", () => {
@@ -161,6 +191,38 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
     assert.ok(result.steps.includes("blk-readonly"), result.output);
     assert.match(result.output, /^VT-RO-REFUSED .*(I\/O error|Read-only|Operation not permitted)/m);
     assert.equal(vdb.stats.writes, 0);
+  });
+
+  it("a copy-on-write overlay takes the guest's writes and leaves the base image alone", () => {
+    assert.match(result.output, /^VT-OVERLAY-OK$/m, result.output);
+    assert.deepEqual(
+      new Uint8Array(readFileSync(join(dir, "base.img"))),
+      yesPattern(BASE_LINE, BASE_SIZE),
+      "base image unchanged",
+    );
+    // The overlay, reopened after the backend was SIGKILLed, holds the flushed write.
+    const disk = OverlayBackend.openFile(
+      new FileBackend(join(dir, "base.img"), { readOnly: true }),
+      join(dir, "vdc.cow"),
+    );
+    try {
+      const at = OVERLAY_SECTOR * 512;
+      const got = new Uint8Array(OVERLAY_BYTES + 2048);
+      disk.read([got], at - 1024);
+      const base = yesPattern(BASE_LINE, BASE_SIZE);
+      assert.deepEqual(got.subarray(0, 1024), base.subarray(at - 1024, at));
+      assert.deepEqual(
+        got.subarray(1024, 1024 + OVERLAY_BYTES),
+        yesPattern(OVERLAY_LINE, OVERLAY_BYTES),
+      );
+      assert.deepEqual(
+        got.subarray(1024 + OVERLAY_BYTES),
+        base.subarray(at + OVERLAY_BYTES, at + OVERLAY_BYTES + 1024),
+      );
+      assert.ok(disk.allocatedClusters >= 1);
+    } finally {
+      disk.close();
+    }
   });
 
   it("a read past the disk end is an I/O error and the backend keeps serving", () => {
