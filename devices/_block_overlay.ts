@@ -82,7 +82,9 @@ export function overlayLayout(size: number, clusterSize = OVERLAY_CLUSTER_SIZE):
     !Number.isInteger(clusterSize) || clusterSize < MIN_CLUSTER || clusterSize > MAX_CLUSTER ||
     (clusterSize & (clusterSize - 1)) !== 0
   ) {
-    throw new RangeError(`Cluster size must be a power of two from 4 KiB to 2 MiB, got ${clusterSize}`);
+    throw new RangeError(
+      `Cluster size must be a power of two from 4 KiB to 2 MiB, got ${clusterSize}`,
+    );
   }
   const clusters = Math.ceil(size / clusterSize);
   const bitmapBytes = Math.max(4096, Math.ceil(Math.ceil(clusters / 8) / 4096) * 4096);
@@ -287,7 +289,9 @@ export class OverlayBackend implements BlockBackend {
     while (pos < end) {
       const inStore = this.#has(Math.floor(pos / cs));
       let runEnd = Math.min(end, (Math.floor(pos / cs) + 1) * cs);
-      while (runEnd < end && this.#has(runEnd / cs) === inStore) runEnd = Math.min(end, runEnd + cs);
+      while (runEnd < end && this.#has(runEnd / cs) === inStore) {
+        runEnd = Math.min(end, runEnd + cs);
+      }
       const views = pos === offset && runEnd === end
         ? bufs
         : sliceViews(bufs, pos - offset, runEnd - pos, this.#views);
