@@ -43,6 +43,7 @@ const MAX_CLUSTER = 2 << 20;
 /** Raised for an overlay that cannot be used: bad header, wrong size, wrong base. */
 export class OverlayError extends Error {
   /**
+   * Create the error.
    * @param message What is wrong.
    */
   constructor(message: string) {
