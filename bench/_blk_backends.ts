@@ -6,10 +6,9 @@
  * @module
  */
 
-import { spawn } from "node:child_process";
-import { existsSync, rmSync } from "node:fs";
+import { closeSync, existsSync, openSync, readSync, rmSync } from "node:fs";
 import process from "node:process";
-import { type BackendProcess, startBackend } from "../tests/guest/backends.ts";
+import { type BackendProcess, spawnListening, startBackend } from "../tests/guest/backends.ts";
 import { VhostUserFrontend } from "../vhost_user/frontend.ts";
 import { BlkLoad, readCapacity } from "./_blk_load.ts";
 
@@ -67,27 +66,33 @@ export function hasQsd(): boolean {
  * @param socket The socket path.
  * @returns The process.
  */
-export async function startQsd(image: string, socket: string): Promise<BackendProcess> {
+export function startQsd(image: string, socket: string): Promise<BackendProcess> {
   rmSync(socket, { force: true });
-  const child = spawn("qemu-storage-daemon", qsdArgs(image, socket), {
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const proc: BackendProcess = {
-    child,
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-      await exited;
-    },
-  };
-  for (let i = 0; i < 400 && !existsSync(socket) && child.exitCode === null; i++) {
-    await new Promise((r) => setTimeout(r, 25));
+  return spawnListening("qemu-storage-daemon", qsdArgs(image, socket), socket);
+}
+
+/**
+ * Read `length` bytes of the image file at `offset` on the host, bypassing any backend
+ * (short only at the end of the file).
+ * @param path The image.
+ * @param offset Byte offset.
+ * @param length Byte count.
+ * @returns The bytes.
+ */
+export function readImage(path: string, offset: number, length: number): Uint8Array {
+  const fd = openSync(path, "r");
+  try {
+    const out = new Uint8Array(length);
+    let done = 0;
+    while (done < length) {
+      const n = readSync(fd, out, done, length - done, offset + done);
+      if (n === 0) break;
+      done += n;
+    }
+    return out;
+  } finally {
+    closeSync(fd);
   }
-  if (!existsSync(socket)) {
-    await proc.stop();
-    throw new Error(`qemu-storage-daemon did not listen on ${socket}`);
-  }
-  return proc;
 }
 
 /** A frontend connected to a backend, with the load generator on its ring 0. */

@@ -32,6 +32,7 @@ import {
   type Connected,
   connectLoad,
   hasQsd,
+  readImage,
   startOurs,
   startQsd,
 } from "./_blk_backends.ts";
@@ -87,24 +88,6 @@ function makeImage(path: string, mib: number): void {
   } finally {
     closeSync(fd);
   }
-}
-
-function hostReader(path: string): (offset: number, length: number) => Uint8Array {
-  return (offset, length) => {
-    const fd = openSync(path, "r");
-    try {
-      const out = new Uint8Array(length);
-      let done = 0;
-      while (done < length) {
-        const n = readSync(fd, out, done, length - done, offset + done);
-        if (n === 0) break;
-        done += n;
-      }
-      return out;
-    } finally {
-      closeSync(fd);
-    }
-  };
 }
 
 function hasFio(): boolean {
@@ -219,7 +202,7 @@ try {
   if (o.load.capacity !== q.load.capacity) {
     throw new Error(`capacity differs: ours ${o.load.capacity}, qsd ${q.load.capacity}`);
   }
-  const read = hostReader(image);
+  const read = (offset: number, length: number) => readImage(image, offset, length);
   const checkedOurs = await o.load.verify(read, { seed: 11 });
   const checkedQsd = await q.load.verify(read, { seed: 23 });
   console.log(

@@ -6,7 +6,7 @@
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureGuest } from "../guest/qemu.ts";
@@ -16,6 +16,7 @@ import {
   type BackendProcess,
   connectLoad,
   hasQsd,
+  readImage,
   startOurs,
   startQsd,
 } from "../../bench/_blk_backends.ts";
@@ -27,19 +28,7 @@ let dir = "";
 let image = "";
 
 function hostRead(offset: number, length: number): Uint8Array {
-  const fd = openSync(image, "r");
-  try {
-    const out = new Uint8Array(length);
-    let done = 0;
-    while (done < length) {
-      const n = readSync(fd, out, done, length - done, offset + done);
-      if (n === 0) break;
-      done += n;
-    }
-    return out;
-  } finally {
-    closeSync(fd);
-  }
+  return readImage(image, offset, length);
 }
 
 before(async () => {

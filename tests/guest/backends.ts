@@ -27,17 +27,36 @@ export interface BackendProcess {
  * @param options `stdout`: show the backend's stdout (default: ignore it); stderr is shown.
  * @returns The running backend.
  */
-export async function startBackend(
+export function startBackend(
   args: string[],
   options: { stdout?: "inherit" | "ignore" } = {},
 ): Promise<BackendProcess> {
   const socket = args[args.indexOf("--socket") + 1];
   if (!args.includes("--socket") || socket === undefined) throw new Error("--socket is required");
-  const child = spawn(
+  return spawnListening(
     join(ROOT, "node_modules", ".bin", "deno"),
     ["run", "--allow-all", join(ROOT, "vhost_user", "main.ts"), ...args],
-    { stdio: ["ignore", options.stdout ?? "ignore", "inherit"] },
+    socket,
+    options,
   );
+}
+
+/**
+ * Start `command` and wait until it listens on the Unix socket `socket` (up to 10 s).
+ *
+ * @param command The program.
+ * @param args Its arguments.
+ * @param socket The socket path it will create.
+ * @param options `stdout`: show the process's stdout (default: ignore it); stderr is shown.
+ * @returns The running process.
+ */
+export async function spawnListening(
+  command: string,
+  args: string[],
+  socket: string,
+  options: { stdout?: "inherit" | "ignore" } = {},
+): Promise<BackendProcess> {
+  const child = spawn(command, args, { stdio: ["ignore", options.stdout ?? "ignore", "inherit"] });
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   const backend = {
     child,
@@ -51,7 +70,7 @@ export async function startBackend(
   }
   if (!existsSync(socket)) {
     await backend.stop();
-    throw new Error(`backend did not listen on ${socket}`);
+    throw new Error(`${command} did not listen on ${socket}`);
   }
   return backend;
 }
