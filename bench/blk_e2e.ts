@@ -110,7 +110,7 @@ function fioRun(w: Workload, sizeBytes: number): LoadResult {
     "--norandommap",
     "--randrepeat=0",
     "--time_based",
-    `--runtime=${seconds}`,
+    `--runtime=${Math.max(1, Math.round(seconds * 1000))}ms`,
     "--output-format=json",
   ];
   const r = spawnSync("fio", args, { encoding: "utf8" });
