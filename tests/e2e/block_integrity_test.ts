@@ -76,6 +76,9 @@ pbs=$(cat $q/physical_block_size) wc=$(cat $q/write_cache | tr " " _) \\
 discard=$(cat $q/discard_max_hw_bytes) wz=$(cat $q/write_zeroes_max_bytes) \\
 segs=$(cat $q/max_segments) segsize=$(cat $q/max_segment_size) hwkb=$(cat $q/max_hw_sectors_kb) \\
 ro=$(cat /sys/block/vda/ro) mq=$(ls /sys/block/vda/mq | wc -l)"
+for d in /sys/bus/virtio/devices/*; do
+  [ "$(cat $d/device)" = 0x0002 ] && echo "VT-FEATURES $(cat $d/features)"
+done
 step verify-flushed
 yes ${PATTERN_LINE} | head -c ${PATTERN_SIZE} > /tmp/pat
 dd if=/dev/vda bs=1048576 skip=${PATTERN_OFFSET / MiB} count=${
@@ -148,7 +151,7 @@ describe("block device data integrity with a real guest", { timeout: 600_000 }, 
     assert.match(second.output, /^VT-SECOND-BOOT-SEES-DATA$/m, second.output);
   });
 
-  it("the guest negotiated serial, block sizes, flush, discard, write zeroes and two queues", () => {
+  it("the guest negotiated every block feature offered (feature bits and sysfs)", () => {
     const m = second.output.match(/^VT-SYSFS (.*)$/m);
     assert.ok(m, second.output);
     const f = Object.fromEntries(m[1].trim().split(/\s+/).map((kv) => kv.split("=")));
@@ -160,6 +163,26 @@ describe("block device data integrity with a real guest", { timeout: 600_000 }, 
     assert.ok(Number(f.wz) > 0, `write_zeroes_max_bytes ${f.wz}`);
     assert.ok(Number(f.segs) > 1, `max_segments ${f.segs}`); // SEG_MAX
     assert.equal(f.mq, "2"); // VIRTIO_BLK_F_MQ
+    // The driver's negotiated feature bits, one character per bit from bit 0.
+    const bits = /^VT-FEATURES ([01]+)$/m.exec(second.output)?.[1];
+    assert.ok(bits, second.output);
+    const named: Record<string, number> = {
+      SIZE_MAX: 1,
+      SEG_MAX: 2,
+      BLK_SIZE: 6,
+      FLUSH: 9,
+      TOPOLOGY: 10,
+      CONFIG_WCE: 11,
+      MQ: 12,
+      DISCARD: 13,
+      WRITE_ZEROES: 14,
+      INDIRECT_DESC: 28,
+      EVENT_IDX: 29,
+      VERSION_1: 32,
+    };
+    const missing = Object.entries(named).filter(([, bit]) => bits[bit] !== "1");
+    assert.deepEqual(missing, [], `not negotiated by the guest: ${bits}`);
+    assert.equal(bits[5], "0", "RO is not offered for a writable disk");
   });
 
   it("a filesystem made and written by the guest survives into a new boot", () => {
