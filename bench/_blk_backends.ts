@@ -25,30 +25,44 @@ export const LOAD_MEMORY = 64 << 20;
  * Start our backend on `image`.
  * @param image The raw image.
  * @param socket The socket path to listen on.
+ * @param options `pollUs`: run in poll mode with this window (`--poll-us`).
  * @returns The process.
  */
-export function startOurs(image: string, socket: string): Promise<BackendProcess> {
+export function startOurs(
+  image: string,
+  socket: string,
+  options: { pollUs?: number } = {},
+): Promise<BackendProcess> {
   rmSync(socket, { force: true });
-  return startBackend(["--socket", socket, "--device", "blk", "--file", image]);
+  const poll = options.pollUs ? ["--poll-us", String(options.pollUs)] : [];
+  return startBackend(["--socket", socket, "--device", "blk", "--file", image, ...poll]);
 }
 
 /**
  * The qemu-storage-daemon command line serving `image` as a vhost-user-blk export: file
  * driver with the page cache (`cache.direct=off`, thread-pool AIO), raw format, writable, one
- * queue. `locking=off` so our backend may have the same image open.
+ * queue. `locking=off` so our backend may have the same image open. With `iothread`, the
+ * export runs in an iothread, which polls adaptively (QEMU's default `poll-max-ns`, 32 µs)
+ * before it sleeps: qemu-storage-daemon's own poll mode.
  * @param image The raw image.
  * @param socket The socket path.
+ * @param options `iothread`: serve from an iothread.
  * @returns argv without the program.
  */
-export function qsdArgs(image: string, socket: string): string[] {
+export function qsdArgs(
+  image: string,
+  socket: string,
+  options: { iothread?: boolean } = {},
+): string[] {
   return [
+    ...(options.iothread ? ["--object", "iothread,id=io0"] : []),
     "--blockdev",
     `driver=file,node-name=file0,filename=${image},cache.direct=off,aio=threads,locking=off`,
     "--blockdev",
     "driver=raw,node-name=disk0,file=file0",
     "--export",
     `type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=${socket},` +
-    "writable=on,num-queues=1",
+    "writable=on,num-queues=1" + (options.iothread ? ",iothread=io0" : ""),
   ];
 }
 
@@ -64,11 +78,16 @@ export function hasQsd(): boolean {
  * Start qemu-storage-daemon on `image` and wait until it listens.
  * @param image The raw image.
  * @param socket The socket path.
+ * @param options `iothread`: serve from an iothread (see {@linkcode qsdArgs}).
  * @returns The process.
  */
-export function startQsd(image: string, socket: string): Promise<BackendProcess> {
+export function startQsd(
+  image: string,
+  socket: string,
+  options: { iothread?: boolean } = {},
+): Promise<BackendProcess> {
   rmSync(socket, { force: true });
-  return spawnListening("qemu-storage-daemon", qsdArgs(image, socket), socket);
+  return spawnListening("qemu-storage-daemon", qsdArgs(image, socket, options), socket);
 }
 
 /**

@@ -12,16 +12,18 @@
  * For each workload it prints IOPS and MB/s for both and the ratio ours/qsd (medians over the
  * rounds), plus the host's own throughput on the same file with the same pattern as the
  * ceiling: `fio` (psync at QD1, io_uring at higher depths, buffered) when installed, else a
- * synchronous pread/pwrite loop in this process.
+ * synchronous pread/pwrite loop in this process. A second pair compares the two in poll
+ * mode: ours with `--poll-us N` (default 100) against qemu-storage-daemon serving from an
+ * iothread, which polls adaptively before it sleeps.
  *
  * Run: `node_modules/.bin/deno run --allow-all bench/blk_e2e.ts [--seconds S] [--rounds N]
- * [--size-mib M] [--image PATH] [--keep]`
+ * [--size-mib M] [--image PATH] [--keep] [--poll-us N]`
  *
  * @module
  */
 
 import { spawnSync } from "node:child_process";
-import { closeSync, openSync, readFileSync, readSync, rmSync, writeSync } from "node:fs";
+import { closeSync, openSync, readFileSync, readSync, rmSync, statSync, writeSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
@@ -45,23 +47,23 @@ const { values: opts } = parseArgs({
     "size-mib": { type: "string", default: "1024" },
     image: { type: "string" },
     keep: { type: "boolean", default: false },
+    "poll-us": { type: "string", default: "100" },
     help: { type: "boolean", default: false },
   },
 });
 if (opts.help) {
   console.log(
     "Usage: deno run -A bench/blk_e2e.ts [--seconds S] [--rounds N] [--size-mib M] " +
-      "[--image PATH] [--keep]",
+      "[--image PATH] [--keep] [--poll-us N]",
   );
   process.exit(0);
 }
 const seconds = Number(opts.seconds);
 const rounds = Number(opts.rounds);
 const sizeMib = Number(opts["size-mib"]);
+const pollUs = Number(opts["poll-us"]);
 const image = opts.image ?? join(tmpdir(), `virtio-ts-blk-bench-${process.pid}.img`);
 const dir = tmpdir();
-const oursSock = join(dir, `virtio-ts-bench-ours-${process.pid}.sock`);
-const qsdSock = join(dir, `virtio-ts-bench-qsd-${process.pid}.sock`);
 
 if (!hasQsd()) {
   console.log("skipped: qemu-storage-daemon not installed (apt-get install qemu-system-common)");
@@ -181,11 +183,29 @@ function machine(): string {
   return `${model}, ${cpu.length} cores, Linux ${kernel}, load ${load}; ${runtime}; ${qsd}`;
 }
 
+/** One backend configuration the benchmark runs. */
+interface Contender {
+  name: string;
+  start: (socket: string) => Promise<BackendProcess>;
+  proc?: BackendProcess;
+  conn?: Connected;
+  socket: string;
+}
+
+const contenders: Contender[] = [
+  { name: "ours", start: (s) => startOurs(image, s), socket: "" },
+  { name: "qsd", start: (s) => startQsd(image, s), socket: "" },
+  {
+    name: `ours --poll-us ${pollUs}`,
+    start: (s) => startOurs(image, s, { pollUs }),
+    socket: "",
+  },
+  { name: "qsd iothread", start: (s) => startQsd(image, s, { iothread: true }), socket: "" },
+];
+contenders.forEach((c, i) => c.socket = join(dir, `virtio-ts-bench-${process.pid}-${i}.sock`));
+
 const useFio = hasFio();
-const sizeBytes = sizeMib << 20;
-let ours: BackendProcess | undefined;
-let qsd: BackendProcess | undefined;
-const conns: Connected[] = [];
+const sizeBytes = opts.image === undefined ? sizeMib * (1 << 20) : statSync(image).size;
 try {
   console.log(`date: ${new Date().toISOString()}`);
   console.log(`machine: ${machine()}`);
@@ -193,53 +213,55 @@ try {
     console.log(`image: ${image}, ${sizeMib} MiB (written now, page-cache resident)`);
     makeImage(image, sizeMib);
   }
-  ours = await startOurs(image, oursSock);
-  qsd = await startQsd(image, qsdSock);
-  const o = await connectLoad(oursSock);
-  conns.push(o);
-  const q = await connectLoad(qsdSock);
-  conns.push(q);
-  if (o.load.capacity !== q.load.capacity) {
-    throw new Error(`capacity differs: ours ${o.load.capacity}, qsd ${q.load.capacity}`);
+  for (const c of contenders) {
+    c.proc = await c.start(c.socket);
+    c.conn = await connectLoad(c.socket);
+    if (c.conn.load.capacity !== sizeBytes) {
+      throw new Error(
+        `${c.name} reports ${c.conn.load.capacity} bytes, the image has ${sizeBytes}`,
+      );
+    }
   }
   const read = (offset: number, length: number) => readImage(image, offset, length);
-  const checkedOurs = await o.load.verify(read, { seed: 11 });
-  const checkedQsd = await q.load.verify(read, { seed: 23 });
+  const checked: string[] = [];
+  for (const [i, c] of contenders.entries()) {
+    checked.push(`${c.name} ${await c.conn!.load.verify(read, { seed: 11 + i })}`);
+  }
   console.log(
-    `correctness: wrote, flushed, read back and compared ${checkedOurs} bytes through ours ` +
-      `and ${checkedQsd} through qemu-storage-daemon; the image file matches both`,
+    `correctness: wrote, flushed, read back and compared (bytes) ${checked.join(", ")}; ` +
+      "the image file matches each",
   );
   console.log(
     `ceiling: ${
       useFio ? "fio, buffered (psync at QD1, io_uring above)" : "sync pread/pwrite, one thread"
     }; ${rounds} rounds of ${seconds} s per backend and workload, medians\n`,
   );
-
-  const header = "| workload | host ceiling | ours | qemu-storage-daemon | ours/qsd |";
-  const lines = [header, "|---|---:|---:|---:|---:|"];
+  const header = "| workload | host ceiling | ours | qsd | ours/qsd | " +
+    `ours, poll ${pollUs} µs | qsd, iothread | ratio |`;
+  const lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"];
   console.log(header);
   console.log(lines[1]);
   for (const w of WORKLOADS) {
     const ceiling = useFio ? fioRun(w, sizeBytes) : syncRun(w, sizeBytes);
-    const oursRuns: LoadResult[] = [];
-    const qsdRuns: LoadResult[] = [];
+    const runs: LoadResult[][] = contenders.map(() => []);
     for (let r = 0; r < rounds; r++) {
-      oursRuns.push(await o.load.run(w, { durationMs: seconds * 1000, seed: r + 1 }));
-      qsdRuns.push(await q.load.run(w, { durationMs: seconds * 1000, seed: r + 1 }));
+      for (const [i, c] of contenders.entries()) {
+        runs[i].push(await c.conn!.load.run(w, { durationMs: seconds * 1000, seed: r + 1 }));
+      }
     }
-    const mo = median(oursRuns), mq = median(qsdRuns);
+    const [o, q, op, qi] = runs.map(median);
     const cell = (r: LoadResult) => `${fmtIops(r)} IOPS, ${r.mbps.toFixed(0)} MB/s`;
-    const line = `| ${w.name} | ${cell(ceiling)} | ${cell(mo)} | ${cell(mq)} | ${
-      (mo.iops / mq.iops).toFixed(2)
-    } |`;
+    const line = `| ${w.name} | ${cell(ceiling)} | ${cell(o)} | ${cell(q)} | ${
+      (o.iops / q.iops).toFixed(2)
+    } | ${cell(op)} | ${cell(qi)} | ${(op.iops / qi.iops).toFixed(2)} |`;
     lines.push(line);
     console.log(line);
   }
 } finally {
-  for (const c of conns) await c.frontend.close();
-  await ours?.stop();
-  await qsd?.stop();
-  rmSync(oursSock, { force: true });
-  rmSync(qsdSock, { force: true });
+  for (const c of contenders) {
+    await c.conn?.frontend.close();
+    await c.proc?.stop();
+    rmSync(c.socket, { force: true });
+  }
   if (opts.image === undefined && !opts.keep) rmSync(image, { force: true });
 }

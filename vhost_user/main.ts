@@ -14,7 +14,7 @@ import process from "node:process";
 import type { VirtioDevice } from "../devices/device.ts";
 import { RngDevice } from "../devices/rng.ts";
 import { BlockDevice, FileBackend, OverlayBackend } from "../devices/block.ts";
-import { VhostUserBackend } from "./backend.ts";
+import { MAX_POLL_US, VhostUserBackend } from "./backend.ts";
 
 const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk [options]
 
@@ -29,6 +29,8 @@ Options:
                     read-only and never written (the overlay is created when missing)
   --serial TEXT     blk: serial number reported by GET_ID (up to 20 bytes)
   --queues N        blk: number of request queues (default 1)
+  --poll-us N       poll mode: keep checking the rings for N µs (up to 1000) after serving
+                    a kick; lower latency for a busy guest, at the cost of CPU (default 0)
   --once            exit after the first frontend disconnects
   --verbose         log connections and ring state changes
   --help            show this text
@@ -56,6 +58,7 @@ export async function main(argv: string[]): Promise<number> {
         overlay: { type: "string" },
         serial: { type: "string" },
         queues: { type: "string" },
+        "poll-us": { type: "string" },
         once: { type: "boolean", default: false },
         verbose: { type: "boolean", default: false },
         help: { type: "boolean", default: false },
@@ -116,9 +119,16 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`unknown device ${args.device}\n\n${USAGE}`);
       return 2;
   }
+  const pollUs = args["poll-us"] === undefined ? 0 : Number(args["poll-us"]);
+  if (!Number.isInteger(pollUs) || pollUs < 0 || pollUs > MAX_POLL_US) {
+    console.error(`--poll-us must be 0..${MAX_POLL_US}, got ${args["poll-us"]}`);
+    overlay?.close();
+    return 2;
+  }
   const verbose = args.verbose;
   const backend = new VhostUserBackend(device, {
     socketPath: args.socket,
+    pollUs,
     log: verbose ? (m) => console.error(`vhost-user: ${m}`) : undefined,
     onError: (e) => console.error(`vhost-user: error: ${e.message}`),
   });

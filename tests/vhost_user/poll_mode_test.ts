@@ -1,0 +1,85 @@
+// Poll mode (`pollUs` / `--poll-us`): after serving a kick the backend keeps checking the
+// rings, so a buffer the driver adds right after a completion is served without any kick.
+// The backend runs as the CLI in its own process: in one process the polling backend would
+// hold the very event loop the test needs to add the buffer.
+
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startBackend } from "../guest/backends.ts";
+import { VhostUserFrontend } from "../../vhost_user/frontend.ts";
+import { MAX_POLL_US, VhostUserBackend } from "../../vhost_user/backend.ts";
+import { RngDevice } from "../../devices/rng.ts";
+import { delay, T } from "./_harness.ts";
+
+let dir = "";
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), "vt-poll-"));
+});
+after(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/**
+ * `attempts` times: serve one kicked request, then add a second one without kicking and
+ * see whether it is served within `waitMs`; kick it afterwards if not.
+ * @returns How many unkicked requests were served.
+ */
+async function unkickedServed(pollUs: number, attempts: number, waitMs: number): Promise<number> {
+  const socket = join(dir, `rng-${pollUs}.sock`);
+  const backend = await startBackend([
+    ...["--socket", socket, "--device", "rng", "--poll-us", String(pollUs)],
+  ]);
+  try {
+    const fe = await VhostUserFrontend.connect(socket);
+    try {
+      await fe.start();
+      const { driver } = fe.ring(0);
+      let served = 0;
+      for (let i = 0; i < attempts; i++) {
+        driver.addChain([{ writable: 16 }]);
+        fe.kick(0, { force: true });
+        while (driver.pendingUsed() === 0) assert.ok(await fe.waitCall(0, 5000), "no call");
+        assert.equal(driver.takeUsed()?.len, 16);
+        // The second request: no kick at all.
+        driver.addChain([{ writable: 16 }]);
+        const end = Date.now() + waitMs;
+        while (driver.pendingUsed() === 0 && Date.now() < end) await delay(1);
+        if (driver.pendingUsed() > 0) {
+          served++;
+        } else {
+          fe.kick(0, { force: true });
+          while (driver.pendingUsed() === 0) assert.ok(await fe.waitCall(0, 5000), "no call");
+        }
+        assert.equal(driver.takeUsed()?.len, 16);
+        fe.ring(0).call.read();
+      }
+      return served;
+    } finally {
+      await fe.close();
+    }
+  } finally {
+    await backend.stop();
+  }
+}
+
+describe("vhost-user poll mode", () => {
+  it("serves buffers added right after a completion without a kick", T, async () => {
+    const served = await unkickedServed(MAX_POLL_US, 30, 50);
+    // The driver has a millisecond after each completion; a loaded machine may miss a few.
+    assert.ok(served >= 10, `only ${served} of 30 unkicked requests were served`);
+  });
+
+  it("without poll mode an unkicked buffer waits for its kick", T, async () => {
+    assert.equal(await unkickedServed(0, 10, 30), 0);
+  });
+
+  it("rejects a window out of range", () => {
+    const opts = (pollUs: number) => ({ socketPath: join(dir, "x.sock"), pollUs });
+    assert.throws(() => new VhostUserBackend(new RngDevice(), opts(-1)), RangeError);
+    assert.throws(() => new VhostUserBackend(new RngDevice(), opts(MAX_POLL_US + 1)), RangeError);
+    assert.throws(() => new VhostUserBackend(new RngDevice(), opts(NaN)), RangeError);
+  });
+});
