@@ -808,10 +808,12 @@ export type ChainHandler = (chain: DescriptorChain) => number | undefined;
 
 /**
  * The queue loop every device uses: take each available chain, hand it to
- * `handle`, put it in the used ring, and notify the driver once at the end if
- * it asked for it. Notifications are suppressed while the loop runs and
- * re-armed before it ends (virtio 1.2 §2.7.10), with a re-check so a buffer
- * added meanwhile is not missed.
+ * `handle` and put it in the used ring. With VIRTIO_F_EVENT_IDX the driver is
+ * notified as soon as a used buffer passes its `used_event` (virtio 1.2
+ * §2.7.10), so it can reap while the rest is served; without it, once at the
+ * end unless it set VIRTQ_AVAIL_F_NO_INTERRUPT. Driver notifications are
+ * suppressed while the loop runs and re-armed before it ends, with a re-check
+ * so a buffer added meanwhile is not missed.
  *
  * A malformed chain is returned with used length 0 and reported; a broken
  * queue (fatal `QueueError`) is reported with `needsReset` and the loop stops.
@@ -858,6 +860,9 @@ export function serveQueue(
         if (len !== undefined) {
           q.addUsed(memory, chain.head, len);
           used++;
+          // With EVENT_IDX the driver says exactly when it wants to hear (used_event), so
+          // tell it as soon as it does: it can reap and refill while the rest is served.
+          if (q.eventIdx && q.needsNotification(memory)) qc.notifier.notify();
         }
       }
     } while (q.enableNotification(memory));

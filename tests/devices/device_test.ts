@@ -452,6 +452,37 @@ describe("serveQueue()", () => {
     assert.equal(r.errors.length, 0);
   });
 
+  it("with EVENT_IDX, notifies as soon as used_event is passed, before the rest is served", () => {
+    const r = rig({ count: 1, eventIdx: true });
+    const qc = r.config.queues[0];
+    const d = r.drivers[0];
+    // The driver wants to hear once the first buffer is used (used_event 0).
+    d.setUsedEvent(0);
+    for (let i = 0; i < 4; i++) d.addChain([{ writable: 1 }]);
+    const seen: number[] = [];
+    assert.equal(serveQueue(r.mem, qc, () => (seen.push(r.notifier.count), 1), () => {}), 4);
+    // Notified right after the first chain; not again (used_event was not moved).
+    assert.deepEqual(seen, [0, 1, 1, 1]);
+    assert.equal(r.notifier.count, 1);
+    // The driver asks to hear once the used index passes 5: one more, mid-batch.
+    d.setUsedEvent(5);
+    for (let i = 0; i < 4; i++) d.addChain([{ writable: 1 }]);
+    seen.length = 0;
+    serveQueue(r.mem, qc, () => (seen.push(r.notifier.count), 1), () => {});
+    assert.deepEqual(seen, [1, 1, 2, 2]);
+    assert.equal(r.notifier.count, 2);
+  });
+
+  it("without EVENT_IDX, notifies once after the batch", () => {
+    const r = rig({ count: 1 });
+    const qc = r.config.queues[0];
+    for (let i = 0; i < 3; i++) r.drivers[0].addChain([{ writable: 1 }]);
+    const seen: number[] = [];
+    serveQueue(r.mem, qc, () => (seen.push(r.notifier.count), 1), () => {});
+    assert.deepEqual(seen, [0, 0, 0]);
+    assert.equal(r.notifier.count, 1);
+  });
+
   it("returns the number of chains completed and does not notify when there were none", () => {
     const r = rig({ count: 1 });
     const qc = r.config.queues[0];
