@@ -25,17 +25,20 @@ export const LOAD_MEMORY = 64 << 20;
  * Start our backend on `image`.
  * @param image The raw image.
  * @param socket The socket path to listen on.
- * @param options `pollUs`: run in poll mode with this window (`--poll-us`).
+ * @param options `pollUs`: run in poll mode with this window (`--poll-us`); `runtime`: run
+ *   the CLI with Deno (default) or Bun.
  * @returns The process.
  */
 export function startOurs(
   image: string,
   socket: string,
-  options: { pollUs?: number } = {},
+  options: { pollUs?: number; runtime?: "deno" | "bun" } = {},
 ): Promise<BackendProcess> {
   rmSync(socket, { force: true });
   const poll = options.pollUs ? ["--poll-us", String(options.pollUs)] : [];
-  return startBackend(["--socket", socket, "--device", "blk", "--file", image, ...poll]);
+  return startBackend(["--socket", socket, "--device", "blk", "--file", image, ...poll], {
+    runtime: options.runtime,
+  });
 }
 
 /**

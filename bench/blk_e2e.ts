@@ -17,7 +17,8 @@
  * iothread, which polls adaptively before it sleeps.
  *
  * Run: `node_modules/.bin/deno run --allow-all bench/blk_e2e.ts [--seconds S] [--rounds N]
- * [--size-mib M] [--image PATH] [--keep] [--poll-us N]`
+ * [--size-mib M] [--image PATH] [--keep] [--poll-us N] [--bun]`
+ * (`--bun`: run our backend under Bun instead of Deno; the frontend stays on Deno)
  *
  * @module
  */
@@ -25,9 +26,10 @@
 import { spawnSync } from "node:child_process";
 import { closeSync, openSync, readFileSync, readSync, rmSync, statSync, writeSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
 import { type LoadResult, type Workload, WORKLOADS } from "./_blk_load.ts";
 import {
   type BackendProcess,
@@ -39,6 +41,8 @@ import {
   startQsd,
 } from "./_blk_backends.ts";
 
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+
 const { values: opts } = parseArgs({
   args: process.argv.slice(2),
   options: {
@@ -48,13 +52,14 @@ const { values: opts } = parseArgs({
     image: { type: "string" },
     keep: { type: "boolean", default: false },
     "poll-us": { type: "string", default: "100" },
+    bun: { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
 });
 if (opts.help) {
   console.log(
     "Usage: deno run -A bench/blk_e2e.ts [--seconds S] [--rounds N] [--size-mib M] " +
-      "[--image PATH] [--keep] [--poll-us N]",
+      "[--image PATH] [--keep] [--poll-us N] [--bun]",
   );
   process.exit(0);
 }
@@ -62,6 +67,7 @@ const seconds = Number(opts.seconds);
 const rounds = Number(opts.rounds);
 const sizeMib = Number(opts["size-mib"]);
 const pollUs = Number(opts["poll-us"]);
+const runtime = opts.bun ? "bun" : "deno";
 const image = opts.image ?? join(tmpdir(), `virtio-ts-blk-bench-${process.pid}.img`);
 const dir = tmpdir();
 
@@ -179,8 +185,13 @@ function machine(): string {
   const kernel = readFileSync("/proc/sys/kernel/osrelease", "utf8").trim();
   const qsd = spawnSync("qemu-storage-daemon", ["--version"], { encoding: "utf8" })
     .stdout.split("\n")[0];
-  const runtime = typeof Deno !== "undefined" ? `Deno ${Deno.version.deno}` : "Bun";
-  return `${model}, ${cpu.length} cores, Linux ${kernel}, load ${load}; ${runtime}; ${qsd}`;
+  const deno = typeof Deno !== "undefined" ? `Deno ${Deno.version.deno}` : "Bun";
+  const bun = spawnSync(join(ROOT, "node_modules", ".bin", "bun"), ["--version"], {
+    encoding: "utf8",
+  }).stdout?.trim();
+  const backend = runtime === "bun" ? `our backend on Bun ${bun}` : "our backend on Deno";
+  return `${model}, ${cpu.length} cores, Linux ${kernel}, load ${load}; frontend on ${deno}, ` +
+    `${backend}; ${qsd}`;
 }
 
 /** One backend configuration the benchmark runs. */
@@ -193,11 +204,11 @@ interface Contender {
 }
 
 const contenders: Contender[] = [
-  { name: "ours", start: (s) => startOurs(image, s), socket: "" },
+  { name: "ours", start: (s) => startOurs(image, s, { runtime }), socket: "" },
   { name: "qsd", start: (s) => startQsd(image, s), socket: "" },
   {
     name: `ours --poll-us ${pollUs}`,
-    start: (s) => startOurs(image, s, { pollUs }),
+    start: (s) => startOurs(image, s, { pollUs, runtime }),
     socket: "",
   },
   { name: "qsd iothread", start: (s) => startQsd(image, s, { iothread: true }), socket: "" },

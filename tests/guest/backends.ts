@@ -25,17 +25,20 @@ export interface BackendProcess {
  *
  * @param args CLI arguments; must include `--socket PATH`.
  * @param options `stdout`: show the backend's stdout (default: ignore it); stderr is shown.
+ *   `runtime`: run it with Deno (default) or Bun.
  * @returns The running backend.
  */
 export function startBackend(
   args: string[],
-  options: { stdout?: "inherit" | "ignore" } = {},
+  options: { stdout?: "inherit" | "ignore"; runtime?: "deno" | "bun" } = {},
 ): Promise<BackendProcess> {
   const socket = args[args.indexOf("--socket") + 1];
   if (!args.includes("--socket") || socket === undefined) throw new Error("--socket is required");
+  const main = join(ROOT, "vhost_user", "main.ts");
+  const bun = options.runtime === "bun";
   return spawnListening(
-    join(ROOT, "node_modules", ".bin", "deno"),
-    ["run", "--allow-all", join(ROOT, "vhost_user", "main.ts"), ...args],
+    join(ROOT, "node_modules", ".bin", bun ? "bun" : "deno"),
+    bun ? [main, ...args] : ["run", "--allow-all", main, ...args],
     socket,
     options,
   );
