@@ -151,8 +151,10 @@ export class VhostUserBackend {
   readonly closed: Promise<void>;
 
   /**
+   * Create the backend; nothing is opened until {@linkcode VhostUserBackend.listen}.
    * @param device The device to serve.
-   * @param options Socket path and hooks.
+   * @param options Socket path, hooks and poll mode.
+   * @throws {RangeError} When `pollUs` is out of range.
    */
   constructor(device: VirtioDevice, options: VhostUserBackendOptions) {
     this.device = device;

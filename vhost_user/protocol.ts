@@ -116,6 +116,7 @@ export class VhostUserError extends Error {
   readonly request: number | undefined;
 
   /**
+   * Create the error; the message names the code and, when given, the request.
    * @param code What went wrong.
    * @param message Details.
    * @param request The request being handled.
