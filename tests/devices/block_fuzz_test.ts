@@ -11,6 +11,7 @@
 
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { assertBytes } from "../_bytes.ts";
 import { GuestMemory } from "../../memory/guest_memory.ts";
 import { SplitQueue } from "../../queue/split.ts";
 import { type DriverBuffer, DriverQueue } from "../../queue/testing.ts";
@@ -295,7 +296,7 @@ describe("BlockDevice under a hostile driver (randomised)", () => {
         );
         switch (e.kind) {
           case "in":
-            assert.deepEqual(
+            assertBytes(
               used.written.subarray(0, e.length),
               shadow.subarray(e.offset, e.offset + e.length),
               `request ${i}: read data`,
@@ -312,7 +313,7 @@ describe("BlockDevice under a hostile driver (randomised)", () => {
             break;
         }
       }
-      assert.deepEqual(backend.bytes, shadow, "the disk holds exactly what was acknowledged");
+      assertBytes(backend.bytes, shadow, "the disk holds exactly what was acknowledged");
       assert.ok(oks > 500 && refused > 200, `${oks} OK, ${refused} refused`);
       assert.equal(blk.stats.errors, refused);
       // Still serving.
@@ -322,7 +323,7 @@ describe("BlockDevice under a hostile driver (randomised)", () => {
       blk.processQueue(0);
       const last = driver.takeUsed()!;
       assert.equal(last.written[512], VIRTIO_BLK_S_OK);
-      assert.deepEqual(last.written.subarray(0, 512), shadow.subarray(0, 512));
+      assertBytes(last.written.subarray(0, 512), shadow.subarray(0, 512));
     });
   }
 });

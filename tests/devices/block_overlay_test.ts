@@ -1,5 +1,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { assertBytes } from "../_bytes.ts";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -66,12 +67,12 @@ describe("OverlayBackend", () => {
   it("reads the base until written, then the overlay; the base is never written", () => {
     const { base, disk } = memOverlay();
     const original = base.bytes.slice();
-    assert.deepEqual(readAll(disk), original);
+    assertBytes(readAll(disk), original);
     disk.write([new Uint8Array(CS).fill(0xaa)], 2 * CS);
     const expected = original.slice();
     expected.fill(0xaa, 2 * CS, 3 * CS);
-    assert.deepEqual(readAll(disk), expected);
-    assert.deepEqual(base.bytes, original);
+    assertBytes(readAll(disk), expected);
+    assertBytes(base.bytes, original);
     assert.equal(disk.allocatedClusters, 1);
   });
 
@@ -84,7 +85,7 @@ describe("OverlayBackend", () => {
     expected.fill(0xbb, CS + 1024, CS + 1536);
     expected.fill(0xcc, 4 * CS - 1024, 4 * CS);
     expected.fill(0xdd, 4 * CS, 4 * CS + 1024);
-    assert.deepEqual(readAll(disk), expected);
+    assertBytes(readAll(disk), expected);
     assert.equal(disk.allocatedClusters, 3);
   });
 
@@ -104,7 +105,7 @@ describe("OverlayBackend", () => {
     const expected = base.bytes.slice(0, 20480);
     expected.fill(0x11, CS, 2 * CS);
     expected.fill(0x33, 3 * CS, 4 * CS);
-    assert.deepEqual(got, expected);
+    assertBytes(got, expected);
   });
 
   it("write zeroes and discard read as zeroes afterwards, not as the base", () => {
@@ -123,7 +124,7 @@ describe("OverlayBackend", () => {
     disk.write([new Uint8Array(512).fill(9)], 3 * CS + 512);
     const expected = base.bytes.slice();
     expected.fill(9, 3 * CS + 512, 3 * CS + 1024);
-    assert.deepEqual(readAll(disk), expected);
+    assertBytes(readAll(disk), expected);
   });
 
   it("keeps flushed writes across reopening; unflushed bitmap changes are not persisted", () => {
@@ -175,14 +176,14 @@ describe("OverlayBackend", () => {
       disk.write([new Uint8Array(4096).fill(0x60 + i)], 65536 * (i + 1) + 512);
       disk.close();
     }
-    assert.deepEqual(fs.readFileSync(basePath), before, "base image untouched");
+    assertBytes(fs.readFileSync(basePath), before, "base image untouched");
     for (const [i, p] of paths.entries()) {
       const disk = OverlayBackend.openFile(new FileBackend(basePath, { readOnly: true }), p);
       try {
         const all = readAll(disk);
         const expected = baseBytes(size);
         expected.fill(0x60 + i, 65536 * (i + 1) + 512, 65536 * (i + 1) + 4608);
-        assert.deepEqual(all, expected);
+        assertBytes(all, expected);
         assert.equal(disk.allocatedClusters, 1, "one 64 KiB cluster each");
       } finally {
         disk.close();
@@ -193,4 +194,90 @@ describe("OverlayBackend", () => {
       assert.ok(st.blocks * 512 <= 256 * KiB, `${st.blocks} blocks allocated`);
     }
   });
+});
+
+describe("OverlayBackend against a model (randomised)", () => {
+  for (const seed of [11, 22, 33]) {
+    it(`seed ${seed}: writes, zeroes, flushes, crashes and reopens`, () => {
+      let x = seed;
+      const rnd = (n: number) => {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        return (x >>> 0) % n;
+      };
+      const size = 64 * CS + 1536; // a partial last cluster too
+      const sectors = size / 512;
+      const { base, store } = memOverlay(size);
+      let disk = new OverlayBackend(base, store);
+      const shadow = base.bytes.slice();
+      const clusters = Math.ceil(size / CS);
+      let alloc = new Set<number>();
+      let persisted = new Set<number>();
+      const touch = (off: number, len: number) => {
+        for (let c = Math.floor(off / CS); c <= Math.floor((off + len - 1) / CS); c++) alloc.add(c);
+      };
+      const views = (len: number): Uint8Array[] => {
+        const out: Uint8Array[] = [];
+        let left = len;
+        while (left > 0) {
+          const n = Math.min(left, 1 + rnd(3 * CS));
+          out.push(new Uint8Array(n));
+          left -= n;
+        }
+        return out;
+      };
+      for (let step = 0; step < 600; step++) {
+        const sector = rnd(sectors);
+        const len = 512 * Math.min(1 + rnd(3 * CS / 512), sectors - sector);
+        const off = sector * 512;
+        const op = rnd(100);
+        if (op < 35) {
+          const parts = views(len);
+          for (const p of parts) for (let i = 0; i < p.length; i++) p[i] = rnd(256);
+          disk.write(parts, off);
+          let at = off;
+          for (const p of parts) {
+            shadow.set(p, at);
+            at += p.length;
+          }
+          touch(off, len);
+        } else if (op < 45) {
+          if (rnd(2) === 0) disk.discard(off, len);
+          else disk.writeZeroes(off, len, rnd(2) === 0);
+          shadow.fill(0, off, off + len);
+          touch(off, len);
+        } else if (op < 85) {
+          const parts = views(len);
+          disk.read(parts, off);
+          let at = off;
+          for (const p of parts) {
+            assertBytes(p, shadow.subarray(at, at + p.length), `step ${step}: read at ${at}`);
+            at += p.length;
+          }
+        } else if (op < 93) {
+          disk.flush();
+          persisted = new Set(alloc);
+        } else if (op < 97) {
+          // A crash: reopen the store as it is, without flushing. The store here loses no
+          // data, so clusters named by the persisted bitmap show their latest bytes and the
+          // rest fall back to the base.
+          disk = new OverlayBackend(base, store);
+          for (let c = 0; c < clusters; c++) {
+            if (persisted.has(c)) continue;
+            const start = c * CS, end = Math.min(size, start + CS);
+            shadow.set(base.bytes.subarray(start, end), start);
+          }
+          alloc = new Set(persisted);
+        } else {
+          disk.close();
+          disk = new OverlayBackend(base, store);
+          persisted = new Set(alloc);
+        }
+        assert.equal(disk.allocatedClusters, alloc.size, `step ${step}: allocated clusters`);
+      }
+      assertBytes(readAll(disk), shadow);
+      assertBytes(base.bytes, baseBytes(size), "the base was never written");
+    });
+  }
 });

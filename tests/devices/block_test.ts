@@ -1,5 +1,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { assertBytes } from "../_bytes.ts";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -347,12 +348,12 @@ describe("BlockDevice", () => {
       assert.equal(v.getUint32(O.maxWriteZeroesSectors, true), 0x3ffff8);
       assert.equal(v.getUint32(O.maxWriteZeroesSeg, true), 32);
       assert.equal(v.getUint8(O.writeZeroesMayUnmap), 1);
-      assert.deepEqual(cfg.subarray(57), new Uint8Array(BLOCK_CONFIG_SIZE - 57), "rest is zero");
+      assertBytes(cfg.subarray(57), new Uint8Array(BLOCK_CONFIG_SIZE - 57), "rest is zero");
 
       // Reads of a part of a field see the same bytes.
       const part = new Uint8Array(2);
       dev.readConfig(O.numQueues, part);
-      assert.deepEqual(part, new Uint8Array([4, 0]));
+      assertBytes(part, new Uint8Array([4, 0]));
       assert.throws(() => dev.readConfig(BLOCK_CONFIG_SIZE - 1, new Uint8Array(2)), VirtioError);
     } finally {
       dev.remove();
@@ -379,7 +380,7 @@ describe("BlockDevice", () => {
       const r = rig.read(5, [512, 1536, 512, 1024]);
       assert.equal(r.status, VIRTIO_BLK_S_OK);
       assert.equal(r.len, 3584 + 1, "used length counts data and status");
-      assert.deepEqual(r.data, patternBytes(5 * 512, 3584));
+      assertBytes(r.data, patternBytes(5 * 512, 3584));
       assert.equal(rig.dev.stats.reads, 1);
       assert.equal(rig.dev.stats.bytesRead, 3584);
       assert.equal(rig.interrupts[0], 1);
@@ -404,14 +405,14 @@ describe("BlockDevice", () => {
           const data = randomBytes(8192, ffi ? 7 : 8);
           const w = rig.write(16, data, { lens: [512, 4096, 1024, 2560] });
           assert.equal(w.status, VIRTIO_BLK_S_OK);
-          assert.deepEqual(fileBytes(path, 16 * 512, 8192), data);
-          assert.deepEqual(fileBytes(path, 15 * 512, 512), patternBytes(15 * 512, 512));
+          assertBytes(fileBytes(path, 16 * 512, 8192), data);
+          assertBytes(fileBytes(path, 15 * 512, 512), patternBytes(15 * 512, 512));
           const r = rig.read(16, [4096, 512, 3584]);
           assert.equal(r.status, VIRTIO_BLK_S_OK);
-          assert.deepEqual(r.data, data);
+          assertBytes(r.data, data);
           // The last sector of the disk, split across segments.
           const end = rig.read(255, [256, 256]);
-          assert.deepEqual(end.data, patternBytes(255 * 512, 512));
+          assertBytes(end.data, patternBytes(255 * 512, 512));
         } finally {
           backend.close();
         }
@@ -438,10 +439,10 @@ describe("BlockDevice", () => {
       assert.equal(r.status, VIRTIO_BLK_S_OK);
       const expected = patternBytes(112 * 512, 16384);
       expected.set(data, 8 * 512);
-      assert.deepEqual(r.data, expected);
+      assertBytes(r.data, expected);
       const f = rig.submit([{ readable: hdr(VIRTIO_BLK_T_FLUSH) }, { writable: 1 }]);
       assert.equal(f.written[0], VIRTIO_BLK_S_OK);
-      assert.deepEqual(fs.readFileSync(basePath), baseBefore);
+      assertBytes(fs.readFileSync(basePath), baseBefore);
     } finally {
       disk.close();
     }
@@ -450,7 +451,7 @@ describe("BlockDevice", () => {
     try {
       const out = new Uint8Array(6144);
       again.read([out], 120 * 512);
-      assert.deepEqual(out, randomBytes(6144, 77));
+      assertBytes(out, randomBytes(6144, 77));
       assert.equal(again.allocatedClusters, 2);
     } finally {
       again.close();
@@ -465,14 +466,14 @@ describe("BlockDevice", () => {
       const w = rig.write(100, data, { indirect: true, lens: [512, 1024, 2048, 512] });
       assert.equal(w.status, VIRTIO_BLK_S_OK);
       assert.equal(w.len, 1);
-      assert.deepEqual(fileBytes(path, 100 * 512, 4096), data);
+      assertBytes(fileBytes(path, 100 * 512, 4096), data);
       // Neighbours untouched.
-      assert.deepEqual(fileBytes(path, 99 * 512, 512), patternBytes(99 * 512, 512));
-      assert.deepEqual(fileBytes(path, 108 * 512, 512), patternBytes(108 * 512, 512));
+      assertBytes(fileBytes(path, 99 * 512, 512), patternBytes(99 * 512, 512));
+      assertBytes(fileBytes(path, 108 * 512, 512), patternBytes(108 * 512, 512));
 
       const r = rig.read(100, [1024, 3072], { indirect: true });
       assert.equal(r.status, VIRTIO_BLK_S_OK);
-      assert.deepEqual(r.data, data);
+      assertBytes(r.data, data);
       assert.equal(rig.dev.stats.writes, 1);
       assert.equal(rig.dev.stats.bytesWritten, 4096);
     } finally {
@@ -493,7 +494,7 @@ describe("BlockDevice", () => {
       const r = rig.submit([{ readable: hdr(VIRTIO_BLK_T_IN, 3) }, { writable: 1025 }]);
       assert.equal(r.len, 1025);
       assert.equal(r.written[1024], VIRTIO_BLK_S_OK);
-      assert.deepEqual(r.written.subarray(0, 1024), data);
+      assertBytes(r.written.subarray(0, 1024), data);
     } finally {
       rig.dev.remove();
     }
@@ -544,7 +545,7 @@ describe("BlockDevice", () => {
     assert.equal(u.written[20], VIRTIO_BLK_S_OK);
     const expected = new Uint8Array(20);
     expected.set(new TextEncoder().encode("disk-0"));
-    assert.deepEqual(u.written.subarray(0, 20), expected);
+    assertBytes(u.written.subarray(0, 20), expected);
 
     const full = new Rig({ backend: new MemoryBackend(4096), serial: "ABCDEFGHIJKLMNOPQRST" });
     const v = full.submit([{ readable: hdr(VIRTIO_BLK_T_GET_ID) }, { writable: 21 }]);
@@ -556,7 +557,7 @@ describe("BlockDevice", () => {
       writable: 1,
     }]);
     assert.equal(big.len, 65);
-    assert.deepEqual(big.written.subarray(20, 64), new Uint8Array(44));
+    assertBytes(big.written.subarray(20, 64), new Uint8Array(44));
   });
 
   it("DISCARD punches a hole in the image file and the range reads as zeroes", () => {
@@ -577,11 +578,11 @@ describe("BlockDevice", () => {
       assert.equal(used.written[0], VIRTIO_BLK_S_OK);
       assert.equal(used.len, 1);
       const r = rig.read(2048, [4096]);
-      assert.deepEqual(r.data, new Uint8Array(4096));
+      assertBytes(r.data, new Uint8Array(4096));
       const r2 = rig.read(2048 + 4096 - 8, [4096]);
-      assert.deepEqual(r2.data, new Uint8Array(4096));
-      assert.deepEqual(fileBytes(path, 2047 * 512, 512), patternBytes(2047 * 512, 512));
-      assert.deepEqual(fileBytes(path, 6144 * 512, 512), patternBytes(6144 * 512, 512));
+      assertBytes(r2.data, new Uint8Array(4096));
+      assertBytes(fileBytes(path, 2047 * 512, 512), patternBytes(2047 * 512, 512));
+      assertBytes(fileBytes(path, 6144 * 512, 512), patternBytes(6144 * 512, 512));
       assert.equal(fs.statSync(path).size, sectors * 512, "size is kept");
       if (backend.punchesHoles) {
         const blocksAfter = fs.statSync(path).blocks;
@@ -607,8 +608,8 @@ describe("BlockDevice", () => {
         { writable: 1 },
       ]);
       assert.equal(used.written[0], VIRTIO_BLK_S_OK);
-      assert.deepEqual(fileBytes(path, 8 * 512, 16 * 512), new Uint8Array(16 * 512));
-      assert.deepEqual(fileBytes(path, 24 * 512, 512), patternBytes(24 * 512, 512));
+      assertBytes(fileBytes(path, 8 * 512, 16 * 512), new Uint8Array(16 * 512));
+      assertBytes(fileBytes(path, 24 * 512, 512), patternBytes(24 * 512, 512));
     } finally {
       backend.close();
     }
@@ -630,11 +631,11 @@ describe("BlockDevice", () => {
       ]);
       assert.equal(used.written[0], VIRTIO_BLK_S_OK);
       assert.deepEqual(spy.calls, ["zeroes+unmap", "zeroes"]);
-      assert.deepEqual(rig.read(10, [3072]).data, new Uint8Array(3072));
-      assert.deepEqual(rig.read(300, [51200]).data, new Uint8Array(51200));
-      assert.deepEqual(rig.read(9, [512]).data, patternBytes(9 * 512, 512));
-      assert.deepEqual(rig.read(16, [512]).data, patternBytes(16 * 512, 512));
-      assert.deepEqual(rig.read(400, [512]).data, patternBytes(400 * 512, 512));
+      assertBytes(rig.read(10, [3072]).data, new Uint8Array(3072));
+      assertBytes(rig.read(300, [51200]).data, new Uint8Array(51200));
+      assertBytes(rig.read(9, [512]).data, patternBytes(9 * 512, 512));
+      assertBytes(rig.read(16, [512]).data, patternBytes(16 * 512, 512));
+      assertBytes(rig.read(400, [512]).data, patternBytes(400 * 512, 512));
 
       // Without fallocate the zeroes are written.
       const path2 = image(64);
@@ -646,7 +647,7 @@ describe("BlockDevice", () => {
         { writable: 1 },
       ]);
       assert.equal(u2.written[0], VIRTIO_BLK_S_OK);
-      assert.deepEqual(fileBytes(path2, 512, 1024), new Uint8Array(1024));
+      assertBytes(fileBytes(path2, 512, 1024), new Uint8Array(1024));
       plain.close();
     } finally {
       spy.close();
@@ -673,10 +674,10 @@ describe("BlockDevice", () => {
       const w = rig.write(0, randomBytes(512, 9));
       assert.equal(w.status, VIRTIO_BLK_S_IOERR);
       assert.equal(rig.simple(VIRTIO_BLK_T_DISCARD, segment(0, 1)).status, VIRTIO_BLK_S_UNSUPP);
-      assert.deepEqual(fs.readFileSync(path), before);
+      assertBytes(fs.readFileSync(path), before);
       const r = rig.read(0, [512]);
       assert.equal(r.status, VIRTIO_BLK_S_OK);
-      assert.deepEqual(r.data, patternBytes(0, 512));
+      assertBytes(r.data, patternBytes(0, 512));
       assert.equal(rig.simple(VIRTIO_BLK_T_FLUSH).status, VIRTIO_BLK_S_OK);
     } finally {
       rig.dev.remove();
@@ -697,7 +698,7 @@ describe("BlockDevice", () => {
       assert.equal(rig.hostErrors[0].needsReset, false);
       const good = rig.read(63, [512]);
       assert.equal(good.status, VIRTIO_BLK_S_OK);
-      assert.deepEqual(good.data, patternBytes(63 * 512, 512));
+      assertBytes(good.data, patternBytes(63 * 512, 512));
       assert.equal(rig.dev.stats.errors, 1);
     } finally {
       rig.dev.remove();
@@ -717,7 +718,7 @@ describe("BlockDevice", () => {
     assert.equal(r.len, 0);
     const data = randomBytes(512, 2);
     assert.equal(rig.write(1, data).status, VIRTIO_BLK_S_OK);
-    assert.deepEqual(rig.read(1, [512]).data, data);
+    assertBytes(rig.read(1, [512]).data, data);
     assert.equal(rig.dev.stats.errors, 2);
   });
 
@@ -820,18 +821,18 @@ describe("BlockDevice", () => {
     assert.equal(rig.drivers[1].pendingUsed(), 1);
     assert.equal(rig.drivers[0].pendingUsed(), 0, "queue 0 waits for its own notification");
     assert.deepEqual(rig.interrupts, [0, 1]);
-    assert.deepEqual(disk.bytes.subarray(100 * 512, 102 * 512), d1);
-    assert.deepEqual(disk.bytes.subarray(0, 1024), new Uint8Array(1024));
+    assertBytes(disk.bytes.subarray(100 * 512, 102 * 512), d1);
+    assertBytes(disk.bytes.subarray(0, 1024), new Uint8Array(1024));
 
     rig.dev.processQueue(0);
     assert.equal(rig.drivers[0].pendingUsed(), 1);
     assert.deepEqual(rig.interrupts, [1, 1]);
     assert.equal(rig.drivers[0].takeUsed()!.written[0], VIRTIO_BLK_S_OK);
     assert.equal(rig.drivers[1].takeUsed()!.written[0], VIRTIO_BLK_S_OK);
-    assert.deepEqual(disk.bytes.subarray(0, 1024), d0);
+    assertBytes(disk.bytes.subarray(0, 1024), d0);
 
-    assert.deepEqual(rig.read(100, [1024], { q: 0 }).data, d1);
-    assert.deepEqual(rig.read(0, [1024], { q: 1 }).data, d0);
+    assertBytes(rig.read(100, [1024], { q: 0 }).data, d1);
+    assertBytes(rig.read(0, [1024], { q: 1 }).data, d0);
   });
 
   it("activates with only the first of several queues", () => {
@@ -885,7 +886,7 @@ describe("BlockDevice", () => {
       assert.equal(new DataView(cap.buffer).getBigUint64(0, true), 128n);
       const r = rig.read(64, [512]);
       assert.equal(r.status, VIRTIO_BLK_S_OK);
-      assert.deepEqual(r.data, new Uint8Array(512));
+      assertBytes(r.data, new Uint8Array(512));
       assert.equal(rig.dev.updateCapacity(), 128);
       assert.equal(rig.configChanges, 1, "no change, no notification");
     } finally {
@@ -917,7 +918,7 @@ describe("BlockDevice", () => {
     assert.equal(used.length, 40);
     for (const u of used) assert.equal(u.written[0], VIRTIO_BLK_S_OK);
     assert.equal(rig.interrupts[0], 1, "one interrupt for the batch");
-    assert.deepEqual(disk.bytes, expected);
+    assertBytes(disk.bytes, expected);
   });
 });
 
@@ -956,7 +957,7 @@ describe("BlockDevice behind MmioTransport", () => {
       assert.equal(w.written[0], VIRTIO_BLK_S_OK);
       assert.ok(irqs >= 1);
       assert.ok(driver.ackInterrupt() !== 0);
-      assert.deepEqual(fileBytes(path, 512 * 512, 8192), data);
+      assertBytes(fileBytes(path, 512 * 512, 8192), data);
 
       queues[0].addChain([{ readable: hdr(VIRTIO_BLK_T_FLUSH) }, { writable: 1 }]);
       driver.kick(0);
@@ -971,7 +972,7 @@ describe("BlockDevice behind MmioTransport", () => {
       const r = queues[0].takeUsed()!;
       assert.equal(r.len, 8193);
       assert.equal(r.written[8192], VIRTIO_BLK_S_OK);
-      assert.deepEqual(r.written.subarray(0, 8192), data);
+      assertBytes(r.written.subarray(0, 8192), data);
 
       queues[0].addChain([{ readable: hdr(VIRTIO_BLK_T_GET_ID) }, { writable: 20 }, {
         writable: 1,
@@ -1011,7 +1012,7 @@ describe("BlockDevice behind MmioTransport", () => {
       driver.kick(0);
       const r2 = again[0].takeUsed()!;
       assert.equal(r2.written[512], VIRTIO_BLK_S_OK);
-      assert.deepEqual(r2.written.subarray(0, 512), data.subarray(0, 512));
+      assertBytes(r2.written.subarray(0, 512), data.subarray(0, 512));
     } finally {
       dev.remove();
     }
@@ -1028,13 +1029,13 @@ describe("FileBackend", () => {
       const b = new Uint8Array(512).fill(0xee);
       const c = new Uint8Array(512).fill(0xee);
       backend.read([a, b, c], 0);
-      assert.deepEqual(a, patternBytes(0, 512));
-      assert.deepEqual(b.subarray(0, 488), patternBytes(512, 488));
-      assert.deepEqual(b.subarray(488), new Uint8Array(24));
-      assert.deepEqual(c, new Uint8Array(512));
+      assertBytes(a, patternBytes(0, 512));
+      assertBytes(b.subarray(0, 488), patternBytes(512, 488));
+      assertBytes(b.subarray(488), new Uint8Array(24));
+      assertBytes(c, new Uint8Array(512));
       const d = new Uint8Array(16).fill(1);
       backend.read([d], 1500);
-      assert.deepEqual(d, new Uint8Array(16));
+      assertBytes(d, new Uint8Array(16));
     } finally {
       backend.close();
     }
@@ -1048,12 +1049,12 @@ describe("FileBackend", () => {
       const views: Uint8Array[] = [];
       for (let i = 0; i < 3000; i++) views.push(data.subarray(i, i + 1));
       backend.write(views, 100);
-      assert.deepEqual(fileBytes(path, 100, 3000), data);
+      assertBytes(fileBytes(path, 100, 3000), data);
       const back = new Uint8Array(3000);
       const outViews: Uint8Array[] = [];
       for (let i = 0; i < 3000; i++) outViews.push(back.subarray(i, i + 1));
       backend.read(outViews, 100);
-      assert.deepEqual(back, data);
+      assertBytes(back, data);
     } finally {
       backend.close();
     }

@@ -5,6 +5,7 @@
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { assertBytes } from "../_bytes.ts";
 import type { ChildProcess } from "node:child_process";
 import {
   closeSync,
@@ -144,7 +145,7 @@ describe("block device data integrity with a real guest", { timeout: 600_000 }, 
     const got = new Uint8Array(PATTERN_SIZE);
     readSync(fd, got, 0, PATTERN_SIZE, PATTERN_OFFSET);
     closeSync(fd);
-    assert.deepEqual(got, yesPattern(PATTERN_LINE, PATTERN_SIZE));
+    assertBytes(got, yesPattern(PATTERN_LINE, PATTERN_SIZE));
   });
 
   it("a second boot reads the flushed data back", () => {

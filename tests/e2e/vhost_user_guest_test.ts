@@ -5,6 +5,7 @@
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { assertBytes } from "../_bytes.ts";
 import {
   closeSync,
   mkdtempSync,
@@ -181,7 +182,7 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
     const got = new Uint8Array(MiB);
     readSync(fd, got, 0, MiB, PATTERN_OFFSET);
     closeSync(fd);
-    assert.deepEqual(got, yesPattern(PATTERN_LINE, MiB));
+    assertBytes(got, yesPattern(PATTERN_LINE, MiB));
     assert.ok(vda.stats.writes > 0 && vda.stats.flushes > 0, JSON.stringify(vda.stats));
   });
 
@@ -195,7 +196,7 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
 
   it("a copy-on-write overlay takes the guest's writes and leaves the base image alone", () => {
     assert.match(result.output, /^VT-OVERLAY-OK$/m, result.output);
-    assert.deepEqual(
+    assertBytes(
       new Uint8Array(readFileSync(join(dir, "base.img"))),
       yesPattern(BASE_LINE, BASE_SIZE),
       "base image unchanged",
@@ -210,12 +211,12 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
       const got = new Uint8Array(OVERLAY_BYTES + 2048);
       disk.read([got], at - 1024);
       const base = yesPattern(BASE_LINE, BASE_SIZE);
-      assert.deepEqual(got.subarray(0, 1024), base.subarray(at - 1024, at));
-      assert.deepEqual(
+      assertBytes(got.subarray(0, 1024), base.subarray(at - 1024, at));
+      assertBytes(
         got.subarray(1024, 1024 + OVERLAY_BYTES),
         yesPattern(OVERLAY_LINE, OVERLAY_BYTES),
       );
-      assert.deepEqual(
+      assertBytes(
         got.subarray(1024 + OVERLAY_BYTES),
         base.subarray(at + OVERLAY_BYTES, at + OVERLAY_BYTES + 1024),
       );
