@@ -118,11 +118,13 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
     vdaBackend = new VhostUserBackend(vda, { socketPath: join(dir, "vda.sock"), onError });
     vdbBackend = new VhostUserBackend(vdb, { socketPath: join(dir, "vdb.sock"), onError });
     for (const b of [rngBackend, vdaBackend, vdbBackend]) b.listen();
-    // A copy-on-write overlay over a base image, served by the CLI in its own process.
+    // A copy-on-write overlay over a base image, served by the CLI in its own process in
+    // poll mode.
     writeFileSync(join(dir, "base.img"), yesPattern(BASE_LINE, BASE_SIZE));
     vdc = await startBackend([
       ...["--socket", join(dir, "vdc.sock"), "--device", "blk"],
       ...["--file", join(dir, "base.img"), "--overlay", join(dir, "vdc.cow")],
+      ...["--poll-us", "200"], // and in poll mode, against the guest's own driver
     ]);
     let shrunk = false;
     let seen = "";
