@@ -306,8 +306,9 @@ export class FileBackend implements BlockBackend {
   }
 
   /**
-   * Whether the last discard or unmapping write-zeroes really punched a hole
-   * (`false` once the file system refused and zeroes were written instead).
+   * Whether discards and unmapping write-zeroes punch holes: `true` while
+   * fallocate(2) is usable here, `false` once the file system refused the mode
+   * (zeroes are written instead from then on) or without the FFI layer.
    */
   get punchesHoles(): boolean {
     return this.#punchHole && typeof this.#sysFd === "number";
