@@ -2,6 +2,8 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { assertBytes } from "../_bytes.ts";
 import * as fs from "node:fs";
+import { spawnSync } from "node:child_process";
+import process from "node:process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { GuestMemory } from "../../memory/guest_memory.ts";
@@ -1075,5 +1077,59 @@ describe("FileBackend", () => {
       ro.close();
     }
     assert.throws(() => new FileBackend(path, { size: -1 }), RangeError);
+  });
+});
+
+// A block device node is served like a file: its size comes from sysfs and the I/O is the
+// same positional I/O. A loop device over a scratch file stands in for a disk.
+function attachLoop(file: string): string | undefined {
+  try {
+    const r = spawnSync("losetup", ["--find", "--show", file], { encoding: "utf8" });
+    return r.status === 0 ? r.stdout.trim() : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const loopSkip: string | false = (() => {
+  if (process.getuid?.() !== 0) return "skipped: a loop device needs root";
+  const probe = join(tmpdir(), `virtio-ts-loop-probe-${process.pid}.img`);
+  fs.writeFileSync(probe, new Uint8Array(65536));
+  const dev = attachLoop(probe);
+  if (dev !== undefined) spawnSync("losetup", ["-d", dev]);
+  fs.rmSync(probe, { force: true });
+  return dev === undefined ? "skipped: no loop device (losetup failed)" : false;
+})();
+
+describe("BlockDevice on a block device node", () => {
+  it("serves a loop device: size from sysfs, reads and writes reach the disk", {
+    skip: loopSkip,
+  }, () => {
+    const path = image(8192); // 4 MiB
+    const dev = attachLoop(path)!;
+    try {
+      const rig = new Rig({ path: dev, serial: "loop" });
+      try {
+        const backend = rig.dev.backend as FileBackend;
+        assert.equal(backend.size, 8192 * 512, "size from /sys/dev/block/…/size");
+        const cfg = new Uint8Array(8);
+        rig.dev.readConfig(BlockConfigOffset.capacity, cfg);
+        assert.equal(new DataView(cfg.buffer).getUint32(0, true), 8192);
+        assertBytes(rig.read(100, [4096, 512]).data, patternBytes(100 * 512, 4608));
+        const data = randomBytes(8192, 5);
+        assert.equal(rig.write(2000, data, { lens: [4096, 4096] }).status, VIRTIO_BLK_S_OK);
+        const f = rig.submit([{ readable: hdr(VIRTIO_BLK_T_FLUSH) }, { writable: 1 }]);
+        assert.equal(f.written[0], VIRTIO_BLK_S_OK);
+        // The loop device writes through to its backing file.
+        spawnSync("blockdev", ["--flushbufs", dev]);
+        assertBytes(fileBytes(path, 2000 * 512, 8192), data, "backing file");
+        // Past the end of the device is refused.
+        assert.notEqual(rig.read(8192, [512]).status, VIRTIO_BLK_S_OK);
+      } finally {
+        rig.dev.remove();
+      }
+    } finally {
+      spawnSync("losetup", ["-d", dev]);
+    }
   });
 });
