@@ -29,6 +29,11 @@ Options:
                     read-only and never written (the overlay is created when missing)
   --serial TEXT     blk: serial number reported by GET_ID (up to 20 bytes)
   --queues N        blk: number of request queues (default 1)
+  --block-size N    blk: logical block size in bytes, a power of two from 512 (default 512)
+  --physical-block-size N
+                    blk: physical block size, a power-of-two multiple of --block-size
+  --writethrough    blk: start in writethrough mode (every write made durable before it
+                    completes; the driver may switch with CONFIG_WCE); default writeback
   --poll-us N       poll mode: keep checking the rings for N µs (up to 1000) after serving
                     a kick; lower latency for a busy guest, at the cost of CPU (default 0)
   --once            exit after the first frontend disconnects
@@ -59,6 +64,9 @@ export async function main(argv: string[]): Promise<number> {
         serial: { type: "string" },
         queues: { type: "string" },
         "poll-us": { type: "string" },
+        "block-size": { type: "string" },
+        "physical-block-size": { type: "string" },
+        writethrough: { type: "boolean", default: false },
         once: { type: "boolean", default: false },
         verbose: { type: "boolean", default: false },
         help: { type: "boolean", default: false },
@@ -93,7 +101,26 @@ export async function main(argv: string[]): Promise<number> {
         console.error(`--queues must be 1..64, got ${args.queues}`);
         return 2;
       }
-      const common = { readOnly: args.readonly, serial: args.serial, numQueues: queues };
+      const size = (name: string, v: string | undefined) => {
+        if (v === undefined) return undefined;
+        const n = Number(v);
+        if (!Number.isSafeInteger(n)) throw new RangeError(`--${name} must be a number, got ${v}`);
+        return n;
+      };
+      let common;
+      try {
+        common = {
+          readOnly: args.readonly,
+          serial: args.serial,
+          numQueues: queues,
+          blockSize: size("block-size", args["block-size"]),
+          physicalBlockSize: size("physical-block-size", args["physical-block-size"]),
+          writeback: !args.writethrough,
+        };
+      } catch (err) {
+        console.error((err as Error).message);
+        return 2;
+      }
       try {
         if (args.overlay !== undefined) {
           const base = new FileBackend(args.file, { readOnly: true });
@@ -110,7 +137,7 @@ export async function main(argv: string[]): Promise<number> {
         }
       } catch (err) {
         overlay?.close();
-        console.error(`cannot open ${args.file}: ${(err as Error).message}`);
+        console.error(`--device blk: ${(err as Error).message}`);
         return 1;
       }
       break;

@@ -63,6 +63,9 @@ cmp /tmp/pat /tmp/back
 echo VT-READBACK-OK
 step blk-readonly
 expect_eq "$(cat /sys/block/vdb/ro)" 1 vdb-ro
+expect_eq "$(cat /sys/block/vdb/queue/logical_block_size)" 4096 vdb-logical-block-size
+expect_eq "$(cat /sys/block/vdb/queue/physical_block_size)" 16384 vdb-physical-block-size
+echo "VT-VDB-BLOCKS $(cat /sys/block/vdb/queue/logical_block_size) $(cat /sys/block/vdb/queue/physical_block_size)"
 blockdev --setrw /dev/vdb
 if dd if=/tmp/pat of=/dev/vdb bs=4096 count=1 oflag=direct 2>/tmp/err; then fail "write to read-only disk succeeded"; fi
 echo "VT-RO-REFUSED $(cat /tmp/err | head -1)"
@@ -112,7 +115,13 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
     writeFileSync(vdbPath, new Uint8Array(16 * MiB).fill(0x5a));
     rng = new RngDevice();
     vda = new BlockDevice({ path: vdaPath, serial: "vt-e2e-vda" });
-    vdb = new BlockDevice({ path: vdbPath, readOnly: true });
+    // 4 KiB logical blocks in 16 KiB physical ones: BLK_SIZE and TOPOLOGY as the guest sees them.
+    vdb = new BlockDevice({
+      path: vdbPath,
+      readOnly: true,
+      blockSize: 4096,
+      physicalBlockSize: 16384,
+    });
     const onError = (e: Error) => errors.push(e.message);
     rngBackend = new VhostUserBackend(rng, { socketPath: join(dir, "rng.sock"), onError });
     vdaBackend = new VhostUserBackend(vda, { socketPath: join(dir, "vda.sock"), onError });
@@ -188,7 +197,8 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
     assert.ok(vda.stats.writes > 0 && vda.stats.flushes > 0, JSON.stringify(vda.stats));
   });
 
-  it("a read-only disk refuses the guest's writes", () => {
+  it("a read-only disk with 4 KiB blocks: RO, BLK_SIZE and TOPOLOGY reach the guest", () => {
+    assert.match(result.output, /^VT-VDB-BLOCKS 4096 16384$/m, result.output);
     // VIRTIO_BLK_F_RO was negotiated: the guest marks the disk read-only and refuses
     // writes itself (the device-side refusal is covered by the block unit tests).
     assert.ok(result.steps.includes("blk-readonly"), result.output);

@@ -1,0 +1,77 @@
+// The vhost-user CLI (vhost_user/main.ts): its block options reach the device's configuration
+// space as a frontend sees it, and bad options are refused with a usage error before anything
+// listens.
+
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startBackend } from "../guest/backends.ts";
+import { VhostUserFrontend } from "../../vhost_user/frontend.ts";
+import { main } from "../../vhost_user/main.ts";
+import { BlockConfigOffset, VIRTIO_BLK_F_RO } from "../../devices/block.ts";
+import { featureBit } from "../../devices/device.ts";
+import { T } from "./_harness.ts";
+
+let dir = "";
+let disk = "";
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), "vt-cli-"));
+  disk = join(dir, "disk.img");
+  writeFileSync(disk, new Uint8Array(1 << 20));
+});
+after(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe("vhost_user/main.ts", () => {
+  it("puts block size, physical block size, cache mode and queues in the device", T, async () => {
+    const socket = join(dir, "blk.sock");
+    const backend = await startBackend([
+      ...["--socket", socket, "--device", "blk", "--file", disk, "--serial", "cli-disk"],
+      ...["--block-size", "4096", "--physical-block-size", "16384", "--writethrough"],
+      ...["--readonly", "--queues", "2"],
+    ]);
+    try {
+      const fe = await VhostUserFrontend.connect(socket);
+      try {
+        const r = await fe.start();
+        assert.equal(r.queueNum, 2);
+        assert.notEqual(r.features & featureBit(VIRTIO_BLK_F_RO), 0n);
+        const cfg = await fe.getConfig(0, 36);
+        const v = new DataView(cfg.buffer, cfg.byteOffset, cfg.byteLength);
+        assert.equal(v.getUint32(BlockConfigOffset.capacity, true), 2048);
+        assert.equal(v.getUint32(BlockConfigOffset.blkSize, true), 4096);
+        assert.equal(v.getUint8(BlockConfigOffset.physicalBlockExp), 2, "16 KiB = 4 × 4 KiB");
+        assert.equal(v.getUint8(BlockConfigOffset.writeback), 0, "writethrough");
+        assert.equal(v.getUint16(BlockConfigOffset.numQueues, true), 2);
+      } finally {
+        await fe.close();
+      }
+    } finally {
+      await backend.stop();
+    }
+  });
+
+  it("refuses bad options with a usage error and listens on nothing", async () => {
+    const socket = join(dir, "never.sock");
+    const blk = ["--socket", socket, "--device", "blk", "--file", disk];
+    assert.equal(await main(["--socket", socket, "--device", "blk"]), 2, "no --file");
+    assert.equal(await main([...blk, "--queues", "0"]), 2);
+    assert.equal(await main([...blk, "--poll-us", "5000"]), 2);
+    assert.equal(await main([...blk, "--block-size", "4k"]), 2);
+    assert.equal(await main([...blk, "--no-such-option"]), 2);
+    assert.equal(await main(["--socket", socket, "--device", "net"]), 2);
+    // Values the device refuses, and a file that is not there.
+    assert.equal(await main([...blk, "--block-size", "1000"]), 1);
+    assert.equal(await main([...blk, "--physical-block-size", "256"]), 1);
+    assert.equal(await main([...blk, "--serial", "x".repeat(21)]), 1);
+    assert.equal(
+      await main(["--socket", socket, "--device", "blk", "--file", join(dir, "missing.img")]),
+      1,
+    );
+    assert.equal(await main(["--help"]), 0);
+    assert.equal(existsSync(socket), false);
+  });
+});
