@@ -293,12 +293,13 @@ export class OverlayBackend implements BlockBackend {
       while (runEnd < end && this.#has(runEnd / cs) === inStore) {
         runEnd = Math.min(end, runEnd + cs);
       }
+      // The scratch list is emptied first: a read that threw last time may have left views.
+      this.#views.length = 0;
       const views = pos === offset && runEnd === end
         ? bufs
         : sliceViews(bufs, pos - offset, runEnd - pos, this.#views);
       if (inStore) this.store.read(views, this.layout.dataOffset + pos);
       else this.base.read(views, pos);
-      this.#views.length = 0;
       pos = runEnd;
     }
   }
