@@ -18,6 +18,7 @@ import { MmioDriver } from "../transport/mmio_driver.ts";
 import { VirtioDeviceConfig, VirtioQueueConfig } from "../devices/device.ts";
 import {
   BlockDevice,
+  blockRequestHeader,
   type BlockRequestLimits,
   FileBackend,
   parseRequest,
@@ -135,15 +136,6 @@ export function rngCase(size: number, batch: number): BenchCase {
   };
 }
 
-function blockHeader(type: number, sector: number): Uint8Array {
-  const h = new Uint8Array(16);
-  const v = new DataView(h.buffer);
-  v.setUint32(0, type, true);
-  v.setUint32(8, sector % 0x1_0000_0000, true);
-  v.setUint32(12, Math.floor(sector / 0x1_0000_0000), true);
-  return h;
-}
-
 const PARSE_LIMITS: BlockRequestLimits = {
   capacitySectors: 1 << 21,
   readOnly: false,
@@ -171,7 +163,7 @@ export function blockParseCase(batch: number = QUEUE_BATCH): BenchCase {
   queue.validate(mem);
   const heads = Array.from({ length: batch }, (_, i) =>
     driver.addChain([
-      { readable: blockHeader(VIRTIO_BLK_T_IN, i * 8) },
+      { readable: blockRequestHeader(VIRTIO_BLK_T_IN, i * 8) },
       { writable: 4096 },
       { writable: 1 },
     ], { publish: false }));
@@ -283,7 +275,7 @@ export function blockDeviceCase(options: BlockDeviceCaseOptions): BenchCase {
   const slots = Math.floor(BENCH_DISK / size);
   const heads = Array.from({ length: pool }, (_, i) => {
     const slot = size < 65536 ? (i * 7919) % slots : i % slots;
-    const header = { readable: blockHeader(type, slot * sectors) };
+    const header = { readable: blockRequestHeader(type, slot * sectors) };
     const data = Array.from(
       { length: size / segment },
       () => op === "read" ? { writable: segment } : { readable: new Uint8Array(segment).fill(i) },

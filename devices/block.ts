@@ -50,8 +50,10 @@ export {
   BLK_HEADER_SIZE,
   BLK_ID_BYTES,
   BLK_SEGMENT_SIZE,
+  blockRangeSegment,
   type BlockRequest,
   type BlockRequestError,
+  blockRequestHeader,
   type BlockRequestLimits,
   type BlockSegment,
   type ParsedRequest,
@@ -251,7 +253,7 @@ function u32Option(name: string, value: number | undefined, fallback: number): n
  * import { SplitQueue } from "../queue/split.ts";
  * import { DriverQueue } from "../queue/testing.ts";
  * import { VirtioDeviceConfig, VirtioQueueConfig } from "./device.ts";
- * import { BlockDevice, MemoryBackend } from "./block.ts";
+ * import { BlockDevice, blockRequestHeader, MemoryBackend, VIRTIO_BLK_T_IN } from "./block.ts";
  * const disk = new MemoryBackend(4096);
  * disk.bytes.fill(7, 512, 1024);
  * const blk = new BlockDevice({ backend: disk });
@@ -266,8 +268,7 @@ function u32Option(name: string, value: number | undefined, fallback: number): n
  *   deviceChangeNotifier: { notify() {} },
  *   ackedFeatures: blk.ackedFeatures(),
  * }));
- * const header = new Uint8Array(16);
- * new DataView(header.buffer).setUint32(8, 1, true); // IN, sector 1
+ * const header = blockRequestHeader(VIRTIO_BLK_T_IN, 1);
  * driver.addChain([{ readable: header }, { writable: 512 }, { writable: 1 }]);
  * blk.processQueue(0);
  * const used = driver.takeUsed()!;

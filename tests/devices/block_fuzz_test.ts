@@ -18,6 +18,8 @@ import { type DriverBuffer, DriverQueue } from "../../queue/testing.ts";
 import { VirtioDeviceConfig, VirtioQueueConfig } from "../../devices/device.ts";
 import {
   BlockDevice,
+  blockRangeSegment,
+  blockRequestHeader,
   MemoryBackend,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_S_UNSUPP,
@@ -56,25 +58,6 @@ class Rand {
     for (let i = 0; i < n; i++) out[i] = this.u32() & 0xff;
     return out;
   }
-}
-
-function header(type: number, sector: number): Uint8Array {
-  const h = new Uint8Array(16);
-  const v = new DataView(h.buffer);
-  v.setUint32(0, type, true);
-  v.setUint32(8, sector % 0x1_0000_0000, true);
-  v.setUint32(12, Math.floor(sector / 0x1_0000_0000), true);
-  return h;
-}
-
-function segment(sector: number, num: number, flags: number): Uint8Array {
-  const s = new Uint8Array(16);
-  const v = new DataView(s.buffer);
-  v.setUint32(0, sector % 0x1_0000_0000, true);
-  v.setUint32(4, Math.floor(sector / 0x1_0000_0000), true);
-  v.setUint32(8, num, true);
-  v.setUint32(12, flags, true);
-  return s;
 }
 
 /** Split `n` bytes into 1–4 pieces (of any sizes). */
@@ -121,7 +104,7 @@ function build(r: Rand): Built {
       const len = sectors * 512;
       return {
         buffers: [
-          { readable: header(VIRTIO_BLK_T_IN, sector) },
+          { readable: blockRequestHeader(VIRTIO_BLK_T_IN, sector) },
           ...pieces(r, len).map((n) => ({ writable: n })),
           { writable: 1 },
         ],
@@ -139,7 +122,9 @@ function build(r: Rand): Built {
         at += n;
       }
       return {
-        buffers: [{ readable: header(VIRTIO_BLK_T_OUT, sector) }, ...parts, { writable: 1 }],
+        buffers: [{ readable: blockRequestHeader(VIRTIO_BLK_T_OUT, sector) }, ...parts, {
+          writable: 1,
+        }],
         expect: valid ? { kind: "out", offset: sector * 512, data } : undefined,
         hasStatus: true,
       };
@@ -154,27 +139,27 @@ function build(r: Rand): Built {
         const n = 1 + r.int(64);
         const s = sectorFor(r, n);
         const unmap = type === VIRTIO_BLK_T_WRITE_ZEROES && r.chance(0.5);
-        segs.push(segment(s, n, unmap ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0));
+        segs.push(blockRangeSegment(s, n, unmap ? VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP : 0));
         if (s + n > SECTORS) ok = false;
         ranges.push([s * 512, n * 512]);
       }
       const body = new Uint8Array(16 * count);
       segs.forEach((s, i) => body.set(s, 16 * i));
       return {
-        buffers: [{ readable: header(type, 0) }, { readable: body }, { writable: 1 }],
+        buffers: [{ readable: blockRequestHeader(type, 0) }, { readable: body }, { writable: 1 }],
         expect: ok ? { kind: "zero", ranges } : undefined,
         hasStatus: true,
       };
     }
     case 5:
       return {
-        buffers: [{ readable: header(VIRTIO_BLK_T_FLUSH, 0) }, { writable: 1 }],
+        buffers: [{ readable: blockRequestHeader(VIRTIO_BLK_T_FLUSH, 0) }, { writable: 1 }],
         expect: { kind: "flush" },
         hasStatus: true,
       };
     case 6:
       return {
-        buffers: [{ readable: header(VIRTIO_BLK_T_GET_ID, 0) }, { writable: 20 }, {
+        buffers: [{ readable: blockRequestHeader(VIRTIO_BLK_T_GET_ID, 0) }, { writable: 20 }, {
           writable: 1,
         }],
         expect: { kind: "id" },
@@ -317,7 +302,7 @@ describe("BlockDevice under a hostile driver (randomised)", () => {
       assert.ok(oks > 500 && refused > 200, `${oks} OK, ${refused} refused`);
       assert.equal(blk.stats.errors, refused);
       // Still serving.
-      driver.addChain([{ readable: header(VIRTIO_BLK_T_IN, 0) }, { writable: 512 }, {
+      driver.addChain([{ readable: blockRequestHeader(VIRTIO_BLK_T_IN, 0) }, { writable: 512 }, {
         writable: 1,
       }]);
       blk.processQueue(0);

@@ -6,6 +6,8 @@ import { type DriverBuffer, DriverQueue } from "../../queue/testing.ts";
 import type { DescriptorChain } from "../../queue/chain.ts";
 import { featureBit } from "../../devices/device.ts";
 import {
+  blockRangeSegment,
+  blockRequestHeader,
   type BlockRequestLimits,
   parseRequest,
   VIRTIO_BLK_S_IOERR,
@@ -34,25 +36,14 @@ const LIMITS: BlockRequestLimits = {
   maxWriteZeroesSectors: 128,
 };
 
-/** A request header; `sector` may be a bigint to reach all 64 bits. */
+/** A request header with garbage in the reserved field, which the parser must ignore. */
 function hdr(type: number, sector: number | bigint = 0): Uint8Array {
-  const b = new Uint8Array(16);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, type, true);
-  v.setUint32(4, 0xdeadbeef, true); // reserved: ignored
-  v.setBigUint64(8, BigInt(sector), true);
+  const b = blockRequestHeader(type, sector);
+  new DataView(b.buffer).setUint32(4, 0xdeadbeef, true);
   return b;
 }
 
-/** One discard / write-zeroes segment. */
-function seg(sector: number | bigint, num: number, flags = 0): Uint8Array {
-  const b = new Uint8Array(16);
-  const v = new DataView(b.buffer);
-  v.setBigUint64(0, BigInt(sector), true);
-  v.setUint32(8, num, true);
-  v.setUint32(12, flags, true);
-  return b;
-}
+const seg = blockRangeSegment;
 
 function cat(...parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));

@@ -25,6 +25,8 @@ import {
   BlockConfigOffset,
   BlockDevice,
   type BlockOptions,
+  blockRangeSegment,
+  blockRequestHeader,
   FileBackend,
   MemoryBackend,
   OverlayBackend,
@@ -102,22 +104,8 @@ function randomBytes(len: number, seed: number): Uint8Array {
   return out;
 }
 
-function hdr(type: number, sector = 0): Uint8Array {
-  const b = new Uint8Array(16);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, type, true);
-  v.setBigUint64(8, BigInt(sector), true);
-  return b;
-}
-
-function segment(sector: number, num: number, flags = 0): Uint8Array {
-  const b = new Uint8Array(16);
-  const v = new DataView(b.buffer);
-  v.setBigUint64(0, BigInt(sector), true);
-  v.setUint32(8, num, true);
-  v.setUint32(12, flags, true);
-  return b;
-}
+const hdr = blockRequestHeader;
+const segment = blockRangeSegment;
 
 function allFeatures(dev: BlockDevice): bigint {
   return BigInt(dev.getAvailFeatures(0)) | (BigInt(dev.getAvailFeatures(1)) << 32n);
