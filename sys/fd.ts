@@ -207,14 +207,9 @@ function fillIovecs(bufs: readonly Uint8Array[]): boolean {
 }
 
 function vectored(write: boolean, fd: number, bufs: readonly Uint8Array[], offset: number): number {
+  if (bufs.length === 1) return write ? pwrite(fd, bufs[0], offset) : pread(fd, bufs[0], offset);
   checkFd(fd);
   const off = checkOffset("offset", offset);
-  if (bufs.length === 1) {
-    const b = bufs[0];
-    return write
-      ? retry("pwrite", () => libc().pwrite(fd, b, BigInt(b.byteLength), off))
-      : retry("pread", () => libc().pread(fd, b, BigInt(b.byteLength), off));
-  }
   if (bufs.length === 0) return 0;
   if (bufs.length <= IOV_MAX && fillIovecs(bufs)) {
     const n = bufs.length;
