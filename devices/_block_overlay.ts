@@ -172,9 +172,9 @@ export class OverlayBackend implements BlockBackend {
       header.set(new TextEncoder().encode(MAGIC), 0);
       v.setUint32(8, VERSION, true);
       v.setUint32(12, this.layout.clusterSize, true);
-      setU64(v, 16, this.#size);
-      setU64(v, 24, this.layout.bitmapOffset);
-      setU64(v, 32, this.layout.dataOffset);
+      v.setBigUint64(16, BigInt(this.#size), true);
+      v.setBigUint64(24, BigInt(this.layout.bitmapOffset), true);
+      v.setBigUint64(32, BigInt(this.layout.dataOffset), true);
       // Bitmap first, header last: a half-formatted store has no valid header.
       store.write([this.#bitmap], this.layout.bitmapOffset);
       store.flush();
@@ -190,7 +190,7 @@ export class OverlayBackend implements BlockBackend {
       }
       const version = v.getUint32(8, true);
       if (version !== VERSION) throw new OverlayError(`Unsupported overlay version ${version}`);
-      const size = getU64(v, 16);
+      const size = Number(v.getBigUint64(16, true));
       if (size !== this.#size) {
         throw new OverlayError(`Overlay is for a ${size}-byte disk, the base has ${this.#size}`);
       }
@@ -200,7 +200,10 @@ export class OverlayBackend implements BlockBackend {
       } catch (err) {
         throw new OverlayError(`Bad overlay header: ${(err as Error).message}`);
       }
-      if (getU64(v, 24) !== layout.bitmapOffset || getU64(v, 32) !== layout.dataOffset) {
+      if (
+        v.getBigUint64(24, true) !== BigInt(layout.bitmapOffset) ||
+        v.getBigUint64(32, true) !== BigInt(layout.dataOffset)
+      ) {
         throw new OverlayError("Bad overlay header: bitmap or data offset");
       }
       this.layout = layout;
@@ -414,13 +417,4 @@ function sliceViews(
     skip = 0;
   }
   return out;
-}
-
-function setU64(v: DataView, at: number, value: number): void {
-  v.setUint32(at, value % 0x1_0000_0000, true);
-  v.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
-}
-
-function getU64(v: DataView, at: number): number {
-  return v.getUint32(at, true) + v.getUint32(at + 4, true) * 0x1_0000_0000;
 }
