@@ -14,6 +14,7 @@
 
 import type { FrontendRing, VhostUserFrontend } from "../vhost_user/frontend.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
+import { firstDifference } from "../tests/_bytes.ts";
 
 const VIRTIO_BLK_T_IN = 0;
 const VIRTIO_BLK_T_OUT = 1;
@@ -438,12 +439,6 @@ export class BlkLoad {
     }
     return checked;
   }
-}
-
-function firstDifference(a: Uint8Array, b: Uint8Array): number {
-  if (a.length !== b.length) return Math.min(a.length, b.length);
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
-  return -1;
 }
 
 /**

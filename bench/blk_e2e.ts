@@ -39,6 +39,7 @@ import {
   readImage,
   startOurs,
   startQsd,
+  writeBenchImage,
 } from "./_blk_backends.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -74,28 +75,6 @@ const dir = tmpdir();
 if (!hasQsd()) {
   console.log("skipped: qemu-storage-daemon not installed (apt-get install qemu-system-common)");
   process.exit(0);
-}
-
-/** Fill the image with non-repeating data (every MiB different), leaving it in the page cache. */
-function makeImage(path: string, mib: number): void {
-  const buf = new Uint8Array(1 << 20);
-  const view = new DataView(buf.buffer);
-  let x = 0x12345678;
-  for (let i = 0; i < buf.length; i += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    view.setUint32(i, x >>> 0, true);
-  }
-  const fd = openSync(path, "w");
-  try {
-    for (let m = 0; m < mib; m++) {
-      view.setUint32(0, m, true);
-      writeSync(fd, buf, 0, buf.length, m * buf.length);
-    }
-  } finally {
-    closeSync(fd);
-  }
 }
 
 function hasFio(): boolean {
@@ -186,10 +165,10 @@ function machine(): string {
   const qsd = spawnSync("qemu-storage-daemon", ["--version"], { encoding: "utf8" })
     .stdout.split("\n")[0];
   const deno = typeof Deno !== "undefined" ? `Deno ${Deno.version.deno}` : "Bun";
-  const bun = spawnSync(join(ROOT, "node_modules", ".bin", "bun"), ["--version"], {
-    encoding: "utf8",
-  }).stdout?.trim();
-  const backend = runtime === "bun" ? `our backend on Bun ${bun}` : "our backend on Deno";
+  const bunVersion = () =>
+    spawnSync(join(ROOT, "node_modules", ".bin", "bun"), ["--version"], { encoding: "utf8" })
+      .stdout?.trim();
+  const backend = runtime === "bun" ? `our backend on Bun ${bunVersion()}` : "our backend on Deno";
   return `${model}, ${cpu.length} cores, Linux ${kernel}, load ${load}; frontend on ${deno}, ` +
     `${backend}; ${qsd}`;
 }
@@ -222,7 +201,7 @@ try {
   console.log(`machine: ${machine()}`);
   if (opts.image === undefined) {
     console.log(`image: ${image}, ${sizeMib} MiB (written now, page-cache resident)`);
-    makeImage(image, sizeMib);
+    writeBenchImage(image, sizeMib);
   }
   for (const c of contenders) {
     c.proc = await c.start(c.socket);

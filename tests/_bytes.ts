@@ -13,22 +13,27 @@ function hex(b: Uint8Array, at: number): string {
 }
 
 /**
+ * Where two byte arrays first differ.
+ * @param a One array.
+ * @param b The other.
+ * @returns The first differing index (the shorter length when one is a prefix of the
+ *   other), or -1 when they are equal.
+ */
+export function firstDifference(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return a.length === b.length ? -1 : n;
+}
+
+/**
  * Assert two byte arrays are equal, naming the first differing offset.
  * @param actual The bytes seen.
  * @param expected The bytes wanted.
  * @param message What is compared.
  */
 export function assertBytes(actual: Uint8Array, expected: Uint8Array, message = "bytes"): void {
-  const n = Math.min(actual.length, expected.length);
-  let at = -1;
-  for (let i = 0; i < n; i++) {
-    if (actual[i] !== expected[i]) {
-      at = i;
-      break;
-    }
-  }
-  if (at < 0 && actual.length === expected.length) return;
-  if (at < 0) at = n;
+  const at = firstDifference(actual, expected);
+  if (at < 0) return;
   throw new AssertionError({
     message: `${message}: ${actual.length} bytes vs ${expected.length} expected, first ` +
       `difference at ${at}: got [${hex(actual, at)}], want [${hex(expected, at)}]`,

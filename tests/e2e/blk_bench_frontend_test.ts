@@ -6,7 +6,7 @@
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureGuest } from "../guest/qemu.ts";
@@ -19,6 +19,7 @@ import {
   readImage,
   startOurs,
   startQsd,
+  writeBenchImage,
 } from "../../bench/_blk_backends.ts";
 
 const MiB = 1 << 20;
@@ -36,10 +37,7 @@ before(async () => {
   if (!hasQsd()) await ensureGuest();
   dir = mkdtempSync(join(tmpdir(), "virtio-ts-blkbench-"));
   image = join(dir, "disk.img");
-  const fd = openSync(image, "w");
-  const chunk = new Uint8Array(MiB).map((_, i) => (i * 31) & 0xff);
-  for (let off = 0; off < DISK; off += MiB) writeSync(fd, chunk, 0, MiB, off);
-  closeSync(fd);
+  writeBenchImage(image, DISK / MiB);
 });
 
 after(() => {
