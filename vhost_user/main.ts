@@ -46,6 +46,25 @@ Example with QEMU:
     -chardev socket,id=c0,path=PATH -device vhost-user-blk-pci,chardev=c0`;
 
 /**
+ * An integer option: `fallback` when absent, `null` (after saying why) when it is not an
+ * integer in `[min, max]`.
+ */
+function intOption<T extends number | undefined>(
+  value: string | undefined,
+  name: string,
+  fallback: T,
+  min = Number.MIN_SAFE_INTEGER,
+  max = Number.MAX_SAFE_INTEGER,
+): number | T | null {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (Number.isSafeInteger(n) && n >= min && n <= max) return n;
+  const range = min === Number.MIN_SAFE_INTEGER ? "an integer" : `${min}..${max}`;
+  console.error(`--${name} must be ${range}, got ${value}`);
+  return null;
+}
+
+/**
  * Run the CLI.
  * @param argv Arguments (without the program name).
  * @returns The process exit code.
@@ -85,6 +104,9 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`--socket and --device are required\n\n${USAGE}`);
     return 2;
   }
+  // Every number is checked before anything is opened or created.
+  const pollUs = intOption(args["poll-us"], "poll-us", 0, 0, MAX_POLL_US);
+  if (pollUs === null) return 2;
   let device: VirtioDevice;
   let overlay: OverlayBackend | undefined;
   switch (args.device) {
@@ -96,31 +118,23 @@ export async function main(argv: string[]): Promise<number> {
         console.error("--device blk needs --file");
         return 2;
       }
-      const queues = args.queues === undefined ? 1 : Number(args.queues);
-      if (!Number.isInteger(queues) || queues < 1 || queues > 64) {
-        console.error(`--queues must be 1..64, got ${args.queues}`);
-        return 2;
-      }
-      const size = (name: string, v: string | undefined) => {
-        if (v === undefined) return undefined;
-        const n = Number(v);
-        if (!Number.isSafeInteger(n)) throw new RangeError(`--${name} must be a number, got ${v}`);
-        return n;
+      const queues = intOption(args.queues, "queues", 1, 1, 64);
+      // The device checks the sizes themselves (powers of two, and so on).
+      const blockSize = intOption(args["block-size"], "block-size", undefined);
+      const physicalBlockSize = intOption(
+        args["physical-block-size"],
+        "physical-block-size",
+        undefined,
+      );
+      if (queues === null || blockSize === null || physicalBlockSize === null) return 2;
+      const common = {
+        readOnly: args.readonly,
+        serial: args.serial,
+        numQueues: queues,
+        blockSize,
+        physicalBlockSize,
+        writeback: !args.writethrough,
       };
-      let common;
-      try {
-        common = {
-          readOnly: args.readonly,
-          serial: args.serial,
-          numQueues: queues,
-          blockSize: size("block-size", args["block-size"]),
-          physicalBlockSize: size("physical-block-size", args["physical-block-size"]),
-          writeback: !args.writethrough,
-        };
-      } catch (err) {
-        console.error((err as Error).message);
-        return 2;
-      }
       try {
         if (args.overlay !== undefined) {
           const base = new FileBackend(args.file, { readOnly: true });
@@ -145,12 +159,6 @@ export async function main(argv: string[]): Promise<number> {
     default:
       console.error(`unknown device ${args.device}\n\n${USAGE}`);
       return 2;
-  }
-  const pollUs = args["poll-us"] === undefined ? 0 : Number(args["poll-us"]);
-  if (!Number.isInteger(pollUs) || pollUs < 0 || pollUs > MAX_POLL_US) {
-    console.error(`--poll-us must be 0..${MAX_POLL_US}, got ${args["poll-us"]}`);
-    overlay?.close();
-    return 2;
   }
   const verbose = args.verbose;
   const backend = new VhostUserBackend(device, {

@@ -60,6 +60,10 @@ describe("vhost_user/main.ts", () => {
     assert.equal(await main(["--socket", socket, "--device", "blk"]), 2, "no --file");
     assert.equal(await main([...blk, "--queues", "0"]), 2);
     assert.equal(await main([...blk, "--poll-us", "5000"]), 2);
+    // Refused before anything is opened: the overlay file is not created.
+    const cow = join(dir, "never.cow");
+    assert.equal(await main([...blk, "--overlay", cow, "--poll-us", "-1"]), 2);
+    assert.equal(existsSync(cow), false);
     assert.equal(await main([...blk, "--block-size", "4k"]), 2);
     assert.equal(await main([...blk, "--no-such-option"]), 2);
     assert.equal(await main(["--socket", socket, "--device", "net"]), 2);
