@@ -311,7 +311,7 @@ export class FileBackend implements BlockBackend {
    * (zeroes are written instead from then on) or without the FFI layer.
    */
   get punchesHoles(): boolean {
-    return this.#punchHole && typeof this.#sysFd === "number";
+    return this.#punchHole;
   }
 
   /**
