@@ -203,10 +203,10 @@ export class BlkLoad {
 
   /**
    * Take used entry `idx`: check it names a slot in use, that the status is OK and that the
-   * length is what the request wrote.
+   * length is what the slot's request wrote (`expectLen(slot)`).
    * @returns The slot.
    */
-  #complete(idx: number, inFlight: number, expectLen: number): number {
+  #complete(idx: number, inFlight: number, expectLen: (slot: number) => number): number {
     const d = this.#ring.driver;
     const at = d.usedRing + 4 + 8 * (idx & (d.size - 1));
     const id = this.#mem.readU32(at);
@@ -219,8 +219,9 @@ export class BlkLoad {
     if (status !== 0) {
       throw new BlkLoadError(`request in slot ${s} completed with status ${status}`);
     }
-    if (len !== expectLen) {
-      throw new BlkLoadError(`request in slot ${s}: used length ${len}, expected ${expectLen}`);
+    const want = expectLen(s);
+    if (len !== want) {
+      throw new BlkLoadError(`request in slot ${s}: used length ${len}, expected ${want}`);
     }
     return s;
   }
@@ -260,7 +261,8 @@ export class BlkLoad {
     }
     const read = w.op === "read";
     const type = read ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT;
-    const expectLen = read ? w.blockSize + 1 : 1;
+    const usedLen = read ? w.blockSize + 1 : 1;
+    const expectLen = () => usedLen;
     const blocks = Math.floor(this.capacity / w.blockSize);
     const sectorsPerBlock = w.blockSize / SECTOR;
     let rnd = (options.seed ?? 1) >>> 0 || 1;
@@ -337,15 +339,13 @@ export class BlkLoad {
       this.#submit(s, r.type, r.sector);
     });
     this.#frontend.kick(this.#ring.index);
+    const expectLen = (s: number) => reqs[s].type === VIRTIO_BLK_T_IN ? reqs[s].len + 1 : 1;
     const signal = AbortSignal.timeout(10000);
     let done = 0;
     while (done < reqs.length) {
       const used = await this.#waitUsed(signal);
       while (this.#lastUsed !== used) {
-        const d = this.#ring.driver;
-        const id = this.#mem.readU32(d.usedRing + 4 + 8 * (this.#lastUsed & (d.size - 1)));
-        const r = reqs[id / 3];
-        this.#complete(this.#lastUsed, reqs.length, r?.type === VIRTIO_BLK_T_IN ? r.len + 1 : 1);
+        this.#complete(this.#lastUsed, reqs.length, expectLen);
         this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
         done++;
       }
