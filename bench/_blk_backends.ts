@@ -6,13 +6,14 @@
  * @module
  */
 
-import { closeSync, existsSync, openSync, readSync, rmSync, writeSync } from "node:fs";
+import { closeSync, existsSync, openSync, readSync, rmSync } from "node:fs";
 import process from "node:process";
 import { type BackendProcess, spawnListening, startBackend } from "../tests/guest/backends.ts";
 import { VhostUserFrontend } from "../vhost_user/frontend.ts";
 import { BlkLoad, readCapacity } from "./_blk_load.ts";
 
 export type { BackendProcess };
+export { writeBenchImage } from "./_image.ts";
 
 /** Slots (largest queue depth) the benchmark frontend lays out. */
 export const LOAD_SLOTS = 32;
@@ -112,33 +113,6 @@ export function readImage(path: string, offset: number, length: number): Uint8Ar
       done += n;
     }
     return out;
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/**
- * Write a raw image of `mib` MiB of non-repeating data (every MiB different), which leaves it
- * in the page cache.
- * @param path The image to create or overwrite.
- * @param mib Its size in MiB.
- */
-export function writeBenchImage(path: string, mib: number): void {
-  const buf = new Uint8Array(1 << 20);
-  const view = new DataView(buf.buffer);
-  let x = 0x12345678;
-  for (let i = 0; i < buf.length; i += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    view.setUint32(i, x >>> 0, true);
-  }
-  const fd = openSync(path, "w");
-  try {
-    for (let m = 0; m < mib; m++) {
-      view.setUint32(0, m, true);
-      writeSync(fd, buf, 0, buf.length, m * buf.length);
-    }
   } finally {
     closeSync(fd);
   }

@@ -25,7 +25,7 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
 } from "../devices/block.ts";
-import { closeSync, openSync, writeSync } from "node:fs";
+import { writeBenchImage } from "./_image.ts";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { close as closeFd, ftruncate, memfdCreate, mmapFd } from "../sys/mod.ts";
@@ -193,20 +193,11 @@ export function blockParseCase(batch: number = QUEUE_BATCH): BenchCase {
 const BENCH_DISK = 64 << 20;
 let benchDisk: string | undefined;
 
-/** A 64 MiB image of non-zero bytes in the temporary directory, written once per process. */
+/** A 64 MiB image in the temporary directory, written once per process. */
 function benchDiskPath(): string {
   if (benchDisk !== undefined) return benchDisk;
   const path = join(tmpdir(), "virtio-ts-bench-disk.img");
-  const chunk = new Uint8Array(1 << 20);
-  for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 131 + 7) & 0xff;
-  const fd = openSync(path, "w");
-  try {
-    for (let off = 0; off < BENCH_DISK; off += chunk.length) {
-      writeSync(fd, chunk, 0, chunk.length, off);
-    }
-  } finally {
-    closeSync(fd);
-  }
+  writeBenchImage(path, BENCH_DISK >> 20);
   benchDisk = path;
   return path;
 }
