@@ -8,8 +8,8 @@
 
 import { closeSync, existsSync, openSync, readSync, rmSync } from "node:fs";
 import process from "node:process";
-import { type BackendProcess, spawnListening, startBackend } from "../tests/guest/backends.ts";
-import { VhostUserFrontend } from "../vhost_user/frontend.ts";
+import { type BackendProcess, spawnListening, startBackend } from "../launcher/backends.ts";
+import { VhostUserFrontend } from "../testing/vhost_user_frontend.ts";
 import { BlkLoad, readCapacity } from "./_blk_load.ts";
 
 export type { BackendProcess };

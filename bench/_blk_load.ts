@@ -12,9 +12,9 @@
  * @module
  */
 
-import type { FrontendRing, VhostUserFrontend } from "../vhost_user/frontend.ts";
+import type { FrontendRing, VhostUserFrontend } from "../testing/vhost_user_frontend.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import { firstDifference } from "../tests/_bytes.ts";
+import { firstDifference } from "../testing/bytes.ts";
 
 const VIRTIO_BLK_T_IN = 0;
 const VIRTIO_BLK_T_OUT = 1;

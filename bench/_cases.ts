@@ -11,10 +11,10 @@
 
 import { GuestMemory } from "../memory/guest_memory.ts";
 import { SplitQueue } from "../queue/split.ts";
-import { type DriverBuffer, DriverQueue } from "../queue/testing.ts";
+import { type DriverBuffer, DriverQueue } from "../testing/queue_driver.ts";
 import { RngDevice } from "../devices/rng.ts";
 import { MmioRegister, MmioTransport } from "../transport/mmio.ts";
-import { MmioDriver } from "../transport/mmio_driver.ts";
+import { MmioDriver } from "../testing/mmio_driver.ts";
 import { VirtioDeviceConfig, VirtioQueueConfig } from "../devices/device.ts";
 import {
   BlockDevice,

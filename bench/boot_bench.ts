@@ -1,6 +1,6 @@
 /**
  * Boot time to init: our VMM (kvm/) against QEMU's microvm machine on KVM, same kernel (the
- * microVM kernel of tests/guest/kernel), same busybox initramfs, same command line, one vCPU,
+ * microVM kernel of launcher/guest/kernel), same busybox initramfs, same command line, one vCPU,
  * 256 MiB, an entropy device on virtio-mmio, measured in the same run and printed as a ratio.
  *
  * "To init" is wall-clock time from starting the VMM (for ours: before creating the VM, so
@@ -19,8 +19,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { MicroVm, NO_KVM_REASON } from "../kvm/mod.ts";
 import { RngDevice } from "../devices/rng.ts";
-import { ensureGuest, scriptCpio } from "../tests/guest/qemu.ts";
-import { ensureKernel } from "../tests/guest/kernel/kernel.ts";
+import { ensureGuest, scriptCpio } from "../launcher/qemu.ts";
+import { ensureKernel } from "../launcher/kernel.ts";
 
 // reboot=t (triple fault): QEMU microvm has no i8042, and its firmware would catch a BIOS
 // restart; a triple fault ends both VMMs (-no-reboot for QEMU, KVM_EXIT_SHUTDOWN for ours).

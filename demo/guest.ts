@@ -18,8 +18,8 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { bootGuest, ensureGuest } from "../tests/guest/qemu.ts";
-import { startBackend } from "../tests/guest/backends.ts";
+import { bootGuest, ensureGuest } from "../launcher/qemu.ts";
+import { startBackend } from "../launcher/backends.ts";
 import { hasKvm } from "../sys/mod.ts";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");

@@ -1,6 +1,6 @@
 /**
  * Boots a real Linux guest on OUR virtual machine monitor (kvm/): the microVM kernel of
- * tests/guest/kernel and the busybox initramfs of tests/guest, with a virtio entropy device and
+ * launcher/guest/kernel and the busybox initramfs of launcher/guest, with a virtio entropy device and
  * a virtio block device (an 8 MiB scratch file) over virtio-mmio, and prints the guest console.
  * Where /dev/kvm is absent it says so and exits 0.
  *
@@ -17,8 +17,8 @@ import { MicroVm, NO_KVM_REASON } from "../kvm/mod.ts";
 import { RngDevice } from "../devices/rng.ts";
 import { BlockDevice } from "../devices/block.ts";
 import type { VirtioDevice } from "../devices/device.ts";
-import { ensureGuest, scriptCpio } from "../tests/guest/qemu.ts";
-import { ensureKernel } from "../tests/guest/kernel/kernel.ts";
+import { ensureGuest, scriptCpio } from "../launcher/qemu.ts";
+import { ensureKernel } from "../launcher/kernel.ts";
 
 const args = globalThis.process?.argv ?? [];
 if (!MicroVm.available()) {

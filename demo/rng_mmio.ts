@@ -12,11 +12,11 @@
 import {
   DEVICE_DRIVER_OK,
   GuestMemory,
-  MmioDriver,
   MmioTransport,
   RngDevice,
   VIRTIO_INTR_VRING,
 } from "../mod.ts";
+import { MmioDriver } from "../testing/mod.ts";
 
 const legacy = globalThis.process?.argv?.includes("--legacy") ?? false;
 const memory = GuestMemory.create(8 << 20);

@@ -236,7 +236,7 @@ function rangeProblem(
  * ```ts
  * import { GuestMemory } from "../memory/guest_memory.ts";
  * import { SplitQueue } from "../queue/split.ts";
- * import { DriverQueue } from "../queue/testing.ts";
+ * import { DriverQueue } from "../testing/queue_driver.ts";
  * import { parseRequest, VIRTIO_BLK_S_IOERR } from "./block.ts";
  * const mem = GuestMemory.create(1 << 20);
  * const driver = new DriverQueue(mem, { size: 8 });

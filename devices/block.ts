@@ -251,7 +251,7 @@ function u32Option(name: string, value: number | undefined, fallback: number): n
  * ```ts
  * import { GuestMemory } from "../memory/guest_memory.ts";
  * import { SplitQueue } from "../queue/split.ts";
- * import { DriverQueue } from "../queue/testing.ts";
+ * import { DriverQueue } from "../testing/queue_driver.ts";
  * import { VirtioDeviceConfig, VirtioQueueConfig } from "./device.ts";
  * import { BlockDevice, blockRequestHeader, MemoryBackend, VIRTIO_BLK_T_IN } from "./block.ts";
  * const disk = new MemoryBackend(4096);

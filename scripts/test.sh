@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/_tools.sh
 
 echo "== deno check / lint / fmt / doc"
-"$DENO" check mod.ts sys/mod.ts vhost_user/ kvm/ tests/ bench/ demo/
+"$DENO" check mod.ts sys/mod.ts vhost_user/ kvm/ testing/ launcher/ tests/ bench/ demo/
 "$DENO" lint
 "$DENO" fmt --check
 # Every entry point of deno.json's "exports" (the published surface), linted together.

@@ -7,4 +7,3 @@
 
 export * from "./protocol.ts";
 export * from "./backend.ts";
-export * from "./frontend.ts";

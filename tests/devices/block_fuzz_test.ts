@@ -11,10 +11,10 @@
 
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { assertBytes } from "../_bytes.ts";
+import { assertBytes } from "../../testing/bytes.ts";
 import { GuestMemory } from "../../memory/guest_memory.ts";
 import { SplitQueue } from "../../queue/split.ts";
-import { type DriverBuffer, DriverQueue } from "../../queue/testing.ts";
+import { type DriverBuffer, DriverQueue } from "../../testing/queue_driver.ts";
 import { VirtioDeviceConfig, VirtioQueueConfig } from "../../devices/device.ts";
 import {
   BlockDevice,

@@ -2,7 +2,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { GuestMemory } from "../../memory/guest_memory.ts";
 import { SplitQueue, VIRTIO_F_INDIRECT_DESC } from "../../queue/split.ts";
-import { type DriverBuffer, DriverQueue } from "../../queue/testing.ts";
+import { type DriverBuffer, DriverQueue } from "../../testing/queue_driver.ts";
 import type { DescriptorChain } from "../../queue/chain.ts";
 import { featureBit } from "../../devices/device.ts";
 import {

@@ -1,6 +1,6 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { assertBytes } from "../_bytes.ts";
+import { assertBytes } from "../../testing/bytes.ts";
 import * as fs from "node:fs";
 import { spawnSync } from "node:child_process";
 import process from "node:process";
@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { GuestMemory } from "../../memory/guest_memory.ts";
 import { SplitQueue, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC } from "../../queue/split.ts";
-import { type DriverBuffer, DriverQueue, type UsedEntry } from "../../queue/testing.ts";
+import { type DriverBuffer, DriverQueue, type UsedEntry } from "../../testing/queue_driver.ts";
 import {
   DEVICE_DRIVER_OK,
   DEVICE_NEEDS_RESET,
@@ -53,7 +53,7 @@ import {
 } from "../../devices/block.ts";
 import { MMIO_CONFIG_OFFSET, type MmioError, MmioTransport } from "../../transport/mmio.ts";
 import { close as closeFd, ftruncate, memfdCreate, mmapFd } from "../../sys/mod.ts";
-import { MmioDriver } from "../../transport/mmio_driver.ts";
+import { MmioDriver } from "../../testing/mmio_driver.ts";
 
 // ---------------------------------------------------------------------------
 // Fixtures

@@ -4,7 +4,7 @@ import { GuestMemory, GuestMemoryError } from "../../memory/guest_memory.ts";
 import { SplitQueue, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC } from "../../queue/split.ts";
 import { QueueError } from "../../queue/error.ts";
 import type { DescriptorChain } from "../../queue/chain.ts";
-import { DriverQueue } from "../../queue/testing.ts";
+import { DriverQueue } from "../../testing/queue_driver.ts";
 import {
   ActivateError,
   createDeviceChangeNotifier,

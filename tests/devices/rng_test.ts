@@ -2,7 +2,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { GuestMemory } from "../../memory/guest_memory.ts";
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC } from "../../queue/split.ts";
-import type { DriverBuffer, DriverQueue } from "../../queue/testing.ts";
+import type { DriverBuffer, DriverQueue } from "../../testing/queue_driver.ts";
 import {
   featureBit,
   TYPE_RNG,
@@ -12,7 +12,7 @@ import {
 } from "../../devices/device.ts";
 import { RNG_CHUNK, RngDevice, type RngOptions } from "../../devices/rng.ts";
 import { type MmioError, MmioRegister, MmioTransport } from "../../transport/mmio.ts";
-import { MmioDriver } from "../../transport/mmio_driver.ts";
+import { MmioDriver } from "../../testing/mmio_driver.ts";
 
 const ALL = ~0n & 0xffff_ffff_ffff_ffffn;
 const NO_EVENT_IDX = ALL & ~featureBit(VIRTIO_F_EVENT_IDX);

@@ -9,8 +9,8 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ensureGuest } from "../guest/qemu.ts";
-import { startBackend } from "../guest/backends.ts";
+import { ensureGuest } from "../../launcher/qemu.ts";
+import { startBackend } from "../../launcher/backends.ts";
 import { BlkLoadError, WORKLOADS } from "../../bench/_blk_load.ts";
 import {
   type BackendProcess,

@@ -5,7 +5,7 @@
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { assertBytes } from "../_bytes.ts";
+import { assertBytes } from "../../testing/bytes.ts";
 import type { ChildProcess } from "node:child_process";
 import {
   closeSync,
@@ -18,8 +18,8 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bootGuest, type BootResult, ensureGuest } from "../guest/qemu.ts";
-import { startBackend, yesPattern } from "../guest/backends.ts";
+import { bootGuest, type BootResult, ensureGuest } from "../../launcher/qemu.ts";
+import { startBackend, yesPattern } from "../../launcher/backends.ts";
 
 const MiB = 1 << 20;
 const DISK_SIZE = 128 * MiB;

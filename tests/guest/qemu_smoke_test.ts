@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bootGuest, ensureGuest, type GuestImage, qemuAvailable } from "./qemu.ts";
+import { bootGuest, ensureGuest, type GuestImage, qemuAvailable } from "../../launcher/qemu.ts";
 
 async function guestOrSkip(t: { skip: (msg: string) => void }): Promise<GuestImage | undefined> {
   try {

@@ -1,5 +1,5 @@
 // The bzImage loader, zero page, e820 map, page tables and GDT, against the real Debian kernel of
-// the test guest (tests/guest/build.sh), our microVM kernel when built, and synthetic headers.
+// the test guest (launcher/guest/build.sh), our microVM kernel when built, and synthetic headers.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
@@ -205,7 +205,7 @@ function checkLoaded(path: string, expectVersion: RegExp) {
 
 const skipNoGuest = existsSync(DEBIAN_KERNEL)
   ? false
-  : `skipped: ${DEBIAN_KERNEL} missing (run bash tests/guest/build.sh)`;
+  : `skipped: ${DEBIAN_KERNEL} missing (run bash launcher/guest/build.sh)`;
 
 test("loadLinux() lays out the Debian cloud kernel", { skip: skipNoGuest }, () => {
   const info = checkLoaded(DEBIAN_KERNEL, /^6\.1\./);
@@ -215,7 +215,7 @@ test("loadLinux() lays out the Debian cloud kernel", { skip: skipNoGuest }, () =
 test("loadLinux() lays out the microVM kernel", {
   skip: existsSync(MICROVM_KERNEL)
     ? false
-    : "skipped: microVM kernel not built (tests/guest/kernel/build-kernel.sh)",
+    : "skipped: microVM kernel not built (launcher/guest/kernel/build-kernel.sh)",
 }, () => {
   checkLoaded(MICROVM_KERNEL, /^6\.1\./);
 });

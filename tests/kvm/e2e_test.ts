@@ -1,4 +1,4 @@
-// End to end on KVM: boots the microVM kernel (tests/guest/kernel) with the busybox initramfs of
+// End to end on KVM: boots the microVM kernel (launcher/guest/kernel) with the busybox initramfs of
 // tests/guest on OUR VMM (kvm/vmm.ts) with an entropy device and a block device over
 // virtio-mmio (queue kicks through ioeventfd, interrupts through irqfd), and checks from inside
 // the guest that both devices were found and work. Skips where /dev/kvm is absent, before
@@ -12,8 +12,8 @@ import { hasKvm } from "../../sys/mod.ts";
 import { MicroVm, NO_KVM_REASON } from "../../kvm/mod.ts";
 import { RngDevice } from "../../devices/rng.ts";
 import { BlockDevice } from "../../devices/block.ts";
-import { ensureGuest, scriptCpio } from "../guest/qemu.ts";
-import { ensureKernel } from "../guest/kernel/kernel.ts";
+import { ensureGuest, scriptCpio } from "../../launcher/qemu.ts";
+import { ensureKernel } from "../../launcher/kernel.ts";
 
 const DISK_MAGIC = "VIRTIO-TS-KVM-E2E";
 const GUEST_SCRIPT = `

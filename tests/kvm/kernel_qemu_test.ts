@@ -1,4 +1,4 @@
-// The microVM guest kernel (tests/guest/kernel/build-kernel.sh) under QEMU TCG, so that it is
+// The microVM guest kernel (launcher/guest/kernel/build-kernel.sh) under QEMU TCG, so that it is
 // checked on machines without KVM: `-M microvm,acpi=off` declares its virtio-mmio devices on the
 // kernel command line exactly as our VMM does, and `noapic` makes the guest take interrupts
 // through the 8259 PIC as it does on our VMM (which has neither ACPI nor an MP table). Runs only
@@ -8,8 +8,8 @@ import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
-import { bootGuest, qemuAvailable } from "../guest/qemu.ts";
-import { kernelBuilt, kernelPath } from "../guest/kernel/kernel.ts";
+import { bootGuest, qemuAvailable } from "../../launcher/qemu.ts";
+import { kernelBuilt, kernelPath } from "../../launcher/kernel.ts";
 
 const initramfs = join(
   process.env.VT_GUEST_CACHE ??
@@ -19,9 +19,9 @@ const initramfs = join(
 
 function skipReason(): string | false {
   if (!kernelBuilt()) {
-    return "skipped: microVM kernel not built (tests/guest/kernel/build-kernel.sh)";
+    return "skipped: microVM kernel not built (launcher/guest/kernel/build-kernel.sh)";
   }
-  if (!existsSync(initramfs)) return "skipped: no test initramfs (bash tests/guest/build.sh)";
+  if (!existsSync(initramfs)) return "skipped: no test initramfs (bash launcher/guest/build.sh)";
   if (!qemuAvailable()) return "skipped: qemu-system-x86_64 not installed";
   return false;
 }

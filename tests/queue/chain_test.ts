@@ -4,7 +4,7 @@ import { GuestMemory } from "../../memory/guest_memory.ts";
 import { SplitQueue, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../queue/split.ts";
 import type { DescriptorChain } from "../../queue/chain.ts";
 import { QueueError } from "../../queue/error.ts";
-import { type DriverBuffer, DriverQueue } from "../../queue/testing.ts";
+import { type DriverBuffer, DriverQueue } from "../../testing/queue_driver.ts";
 
 interface Popped {
   mem: GuestMemory;

@@ -9,7 +9,7 @@ import {
   VIRTQ_USED_F_NO_NOTIFY,
 } from "../../queue/split.ts";
 import { QueueError } from "../../queue/error.ts";
-import { DriverQueue } from "../../queue/testing.ts";
+import { DriverQueue } from "../../testing/queue_driver.ts";
 
 interface Setup {
   mem: GuestMemory;

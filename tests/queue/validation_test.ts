@@ -8,7 +8,7 @@ import {
   VIRTQ_DESC_F_WRITE,
 } from "../../queue/split.ts";
 import { QueueError, type QueueErrorCode } from "../../queue/error.ts";
-import { DriverQueue, type RawDescriptor } from "../../queue/testing.ts";
+import { DriverQueue, type RawDescriptor } from "../../testing/queue_driver.ts";
 
 const MEM_SIZE = 1 << 20;
 const SIZE = 16;

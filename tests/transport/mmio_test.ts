@@ -33,7 +33,7 @@ import {
   MmioRegister as R,
   MmioTransport,
 } from "../../transport/mmio.ts";
-import { MmioDriver } from "../../transport/mmio_driver.ts";
+import { MmioDriver } from "../../testing/mmio_driver.ts";
 
 const ACK = DEVICE_ACKNOWLEDGE;
 const DRV = DEVICE_DRIVER;

@@ -6,7 +6,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VhostUserBackend } from "../../vhost_user/backend.ts";
-import { VhostUserFrontend, type VhostUserFrontendOptions } from "../../vhost_user/frontend.ts";
+import {
+  VhostUserFrontend,
+  type VhostUserFrontendOptions,
+} from "../../testing/vhost_user_frontend.ts";
 import type { VirtioDevice } from "../../devices/device.ts";
 
 /** Per-test options: a generous timeout (Bun's default is 5 s). */

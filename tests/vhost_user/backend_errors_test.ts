@@ -5,7 +5,7 @@ import {
   memTablePayload,
   type VhostUserFrontend,
   vringAddrPayload,
-} from "../../vhost_user/frontend.ts";
+} from "../../testing/vhost_user_frontend.ts";
 import {
   MAX_PAYLOAD,
   Request,

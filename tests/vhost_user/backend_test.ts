@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import type { FrontendRing } from "../../vhost_user/frontend.ts";
+import type { FrontendRing } from "../../testing/vhost_user_frontend.ts";
 import { ProtocolFeature, VhostUserError } from "../../vhost_user/protocol.ts";
 import { RngDevice } from "../../devices/rng.ts";
 import {

@@ -6,7 +6,7 @@ import {
   memTablePayload,
   VhostUserFrontend,
   vringAddrPayload,
-} from "../../vhost_user/frontend.ts";
+} from "../../testing/vhost_user_frontend.ts";
 import {
   FLAG_REPLY,
   Payload,

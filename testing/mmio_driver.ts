@@ -8,7 +8,7 @@
  */
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import { DriverQueue } from "../queue/testing.ts";
+import { DriverQueue } from "./queue_driver.ts";
 import { VIRTIO_F_EVENT_IDX } from "../queue/split.ts";
 import {
   DEVICE_ACKNOWLEDGE,
@@ -18,7 +18,12 @@ import {
   featureBit,
   VIRTIO_LEGACY_PAGE_SIZE,
 } from "../devices/device.ts";
-import { MMIO_CONFIG_OFFSET, MMIO_MAGIC_VALUE, MmioRegister, type MmioTransport } from "./mmio.ts";
+import {
+  MMIO_CONFIG_OFFSET,
+  MMIO_MAGIC_VALUE,
+  MmioRegister,
+  type MmioTransport,
+} from "../transport/mmio.ts";
 
 /** Options of {@linkcode MmioDriver.init}. */
 export interface MmioDriverInitOptions {

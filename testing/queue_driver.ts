@@ -18,7 +18,7 @@ import {
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
   VIRTQ_USED_F_NO_NOTIFY,
-} from "./split.ts";
+} from "../queue/split.ts";
 
 /** One buffer of a chain the driver adds. */
 export type DriverBuffer =
@@ -78,8 +78,8 @@ interface Outstanding {
  * @example
  * ```ts
  * import { GuestMemory } from "../memory/guest_memory.ts";
- * import { SplitQueue } from "./split.ts";
- * import { DriverQueue } from "./testing.ts";
+ * import { SplitQueue } from "../queue/split.ts";
+ * import { DriverQueue } from "./queue_driver.ts";
  * const mem = GuestMemory.create(1 << 20);
  * const driver = new DriverQueue(mem, { size: 16 });
  * const queue = new SplitQueue(16);

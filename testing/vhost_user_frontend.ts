@@ -18,7 +18,7 @@ import {
   DriverQueue,
   type RawDescriptor,
   type UsedEntry,
-} from "../queue/testing.ts";
+} from "./queue_driver.ts";
 import {
   availRingSize,
   DESCRIPTOR_SIZE,
@@ -67,16 +67,16 @@ import {
   VRING_NOFD_MASK,
   type VringAddr,
   vringStatePayload,
-} from "./protocol.ts";
+} from "../vhost_user/protocol.ts";
 
-export type { MemoryRegionDesc, Message, VringAddr } from "./protocol.ts";
+export type { MemoryRegionDesc, Message, VringAddr } from "../vhost_user/protocol.ts";
 export type {
   GuestBuffer,
   GuestMemory,
   GuestRegion,
   GuestRegionOptions,
 } from "../memory/guest_memory.ts";
-export type { DriverBuffer, RawDescriptor, UsedEntry } from "../queue/testing.ts";
+export type { DriverBuffer, RawDescriptor, UsedEntry } from "./queue_driver.ts";
 export type { EventFd, EventFdOptions, EventFdWaitOptions } from "../sys/mod.ts";
 
 /**

@@ -116,7 +116,7 @@ export interface BootResult {
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** Path of `build.sh`. */
-export const BUILD_SCRIPT: string = join(HERE, "build.sh");
+export const BUILD_SCRIPT: string = join(HERE, "guest", "build.sh");
 
 let cached: Promise<GuestImage> | undefined;
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the virtio-ts test guest: a stock Debian cloud kernel (bzImage) and a busybox initramfs
-# holding the virtio modules and a small test runner as /init (tests/guest/init.sh).
+# holding the virtio modules and a small test runner as /init (launcher/guest/init.sh).
 #
 # Cached outside the work tree in ${VT_GUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/virtio-ts/guest}.
 # Idempotent: a second run checks a stamp and exits in well under a second without network.

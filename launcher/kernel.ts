@@ -10,12 +10,12 @@ import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { runBuildScript } from "../qemu.ts";
+import { runBuildScript } from "./qemu.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
 /** The build script. */
-export const KERNEL_BUILD_SCRIPT: string = join(HERE, "build-kernel.sh");
+export const KERNEL_BUILD_SCRIPT: string = join(HERE, "guest", "kernel", "build-kernel.sh");
 
 /** Where `build-kernel.sh` leaves the bzImage (without building anything). */
 export function kernelPath(): string {

@@ -96,7 +96,7 @@ while IFS= read -r line; do
   fi
 done <"$FRAGMENT"
 if [[ $bad == 1 ]]; then
-  log "the fragment did not fully apply (see above); fix tests/guest/kernel/microvm.config"
+  log "the fragment did not fully apply (see above); fix launcher/guest/kernel/microvm.config"
   exit 1
 fi
 

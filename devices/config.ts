@@ -1,0 +1,72 @@
+/**
+ * What a transport hands a device on activation: guest memory, queues and notifiers.
+ *
+ * @module
+ */
+
+import type { GuestMemory } from "../memory/guest_memory.ts";
+import type { SplitQueue } from "../queue/split.ts";
+import type { VirtioError } from "./errors.ts";
+import type { InterruptNotifier } from "./notifier.ts";
+import type { VirtioSharedMemoryList } from "./shared_memory.ts";
+
+// ---------------------------------------------------------------------------
+// Activation
+
+/** A queue handed to a device on activation. */
+export class VirtioQueueConfig {
+  /** Queue index. */
+  readonly index: number;
+  /** The queue, configured by the driver. */
+  readonly queue: SplitQueue;
+  /** Signals used buffers to the driver. */
+  readonly notifier: InterruptNotifier;
+
+  /**
+   * Create it.
+   * @param index Queue index.
+   * @param queue The configured queue.
+   * @param notifier Used-buffer notifier.
+   */
+  constructor(index: number, queue: SplitQueue, notifier: InterruptNotifier) {
+    this.index = index;
+    this.queue = queue;
+    this.notifier = notifier;
+  }
+}
+
+/** Everything a device needs once the driver set DRIVER_OK. */
+export class VirtioDeviceConfig {
+  /** Guest memory. */
+  readonly memory: GuestMemory;
+  /** The queues, by index. */
+  readonly queues: VirtioQueueConfig[];
+  /** Signals configuration changes to the driver. */
+  readonly deviceChangeNotifier: InterruptNotifier;
+  /** Features the driver acknowledged. */
+  readonly ackedFeatures: bigint;
+  /** The device's shared memory window, if it has one. */
+  readonly shmRegions: VirtioSharedMemoryList | undefined;
+  /** Called for every error while serving; the transport sets NEEDS_RESET when asked. */
+  readonly onError: (err: VirtioError) => void;
+
+  /**
+   * Create it.
+   * @param options The parts of the configuration.
+   */
+  constructor(options: {
+    memory: GuestMemory;
+    queues: VirtioQueueConfig[];
+    deviceChangeNotifier: InterruptNotifier;
+    ackedFeatures: bigint;
+    shmRegions?: VirtioSharedMemoryList;
+    onError?: (err: VirtioError) => void;
+  }) {
+    this.memory = options.memory;
+    this.queues = options.queues;
+    this.deviceChangeNotifier = options.deviceChangeNotifier;
+    this.ackedFeatures = options.ackedFeatures;
+    this.shmRegions = options.shmRegions;
+    this.onError = options.onError ?? (() => {});
+  }
+}

@@ -1,0 +1,21 @@
+/**
+ * The driver side of virtio, for tests without a VM: what a guest driver or a VMM would do,
+ * built in the same guest memory the device serves.
+ *
+ * - {@linkcode DriverQueue}: lays out split rings and buffers (random gaps, indirect tables,
+ *   EVENT_IDX, hostile publishing) and programs a device queue as a driver would.
+ * - {@linkcode MmioDriver}: drives the virtio-mmio register file through initialisation.
+ * - {@linkcode VhostUserFrontend}: the VMM's side of vhost-user, driving a backend over its
+ *   socket with memfd guest memory.
+ * - {@linkcode firstDifference} / {@linkcode assertBytes}: byte comparisons that name the first
+ *   difference instead of diffing.
+ *
+ * Never exported from the root `mod.ts`: import it as `@virtio-ts/virtio/testing`.
+ *
+ * @module
+ */
+
+export * from "./queue_driver.ts";
+export * from "./mmio_driver.ts";
+export * from "./vhost_user_frontend.ts";
+export * from "./bytes.ts";
