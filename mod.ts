@@ -28,4 +28,4 @@ export * from "./queue/mod.ts";
 export * from "./devices/device.ts";
 export * from "./devices/rng.ts";
 export * from "./devices/block.ts";
-export * from "./transport/mmio.ts";
+export * from "./transport/mod.ts";

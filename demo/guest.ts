@@ -18,8 +18,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { bootGuest, ensureGuest } from "../launcher/qemu.ts";
-import { startBackend } from "../launcher/backends.ts";
+import { ensureGuest, Sandbox } from "../launcher/mod.ts";
 import { hasKvm } from "../sys/mod.ts";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -52,34 +51,29 @@ async function qemuDemo(): Promise<number> {
   const disk = join(dir, "disk.img");
   writeFileSync(disk, new Uint8Array(0));
   truncateSync(disk, 64 << 20);
-  const rngSock = join(dir, "rng.sock");
-  const blkSock = join(dir, "blk.sock");
-  const backends = [
-    await startBackend(["--socket", rngSock, "--device", "rng"], { stdout: "inherit" }),
-    await startBackend(
-      ["--socket", blkSock, "--device", "blk", "--file", disk, "--serial", "vt-demo"],
-      { stdout: "inherit" },
-    ),
-  ];
+  // Each backend is the CLI in its own process, as a user would run it.
+  const box = await Sandbox.start({
+    dir,
+    backendStdout: "inherit",
+    devices: [
+      { id: "rng", kind: "rng", cli: [] },
+      {
+        id: "blk",
+        kind: "blk",
+        cli: ["--file", disk, "--serial", "vt-demo"],
+        qemuProperties: "num-queues=1",
+      },
+    ],
+  });
   try {
-    const result = await bootGuest({
-      args: [
-        ...["-chardev", `socket,id=rng,path=${rngSock}`],
-        ...["-device", "vhost-user-rng-pci,chardev=rng"],
-        ...["-chardev", `socket,id=blk,path=${blkSock}`],
-        ...["-device", "vhost-user-blk-pci,chardev=blk,num-queues=1"],
-      ],
-      script: SCRIPT,
-      echo: true,
-      timeoutSec: 180,
-    });
+    const result = await box.boot({ script: SCRIPT, echo: true, timeoutSec: 180 });
     console.log(
       `\nguest ${result.passed ? "passed" : "FAILED"} and exited with ${result.exitCode} ` +
         `after ${(result.elapsedMs / 1000).toFixed(1)} s`,
     );
     return result.passed ? 0 : 1;
   } finally {
-    for (const b of backends) await b.stop();
+    await box.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -531,18 +531,19 @@ export class BlockDevice extends VirtioDeviceBase {
   }
 
   /**
-   * Serve request queue `index`.
+   * Serve request queue `index`, one budget's worth at most.
    * @param index Queue index.
+   * @returns `true` when requests are left for another pass.
    */
-  processQueue(index: number): void {
+  processQueue(index: number): boolean {
     const config = this.active;
-    if (config === undefined) return;
+    if (config === undefined) return false;
     const qc = this.queue(index);
     if (qc === undefined) {
       this.#error(new VirtioError("InvalidInput", `virtio-blk has no active queue ${index}`));
-      return;
+      return false;
     }
-    serveQueue(config.memory, qc, this.#handle, this.#reportQueueError);
+    return serveQueue(config.memory, qc, this.#handle, this.#reportQueueError).more;
   }
 
   /** Close the backend if the device opened it. */

@@ -1,5 +1,6 @@
 /**
- * What a transport hands a device on activation: guest memory, queues and notifiers.
+ * What a transport hands a device on activation: guest memory, queues, notifiers, assigned
+ * resources and shared memory (the seed's `VirtioQueueConfig` and `VirtioDeviceConfig`).
  *
  * @module
  */
@@ -8,10 +9,7 @@ import type { GuestMemory } from "../memory/guest_memory.ts";
 import type { SplitQueue } from "../queue/split.ts";
 import type { VirtioError } from "./errors.ts";
 import type { InterruptNotifier } from "./notifier.ts";
-import type { VirtioSharedMemoryList } from "./shared_memory.ts";
-
-// ---------------------------------------------------------------------------
-// Activation
+import { DeviceResources, type VirtioSharedMemoryList } from "./shared_memory.ts";
 
 /** A queue handed to a device on activation. */
 export class VirtioQueueConfig {
@@ -33,18 +31,27 @@ export class VirtioQueueConfig {
     this.queue = queue;
     this.notifier = notifier;
   }
+
+  /** The size the driver chose (at most the maximum the device offers). */
+  get actualSize(): number {
+    return Math.min(this.queue.size, this.queue.maxSize);
+  }
 }
 
 /** Everything a device needs once the driver set DRIVER_OK. */
 export class VirtioDeviceConfig {
   /** Guest memory. */
   readonly memory: GuestMemory;
-  /** The queues, by index. */
+  /** The data queues the driver set up (a driver may leave some out). */
   readonly queues: VirtioQueueConfig[];
+  /** The control queue, for a device with {@linkcode VirtioDevice.ctrlQueueMaxSizes} > 0. */
+  readonly ctrlQueue: VirtioQueueConfig | undefined;
   /** Signals configuration changes to the driver. */
   readonly deviceChangeNotifier: InterruptNotifier;
   /** Features the driver acknowledged. */
   readonly ackedFeatures: bigint;
+  /** Resources the VMM assigned (empty over vhost-user). */
+  readonly resources: DeviceResources;
   /** The device's shared memory window, if it has one. */
   readonly shmRegions: VirtioSharedMemoryList | undefined;
   /** Called for every error while serving; the transport sets NEEDS_RESET when asked. */
@@ -57,16 +64,25 @@ export class VirtioDeviceConfig {
   constructor(options: {
     memory: GuestMemory;
     queues: VirtioQueueConfig[];
+    ctrlQueue?: VirtioQueueConfig;
     deviceChangeNotifier: InterruptNotifier;
     ackedFeatures: bigint;
+    resources?: DeviceResources;
     shmRegions?: VirtioSharedMemoryList;
     onError?: (err: VirtioError) => void;
   }) {
     this.memory = options.memory;
     this.queues = options.queues;
+    this.ctrlQueue = options.ctrlQueue;
     this.deviceChangeNotifier = options.deviceChangeNotifier;
     this.ackedFeatures = options.ackedFeatures;
+    this.resources = options.resources ?? new DeviceResources();
     this.shmRegions = options.shmRegions;
     this.onError = options.onError ?? (() => {});
+  }
+
+  /** Tell the driver the device configuration changed. */
+  notifyDeviceChanges(): void {
+    this.deviceChangeNotifier.notify();
   }
 }

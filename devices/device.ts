@@ -10,7 +10,11 @@
 import { featureBit } from "./constants.ts";
 import type { VirtioDeviceConfig, VirtioQueueConfig } from "./config.ts";
 import { ActivateError, VirtioError } from "./errors.ts";
-import type { VirtioSharedMemoryList } from "./shared_memory.ts";
+import type {
+  DeviceResources,
+  ResourceConstraint,
+  VirtioSharedMemoryList,
+} from "./shared_memory.ts";
 
 export * from "./constants.ts";
 export * from "./errors.ts";
@@ -20,25 +24,33 @@ export * from "./config.ts";
 export * from "./serve.ts";
 
 /**
- * What a transport (virtio-mmio, virtio-pci, vhost-user) needs from a device.
+ * What a transport (virtio-mmio, virtio-pci, vhost-user) needs from a device: the seed's
+ * `VirtioDevice` trait, plus `processQueue` (the driver notified a queue) and `reconfigure`
+ * (the set of started queues or guest memory changed without a reset).
  */
 export interface VirtioDevice {
   /** The virtio device type (`TYPE_*`). */
   deviceType(): number;
-  /** Maximum size of each queue; the length is the number of queues. */
+  /** Maximum size of each data queue; the length is the number of data queues. */
   queueMaxSizes(): readonly number[];
+  /**
+   * Maximum size of the control queue, 0 when the device has none (default). A control queue
+   * comes after the data queues and reaches the device as `VirtioDeviceConfig.ctrlQueue`.
+   */
+  ctrlQueueMaxSizes?(): number;
   /**
    * One 32-bit page of the features the device offers.
    * @param page Page number (0: bits 0–31, 1: bits 32–63, …).
    */
   getAvailFeatures(page: number): number;
   /**
-   * Record one 32-bit page of features the driver acknowledged.
+   * Acknowledge one 32-bit page of features; acknowledgements accumulate until `reset()`, and
+   * bits never offered are dropped.
    * @param page Page number.
    * @param value The bits.
    */
   setAckedFeatures(page: number, value: number): void;
-  /** Features the driver acknowledged, masked to those offered. */
+  /** Features acknowledged so far, masked to those offered. */
   ackedFeatures(): bigint;
   /**
    * Read device configuration space.
@@ -60,17 +72,43 @@ export interface VirtioDevice {
    * @throws {ActivateError} When the device cannot start.
    */
   activate(config: VirtioDeviceConfig): void;
+  /**
+   * The started queues or guest memory changed while the device runs (a vhost-user ring
+   * stopped or started around a VM pause, a new memory table, a per-queue reset). Serve from
+   * now on with `config`, keeping negotiated features and driver-written configuration: this
+   * is not a reset. A transport that needs it on a device without it must reset the device.
+   * @param config The new memory and queues.
+   * @throws {ActivateError} When the device cannot run on the new set (NEEDS_RESET follows).
+   */
+  reconfigure?(config: VirtioDeviceConfig): void;
   /** Stop serving and return to the initial state; the device stays reusable. */
   reset(): void;
   /**
-   * The driver notified queue `index`: serve its available buffers.
+   * The driver notified queue `index`: serve its available buffers. One call does a bounded
+   * amount of work ({@linkcode DEFAULT_SERVE_BUDGET}); it returns `true` when it stopped there
+   * with buffers left, and the transport calls it again on a later turn of the event loop.
    * @param index Queue index.
+   * @returns `true` when more work is pending for this queue.
    */
-  processQueue(index: number): void;
-  /** The device's shared memory regions, if any. */
-  getSharedMemoryRegions?(): VirtioSharedMemoryList | undefined;
+  processQueue(index: number): boolean | void;
   /** Release host resources for good. */
   remove?(): void;
+  /**
+   * Add the resources the device needs from its VMM to `requests` (seed
+   * `get_resource_requirements`).
+   * @param requests Where the needs are pushed.
+   * @param useGenericIrq Whether the transport uses message-signalled interrupts (MSI-X).
+   */
+  getResourceRequirements?(requests: ResourceConstraint[], useGenericIrq: boolean): void;
+  /**
+   * Take the resources the VMM assigned (seed `set_resource`). A device with device memory
+   * maps it here and returns its window, which the VMM inserts into the guest through its
+   * {@linkcode VirtioRegionHandler} and the transport exposes as shared memory.
+   * @param resources What was assigned.
+   * @returns The device memory window, if the device has one.
+   * @throws {ActivateError} When the resources do not fit the device.
+   */
+  setResource?(resources: DeviceResources): VirtioSharedMemoryList | undefined;
 }
 
 /**
@@ -128,16 +166,15 @@ export class VirtioDeviceInfo {
   }
 
   /**
-   * Record acknowledged features of one page, dropping bits never offered.
+   * Acknowledge features of one page: they add to those acknowledged before (until `reset()`,
+   * as in the seed), and bits never offered are dropped.
    * @param page Page number.
    * @param value The bits.
    */
   setAckedFeatures(page: number, value: number): void {
     if (!Number.isInteger(page) || page < 0 || page > 1) return;
-    const shift = BigInt(32 * page);
-    const bits = BigInt(value >>> 0) << shift;
-    const mask = 0xffffffffn << shift;
-    this.ackedFeatures = (this.ackedFeatures & ~mask) | (bits & this.availFeatures);
+    const bits = BigInt(value >>> 0) << BigInt(32 * page);
+    this.ackedFeatures |= bits & this.availFeatures;
   }
 
   /** Whether feature `bit` was acknowledged. */
@@ -188,8 +225,9 @@ export class VirtioDeviceInfo {
 /**
  * A convenient base for devices: feature and config bookkeeping through a
  * {@linkcode VirtioDeviceInfo}, an explicit inactive/active state, activation
- * checks, and the reset template. Subclasses implement `processQueue` and may
- * override `onActivate` / `onReset`.
+ * checks, reconfiguration without reset, and the reset template. Subclasses
+ * implement `processQueue` and may override `onActivate`, `onReconfigure` and
+ * `onReset`.
  */
 export abstract class VirtioDeviceBase implements VirtioDevice {
   /** Feature and config bookkeeping. */
@@ -229,7 +267,7 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
   }
 
   /**
-   * Record one page of acknowledged features.
+   * Acknowledge one page of features (accumulating).
    * @param page Page number.
    * @param value The bits.
    */
@@ -264,6 +302,19 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
     );
   }
 
+  /**
+   * The resources every device needs: an interrupt line, or one MSI-X vector per queue plus
+   * one for configuration changes.
+   * @param requests Where the needs are pushed.
+   * @param useGenericIrq Whether the transport uses MSI-X.
+   */
+  getResourceRequirements(requests: ResourceConstraint[], useGenericIrq: boolean): void {
+    requests.push({ type: "LegacyIrq" });
+    if (useGenericIrq) {
+      requests.push({ type: "GenericIrq", size: this.info.queueSizes.length + 1 });
+    }
+  }
+
   /** Whether the device is serving. */
   get isActive(): boolean {
     return this.active !== undefined;
@@ -276,8 +327,30 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
    */
   activate(config: VirtioDeviceConfig): void {
     if (this.active !== undefined) {
-      throw new ActivateError("AlreadyActive", `${this.info.driverName} is already active`);
+      throw new ActivateError("InvalidParam", `${this.info.driverName} is already active`);
     }
+    const byIndex = this.#checkQueues(config);
+    this.onActivate(config);
+    this.#queues = byIndex;
+    this.active = config;
+  }
+
+  /**
+   * Serve from now on with a new queue set or memory, keeping negotiated features and
+   * configuration (not a reset). An inactive device is activated.
+   * @param config The new memory and queues.
+   * @throws {ActivateError} When the queues do not match.
+   */
+  reconfigure(config: VirtioDeviceConfig): void {
+    if (this.active === undefined) return this.activate(config);
+    // A stopped queue, even a required one, only means there is nothing to serve on it.
+    const byIndex = this.#checkQueues(config, false);
+    this.onReconfigure(config);
+    this.#queues = byIndex;
+    this.active = config;
+  }
+
+  #checkQueues(config: VirtioDeviceConfig, all = true): (VirtioQueueConfig | undefined)[] {
     const sizes = this.info.queueSizes;
     const byIndex: (VirtioQueueConfig | undefined)[] = new Array(sizes.length);
     for (const qc of config.queues) {
@@ -289,7 +362,7 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
       }
       byIndex[qc.index] = qc;
     }
-    const required = this.requiredQueues();
+    const required = all ? this.requiredQueues() : 0;
     for (let i = 0; i < required; i++) {
       if (byIndex[i] === undefined) {
         throw new ActivateError(
@@ -312,9 +385,7 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
         });
       }
     }
-    this.onActivate(config);
-    this.#queues = byIndex;
-    this.active = config;
+    return byIndex;
   }
 
   /**
@@ -344,10 +415,11 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
   }
 
   /**
-   * Serve queue `index`.
+   * Serve queue `index`, at most one budget's worth.
    * @param index Queue index.
+   * @returns `true` when more work is pending.
    */
-  abstract processQueue(index: number): void;
+  abstract processQueue(index: number): boolean | void;
 
   /**
    * Hook run at the end of a successful activation checks, before the device
@@ -355,6 +427,13 @@ export abstract class VirtioDeviceBase implements VirtioDevice {
    * @param _config The activation config.
    */
   protected onActivate(_config: VirtioDeviceConfig): void {}
+
+  /**
+   * Hook run when the queue set or memory changes without a reset, before the new config
+   * takes effect. Throw an {@linkcode ActivateError} to refuse.
+   * @param _config The new config.
+   */
+  protected onReconfigure(_config: VirtioDeviceConfig): void {}
 
   /**
    * Hook run on reset, after the device is marked inactive.

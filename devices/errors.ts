@@ -7,15 +7,10 @@
 import { GuestMemoryError } from "../memory/guest_memory.ts";
 import { QueueError } from "../queue/error.ts";
 
-// ---------------------------------------------------------------------------
-// Errors
-
-/** Why {@linkcode VirtioDevice.activate} failed. */
+/** Why {@linkcode VirtioDevice.activate} failed (the seed's `ActivateError` variants). */
 export type ActivateErrorKind =
-  /** A parameter is out of range or inconsistent. */
+  /** A parameter is out of range or inconsistent (a second activation included). */
   | "InvalidParam"
-  /** The device is already active. */
-  | "AlreadyActive"
   /** A queue is missing, not ready or badly placed. */
   | "InvalidQueueConfig"
   /** A host resource (file, fd, mapping) could not be set up. */

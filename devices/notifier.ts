@@ -100,14 +100,14 @@ class StatusNotifier implements InterruptNotifier {
  * @returns The notifier.
  * @example
  * ```ts
- * import { createDeviceChangeNotifier, InterruptStatus, VIRTIO_INTR_CONFIG } from "./device.ts";
+ * import { createDeviceNotifier, InterruptStatus, VIRTIO_INTR_CONFIG } from "./device.ts";
  * const status = new InterruptStatus();
  * let raised = 0;
- * createDeviceChangeNotifier(() => raised++, status).notify();
+ * createDeviceNotifier(() => raised++, status).notify();
  * if (status.value !== VIRTIO_INTR_CONFIG || raised !== 1) throw new Error("unreachable");
  * ```
  */
-export function createDeviceChangeNotifier(
+export function createDeviceNotifier(
   trigger: InterruptTarget,
   status?: InterruptStatus,
   vector = 0,

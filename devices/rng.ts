@@ -76,18 +76,19 @@ export class RngDevice extends VirtioDeviceBase {
   }
 
   /**
-   * Serve the request queue.
+   * Serve the request queue, one budget's worth at most.
    * @param index Queue index; only 0 exists.
+   * @returns `true` when buffers are left for another pass.
    */
-  processQueue(index: number): void {
+  processQueue(index: number): boolean {
     const config = this.active;
-    if (config === undefined) return;
+    if (config === undefined) return false;
     const qc = this.queue(index);
     if (qc === undefined) {
       this.#error(new VirtioError("InvalidInput", `rng has no queue ${index}`));
-      return;
+      return false;
     }
-    serveQueue(config.memory, qc, this.#fill, (e) => this.#error(e));
+    return serveQueue(config.memory, qc, this.#fill, (e) => this.#error(e)).more;
   }
 
   // virtio 1.2 §5.4.6: fill every device-writable byte; readable buffers are ignored.

@@ -1,6 +1,6 @@
 /**
- * Our vhost-user CLI (`vhost_user/main.ts`) run as its own process, for the real-guest tests
- * and the demo, and the byte pattern the guests write. Only `node:` imports.
+ * Our vhost-user CLI (`vhost_user/main.ts`) run as its own process, for the sandbox, the
+ * real-guest tests, the demo and the benchmarks. Only `node:` imports.
  *
  * @module
  */
@@ -9,6 +9,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { trackChild } from "./_children.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -60,6 +61,7 @@ export async function spawnListening(
   options: { stdout?: "inherit" | "ignore" } = {},
 ): Promise<BackendProcess> {
   const child = spawn(command, args, { stdio: ["ignore", options.stdout ?? "ignore", "inherit"] });
+  trackChild(child);
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   const backend = {
     child,
@@ -76,18 +78,4 @@ export async function spawnListening(
     throw new Error(`${command} did not listen on ${socket}`);
   }
   return backend;
-}
-
-/**
- * What `yes TEXT | head -c SIZE` prints in the guest: `TEXT\n` repeated, cut at `size` bytes.
- *
- * @param text The line, without its newline.
- * @param size Total bytes.
- * @returns The bytes.
- */
-export function yesPattern(text: string, size: number): Uint8Array {
-  const line = new TextEncoder().encode(`${text}\n`);
-  const out = new Uint8Array(size);
-  for (let i = 0; i < size; i++) out[i] = line[i % line.length];
-  return out;
 }

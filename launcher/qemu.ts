@@ -24,6 +24,7 @@ import { constants, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
+import { trackChild } from "./_children.ts";
 
 /** Paths of a built guest image. */
 export interface GuestImage {
@@ -88,6 +89,8 @@ export interface BootOptions {
   qemu?: string;
   /** Aborting kills QEMU; the result then has `exitCode` of the killed process. */
   signal?: AbortSignal;
+  /** A Unix socket path for QMP (`-qmp unix:PATH,server=on,wait=off`); see `Qmp`. */
+  qmpSocket?: string;
 }
 
 /** What a guest run produced. */
@@ -271,6 +274,7 @@ export async function bootGuest(options: BootOptions = {}): Promise<BootResult> 
       ...(options.noDefaultNic === false ? [] : ["-nic", "none"]),
       ...["-kernel", guest.kernel, "-initrd", initrd, "-append", append.join(" ")],
       ...extra,
+      ...(options.qmpSocket ? ["-qmp", `unix:${options.qmpSocket},server=on,wait=off`] : []),
       ...(options.args ?? []),
     ];
     const start = performance.now();
@@ -281,6 +285,7 @@ export async function bootGuest(options: BootOptions = {}): Promise<BootResult> 
         stdio: ["ignore", "pipe", "pipe"],
         signal: options.signal,
       });
+      trackChild(child);
       let out = "";
       let err = "";
       child.stdout.setEncoding("utf8").on("data", (d: string) => {

@@ -39,3 +39,17 @@ export function assertBytes(actual: Uint8Array, expected: Uint8Array, message = 
       `difference at ${at}: got [${hex(actual, at)}], want [${hex(expected, at)}]`,
   });
 }
+
+/**
+ * What `yes TEXT | head -c SIZE` prints in the guest: `TEXT\n` repeated, cut at `size` bytes.
+ *
+ * @param text The line, without its newline.
+ * @param size Total bytes.
+ * @returns The bytes.
+ */
+export function yesPattern(text: string, size: number): Uint8Array {
+  const line = new TextEncoder().encode(`${text}\n`);
+  const out = new Uint8Array(size);
+  for (let i = 0; i < size; i++) out[i] = line[i % line.length];
+  return out;
+}

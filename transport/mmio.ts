@@ -7,28 +7,19 @@
  */
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import { SplitQueue } from "../queue/split.ts";
+import type { SplitQueue } from "../queue/split.ts";
 import {
-  ActivateError,
-  createDeviceChangeNotifier,
+  createDeviceNotifier,
   createQueueNotifier,
-  DEVICE_ACKNOWLEDGE,
-  DEVICE_DRIVER,
   DEVICE_DRIVER_OK,
-  DEVICE_FAILED,
-  DEVICE_FEATURES_OK,
-  DEVICE_NEEDS_RESET,
-  featureBit,
   type InterruptNotifier,
   InterruptStatus,
   type InterruptTrigger,
-  VIRTIO_F_VERSION_1,
   VIRTIO_LEGACY_PAGE_SIZE,
   type VirtioDevice,
-  VirtioDeviceConfig,
-  VirtioError,
-  VirtioQueueConfig,
+  type VirtioSharedMemoryList,
 } from "../devices/device.ts";
+import { TransportCore, type TransportError, type TransportErrorCode } from "./core.ts";
 
 /** "virt" in little-endian: the MagicValue register. */
 export const MMIO_MAGIC_VALUE = 0x74726976;
@@ -75,28 +66,16 @@ export const MmioRegister = {
   ConfigGeneration: 0x0fc,
 } as const;
 
-/** What a driver did wrong on the register file. */
+/**
+ * What a driver did wrong on the register file: the transport core's codes
+ * ({@linkcode TransportErrorCode}) and two of the register file's own.
+ */
 export type MmioErrorCode =
   /** A control register accessed with a width other than 32 bits, or unaligned. */
   | "InvalidAccess"
   /** A read of a write-only or unknown register, or a write of a read-only one. */
   | "InvalidRegister"
-  /** A status write that clears bits or skips a step of virtio 1.2 §3.1.1. */
-  | "InvalidStatusTransition"
-  /** FEATURES_OK refused: the driver accepted features the device did not offer. */
-  | "FeaturesRejected"
-  /** DriverFeatures written outside the negotiation window. */
-  | "FeaturesLocked"
-  /** A queue register written while the queue is live, or for a queue that does not exist. */
-  | "InvalidQueueAccess"
-  /** QueueNotify names a queue that does not exist. */
-  | "InvalidNotify"
-  /** The device refused activation; the device is now in NEEDS_RESET. */
-  | "ActivationFailed"
-  /** A configuration space access the device refused. */
-  | "ConfigAccess"
-  /** The device reported an error while serving. */
-  | "DeviceError";
+  | TransportErrorCode;
 
 /** A driver-side misuse of the MMIO register file, or a device failure it caused. */
 export class MmioError extends Error {
@@ -130,6 +109,8 @@ export interface MmioTransportOptions {
   interrupt?: InterruptTrigger;
   /** Receives every driver misuse and device error; never throws into the driver. */
   onError?: (err: MmioError) => void;
+  /** The device's shared memory window (from `setResource`), for the SHM registers. */
+  shmRegions?: VirtioSharedMemoryList;
 }
 
 /**
@@ -151,29 +132,24 @@ export interface MmioTransportOptions {
 export class MmioTransport {
   /** The device behind this window. */
   readonly device: VirtioDevice;
-  /** The queues, by index; owned by the transport. */
-  readonly queues: SplitQueue[];
+  /** The status machine, negotiation, queues and serving shared with the other transports. */
+  readonly core: TransportCore;
   /** The interrupt status register. */
   readonly interruptStatus: InterruptStatus = new InterruptStatus();
   /** Transport version (1 legacy, 2 modern). */
   readonly version: 1 | 2;
-  readonly #memory: GuestMemory;
   readonly #vendorId: number;
-  readonly #trigger: InterruptTrigger;
   readonly #onError: (err: MmioError) => void;
-  readonly #queueNotifier: InterruptNotifier;
-  readonly #configNotifier: InterruptNotifier;
-  #status = 0;
+  readonly #shm: VirtioSharedMemoryList | undefined;
   #deviceFeaturesSel = 0;
   #driverFeaturesSel = 0;
-  #driverFeatures = 0n;
   #queueSel = 0;
   #shmSel = 0;
-  #configGeneration = 0;
   #guestPageSize = VIRTIO_LEGACY_PAGE_SIZE;
   #queueAlign: number[];
   #queuePfn: number[];
-  #active = false;
+  // The register being served, for errors the core reports.
+  #offset = 0;
   readonly #buf = new Uint8Array(4);
   readonly #bufView = new DataView(this.#buf.buffer);
 
@@ -181,46 +157,51 @@ export class MmioTransport {
    * Create it.
    * @param device The device.
    * @param memory Guest memory the queues live in.
-   * @param options Version, vendor id, interrupt line and error hook.
+   * @param options Version, vendor id, interrupt line, shared memory and error hook.
    */
   constructor(device: VirtioDevice, memory: GuestMemory, options: MmioTransportOptions = {}) {
     this.device = device;
-    this.#memory = memory;
     this.version = options.version ?? 2;
     this.#vendorId = options.vendorId ?? MMIO_DEFAULT_VENDOR_ID;
-    this.#trigger = options.interrupt ?? (() => {});
     this.#onError = options.onError ?? (() => {});
-    this.queues = device.queueMaxSizes().map((n) => new SplitQueue(n));
-    this.#queueAlign = this.queues.map(() => VIRTIO_LEGACY_PAGE_SIZE);
-    this.#queuePfn = this.queues.map(() => 0);
-    this.#queueNotifier = createQueueNotifier(this.#trigger, this.interruptStatus);
-    const raiseConfig = createDeviceChangeNotifier(this.#trigger, this.interruptStatus);
-    this.#configNotifier = {
-      notify: () => {
-        this.#configGeneration = (this.#configGeneration + 1) >>> 0;
-        raiseConfig.notify();
-      },
-    };
+    this.#shm = options.shmRegions;
+    const trigger = options.interrupt ?? (() => {});
+    const queueNotifier: InterruptNotifier = createQueueNotifier(trigger, this.interruptStatus);
+    this.core = new TransportCore(device, {
+      memory,
+      modern: this.version === 2,
+      queueNotifier: () => queueNotifier,
+      configNotifier: createDeviceNotifier(trigger, this.interruptStatus),
+      shmRegions: options.shmRegions,
+      onError: (err) => this.#coreError(err),
+    });
+    this.#queueAlign = this.core.queues.map(() => VIRTIO_LEGACY_PAGE_SIZE);
+    this.#queuePfn = this.core.queues.map(() => 0);
+  }
+
+  /** The queues, by index; owned by the transport core. */
+  get queues(): readonly SplitQueue[] {
+    return this.core.queues;
   }
 
   /** The device status register. */
   get status(): number {
-    return this.#status;
+    return this.core.status;
   }
 
   /** Whether the device has been activated (DRIVER_OK accepted). */
   get isActive(): boolean {
-    return this.#active;
+    return this.core.isActive;
   }
 
   /** The ConfigGeneration register. */
   get configGeneration(): number {
-    return this.#configGeneration;
+    return this.core.configGeneration;
   }
 
   /** Signal a device configuration change to the driver (bumps ConfigGeneration). */
   notifyConfigChange(): void {
-    this.#configNotifier.notify();
+    this.core.configChanged();
   }
 
   /**
@@ -250,13 +231,9 @@ export class MmioTransport {
    * @param data Filled with the value, little-endian.
    */
   read(offset: number, data: Uint8Array): void {
+    this.#offset = offset;
     if (offset >= MMIO_CONFIG_OFFSET) {
-      try {
-        this.device.readConfig(offset - MMIO_CONFIG_OFFSET, data);
-      } catch (err) {
-        data.fill(0);
-        this.#error("ConfigAccess", offset, String(err), err);
-      }
+      this.core.readConfig(offset - MMIO_CONFIG_OFFSET, data);
       return;
     }
     data.fill(0);
@@ -279,12 +256,9 @@ export class MmioTransport {
    * @param data The value, little-endian.
    */
   write(offset: number, data: Uint8Array): void {
+    this.#offset = offset;
     if (offset >= MMIO_CONFIG_OFFSET) {
-      try {
-        this.device.writeConfig(offset - MMIO_CONFIG_OFFSET, data);
-      } catch (err) {
-        this.#error("ConfigAccess", offset, String(err), err);
-      }
+      this.core.writeConfig(offset - MMIO_CONFIG_OFFSET, data);
       return;
     }
     if (data.length !== 4 || offset % 4 !== 0) {
@@ -295,14 +269,10 @@ export class MmioTransport {
     this.#writeRegister(offset, v);
   }
 
-  #selectedQueue(): SplitQueue | undefined {
-    return this.queues[this.#queueSel];
-  }
-
   #readRegister(offset: number): number | undefined {
     const R = MmioRegister;
     const legacy = this.version === 1;
-    const q = this.#selectedQueue();
+    const q = this.core.queues[this.#queueSel];
     switch (offset) {
       case R.MagicValue:
         return MMIO_MAGIC_VALUE;
@@ -313,7 +283,7 @@ export class MmioTransport {
       case R.VendorId:
         return this.#vendorId;
       case R.DeviceFeatures:
-        return this.#offeredPage(this.#deviceFeaturesSel);
+        return this.core.offeredPage(this.#deviceFeaturesSel);
       case R.QueueNumMax:
         return q?.maxSize ?? 0;
       case R.QueueReady:
@@ -323,32 +293,26 @@ export class MmioTransport {
       case R.InterruptStatus:
         return this.interruptStatus.value;
       case R.Status:
-        return this.#status;
+        return this.core.status;
       case R.ShmLenLow:
       case R.ShmLenHigh:
       case R.ShmBaseLow:
       case R.ShmBaseHigh:
-        return legacy ? undefined : this.#shm(offset);
+        return legacy ? undefined : this.#shmRegister(offset);
       case R.QueueReset:
         return legacy ? undefined : 0;
       case R.ConfigGeneration:
-        return legacy ? undefined : this.#configGeneration;
+        return legacy ? undefined : this.core.configGeneration;
       default:
         return undefined;
     }
   }
 
-  #offeredPage(page: number): number {
-    let v = this.device.getAvailFeatures(page);
-    // A legacy device must not offer VIRTIO_F_VERSION_1 (bit 32).
-    if (this.version === 1 && page === 1) v &= ~1;
-    return v >>> 0;
-  }
-
-  #shm(offset: number): number {
-    const list = this.device.getSharedMemoryRegions?.();
-    const region = list?.find(this.#shmSel);
-    if (list === undefined || region === undefined) return 0xffffffff; // virtio 1.2 §4.2.2: -1
+  #shmRegister(offset: number): number {
+    const list = this.#shm;
+    const region = list?.regionList[this.#shmSel];
+    // virtio 1.2 §4.2.2: a region that does not exist reads as length -1.
+    if (list === undefined || region === undefined) return 0xffffffff;
     const value = offset === MmioRegister.ShmLenLow || offset === MmioRegister.ShmLenHigh
       ? region.len
       : list.guestAddr + region.offset;
@@ -364,7 +328,8 @@ export class MmioTransport {
         this.#deviceFeaturesSel = v;
         return;
       case R.DriverFeatures:
-        return this.#writeDriverFeatures(offset, v);
+        this.core.writeDriverFeatures(this.#driverFeaturesSel, v);
+        return;
       case R.DriverFeaturesSel:
         this.#driverFeaturesSel = v;
         return;
@@ -379,19 +344,21 @@ export class MmioTransport {
       case R.QueueSel:
         this.#queueSel = v;
         return;
-      case R.QueueNum:
-        return this.#writeQueue(offset, (q) => {
-          q.size = v;
-        });
-      case R.QueueAlign:
+      case R.QueueNum: {
+        const q = this.core.queueForSetup(this.#queueSel);
+        if (q !== undefined) q.size = v;
+        return;
+      }
+      case R.QueueAlign: {
         if (!legacy) break;
-        return this.#writeQueue(offset, () => {
-          if (v === 0 || (v & (v - 1)) !== 0) {
-            this.#error("InvalidQueueAccess", offset, `queue align ${v} is not a power of two`);
-            return;
-          }
-          this.#queueAlign[this.#queueSel] = v;
-        });
+        if (this.core.queueForSetup(this.#queueSel) === undefined) return;
+        if (v === 0 || (v & (v - 1)) !== 0) {
+          this.#error("InvalidQueueAccess", offset, `queue align ${v} is not a power of two`);
+          return;
+        }
+        this.#queueAlign[this.#queueSel] = v;
+        return;
+      }
       case R.QueuePfn:
         if (!legacy) break;
         return this.#writeLegacyPfn(offset, v);
@@ -403,23 +370,34 @@ export class MmioTransport {
       case R.QueueDriverLow:
       case R.QueueDriverHigh:
       case R.QueueDeviceLow:
-      case R.QueueDeviceHigh:
+      case R.QueueDeviceHigh: {
         if (legacy) break;
-        return this.#writeQueue(offset, (q) => {
-          const high = (offset & 4) !== 0;
-          const lo = high ? undefined : v;
-          const hi = high ? v : undefined;
-          if (offset < R.QueueDriverLow) q.setDescTableAddress(lo, hi);
-          else if (offset < R.QueueDeviceLow) q.setAvailRingAddress(lo, hi);
-          else q.setUsedRingAddress(lo, hi);
-        });
+        const q = this.core.queueForSetup(this.#queueSel);
+        if (q === undefined) return;
+        const high = (offset & 4) !== 0;
+        const lo = high ? undefined : v;
+        const hi = high ? v : undefined;
+        if (offset < R.QueueDriverLow) q.setDescTableAddress(lo, hi);
+        else if (offset < R.QueueDeviceLow) q.setAvailRingAddress(lo, hi);
+        else q.setUsedRingAddress(lo, hi);
+        return;
+      }
       case R.QueueNotify:
-        return this.#notify(offset, v);
+        // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index (virtio 1.2 §4.2.3.3).
+        if ((v >>> 16) !== 0) {
+          this.#error("InvalidNotify", offset, `notify for queue ${v}`);
+          return;
+        }
+        this.core.notify(v);
+        return;
       case R.InterruptAck:
         this.interruptStatus.ack(v);
         return;
       case R.Status:
-        return this.#writeStatus(offset, v);
+        // 0 resets the register file too (virtio 1.2 §4.2.2: InterruptStatus, selectors).
+        if (v === 0) this.reset();
+        else this.core.setStatus(v);
+        return;
       case R.ShmSel:
         if (legacy) break;
         this.#shmSel = v;
@@ -433,57 +411,23 @@ export class MmioTransport {
     this.#error("InvalidRegister", offset, "write of a read-only or unknown register");
   }
 
-  #writeDriverFeatures(offset: number, v: number): void {
-    const s = this.#status;
-    if ((s & DEVICE_DRIVER) === 0 || (s & (DEVICE_FEATURES_OK | DEVICE_DRIVER_OK)) !== 0) {
-      this.#error(
-        "FeaturesLocked",
-        offset,
-        "driver features may only be written after DRIVER and before FEATURES_OK",
-      );
-      return;
-    }
-    const page = this.#driverFeaturesSel;
-    if (page > 1) {
-      if (v !== 0) this.#driverFeatures |= 1n << 64n; // a bit no device can offer
-      return;
-    }
-    const shift = BigInt(32 * page);
-    this.#driverFeatures = (this.#driverFeatures & ~(0xffffffffn << shift)) |
-      (BigInt(v >>> 0) << shift);
-    // Only what this transport offers: a legacy driver must not acknowledge VERSION_1.
-    this.device.setAckedFeatures(page, (v & this.#offeredPage(page)) >>> 0);
-  }
-
-  #writeQueue(offset: number, apply: (q: SplitQueue) => void): void {
-    const q = this.#selectedQueue();
-    if (q === undefined) {
-      this.#error("InvalidQueueAccess", offset, `queue ${this.#queueSel} does not exist`);
-      return;
-    }
-    if (q.ready || (this.#status & DEVICE_DRIVER_OK) !== 0) {
-      this.#error("InvalidQueueAccess", offset, `queue ${this.#queueSel} is live`);
-      return;
-    }
-    apply(q);
-  }
-
   #writeQueueReady(offset: number, v: number): void {
-    const q = this.#selectedQueue();
+    const q = this.core.queues[this.#queueSel];
+    const live = (this.core.status & DEVICE_DRIVER_OK) !== 0;
     if (q === undefined) {
       this.#error("InvalidQueueAccess", offset, `queue ${this.#queueSel} does not exist`);
       return;
     }
     if (v === 0) {
       // Stopping a queue while the device runs (virtio 1.2 §4.2.3.2): allowed only before DRIVER_OK.
-      if ((this.#status & DEVICE_DRIVER_OK) !== 0 && q.ready) {
+      if (live && q.ready) {
         this.#error("InvalidQueueAccess", offset, "QueueReady cleared while DRIVER_OK");
         return;
       }
       q.ready = false;
       return;
     }
-    if ((this.#status & DEVICE_DRIVER_OK) !== 0) {
+    if (live) {
       this.#error("InvalidQueueAccess", offset, "QueueReady set after DRIVER_OK");
       return;
     }
@@ -494,12 +438,12 @@ export class MmioTransport {
   // the available ring right after them, the used ring at the next QueueAlign boundary.
   #writeLegacyPfn(offset: number, pfn: number): void {
     const i = this.#queueSel;
-    const q = this.queues[i];
+    const q = this.core.queues[i];
     if (q === undefined) {
       this.#error("InvalidQueueAccess", offset, `queue ${i} does not exist`);
       return;
     }
-    if ((this.#status & DEVICE_DRIVER_OK) !== 0) {
+    if ((this.core.status & DEVICE_DRIVER_OK) !== 0) {
       this.#error("InvalidQueueAccess", offset, "QueuePFN written after DRIVER_OK");
       return;
     }
@@ -518,155 +462,33 @@ export class MmioTransport {
     q.ready = true;
   }
 
-  #notify(offset: number, v: number): void {
-    // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index (virtio 1.2 §4.2.3.3).
-    const index = v & 0xffff;
-    if (index >= this.queues.length || (v >>> 16) !== 0) {
-      this.#error("InvalidNotify", offset, `notify for queue ${v}`);
-      return;
-    }
-    if (!this.#active || (this.#status & DEVICE_NEEDS_RESET) !== 0) return;
-    if (!this.queues[index].ready) return;
-    try {
-      this.device.processQueue(index);
-    } catch (err) {
-      this.#deviceError(VirtioError.from(err));
-    }
-  }
-
-  #writeStatus(offset: number, v: number): void {
-    if (v === 0) {
-      this.reset();
-      return;
-    }
-    const old = this.#status;
-    // The driver never sets NEEDS_RESET; it is the device's bit.
-    const requested = v & ~DEVICE_NEEDS_RESET;
-    const keep = old & ~DEVICE_NEEDS_RESET;
-    if ((requested & keep) !== keep) {
-      this.#error("InvalidStatusTransition", offset, `status 0x${v.toString(16)} clears bits`);
-      return;
-    }
-    const added = requested & ~keep;
-    if (added & DEVICE_FAILED) {
-      // The driver gave up (virtio 1.2 §2.1): stop serving until reset.
-      this.#status |= DEVICE_FAILED;
-      this.#deactivate();
-      return;
-    }
-    if (added & ~(DEVICE_ACKNOWLEDGE | DEVICE_DRIVER | DEVICE_FEATURES_OK | DEVICE_DRIVER_OK)) {
-      this.#error("InvalidStatusTransition", offset, `unknown status bits 0x${v.toString(16)}`);
-      return;
-    }
-    // virtio 1.2 §3.1.1: ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK, each needing the previous.
-    const after = keep | added;
-    const needs = (bit: number, prereq: number) =>
-      (added & bit) === 0 || (after & prereq) === prereq;
-    const modern = this.version === 2;
-    if (
-      !needs(DEVICE_DRIVER, DEVICE_ACKNOWLEDGE) ||
-      !needs(DEVICE_FEATURES_OK, DEVICE_ACKNOWLEDGE | DEVICE_DRIVER) ||
-      !needs(
-        DEVICE_DRIVER_OK,
-        DEVICE_ACKNOWLEDGE | DEVICE_DRIVER | (modern ? DEVICE_FEATURES_OK : 0),
-      ) ||
-      (old & DEVICE_FAILED) !== 0
-    ) {
-      this.#error(
-        "InvalidStatusTransition",
-        offset,
-        `0x${old.toString(16)} -> 0x${v.toString(16)} skips a step`,
-      );
-      return;
-    }
-    if (added & DEVICE_FEATURES_OK) {
-      const problem = this.#featuresProblem();
-      if (problem !== undefined) {
-        // Leave FEATURES_OK clear: the driver re-reads status and sees the refusal.
-        this.#status = after & ~(DEVICE_FEATURES_OK | DEVICE_DRIVER_OK);
-        this.#error("FeaturesRejected", offset, problem);
-        return;
-      }
-    }
-    this.#status = after | (old & DEVICE_NEEDS_RESET);
-    if (added & DEVICE_DRIVER_OK) this.#activate(offset);
-  }
-
-  #featuresProblem(): string | undefined {
-    const acked = this.#driverFeatures;
-    let offered = 0n;
-    for (let page = 0; page < 2; page++) {
-      offered |= BigInt(this.#offeredPage(page)) << BigInt(32 * page);
-    }
-    const extra = acked & ~offered;
-    if (extra !== 0n) {
-      return `driver accepted features 0x${extra.toString(16)} the device did not offer`;
-    }
-    if (this.version === 2 && (acked & featureBit(VIRTIO_F_VERSION_1)) === 0n) {
-      return "driver did not accept VIRTIO_F_VERSION_1";
-    }
-    return undefined;
-  }
-
-  #activate(offset: number): void {
-    const queues: VirtioQueueConfig[] = [];
-    this.queues.forEach((q, i) => {
-      if (q.ready) queues.push(new VirtioQueueConfig(i, q, this.#queueNotifier));
-    });
-    const config = new VirtioDeviceConfig({
-      memory: this.#memory,
-      queues,
-      deviceChangeNotifier: this.#configNotifier,
-      ackedFeatures: this.device.ackedFeatures(),
-      shmRegions: this.device.getSharedMemoryRegions?.(),
-      onError: (err) => this.#deviceError(err),
-    });
-    try {
-      this.device.activate(config);
-      this.#active = true;
-    } catch (err) {
-      const msg = err instanceof ActivateError ? err.message : String(err);
-      this.#needsReset();
-      this.#error("ActivationFailed", offset, msg, err);
-    }
-  }
-
-  #deviceError(err: VirtioError): void {
-    if (err.needsReset) this.#needsReset();
-    this.#error("DeviceError", MmioRegister.QueueNotify, err.message, err);
-  }
-
-  // virtio 1.2 §2.1.2: set NEEDS_RESET and, once DRIVER_OK is set, signal a config change.
-  #needsReset(): void {
-    if ((this.#status & DEVICE_NEEDS_RESET) !== 0) return;
-    this.#status |= DEVICE_NEEDS_RESET;
-    if ((this.#status & DEVICE_DRIVER_OK) !== 0) this.#configNotifier.notify();
-  }
-
-  #deactivate(): void {
-    if (this.#active) {
-      this.#active = false;
-      this.device.reset();
-    }
-  }
-
   /** Reset device and queues (a driver write of 0 to Status, virtio 1.2 §2.4). */
   reset(): void {
-    this.#active = false;
-    this.device.reset();
-    for (const q of this.queues) q.reset();
+    this.core.reset();
     this.#queueAlign.fill(VIRTIO_LEGACY_PAGE_SIZE);
     this.#queuePfn.fill(0);
-    this.#status = 0;
     this.interruptStatus.value = 0;
     this.#deviceFeaturesSel = 0;
     this.#driverFeaturesSel = 0;
-    this.#driverFeatures = 0n;
     this.#queueSel = 0;
     this.#shmSel = 0;
+  }
+
+  #coreError(err: TransportError): void {
+    if (err.code === "ActivationFailed" || err.code === "DeviceError") {
+      // These concern the device, not the register being written.
+      const offset = err.code === "DeviceError" ? MmioRegister.QueueNotify : this.#offset;
+      this.#onError(new MmioError(err.code, offset, stripCode(err), { cause: err.cause }));
+      return;
+    }
+    this.#onError(new MmioError(err.code, this.#offset, stripCode(err), { cause: err.cause }));
   }
 
   #error(code: MmioErrorCode, offset: number, message: string, cause?: unknown): void {
     this.#onError(new MmioError(code, offset, message, { cause }));
   }
+}
+
+function stripCode(err: TransportError): string {
+  return err.message.slice(err.code.length + 2);
 }

@@ -9,16 +9,17 @@
  */
 
 import { GuestMemory, type GuestRegion } from "../memory/guest_memory.ts";
-import { SplitQueue } from "../queue/split.ts";
 import {
-  createDeviceChangeNotifier,
+  createDeviceNotifier,
   createQueueNotifier,
+  DEVICE_ACKNOWLEDGE,
+  DEVICE_DRIVER,
+  DEVICE_DRIVER_OK,
+  DEVICE_FEATURES_OK,
   featureBit,
   type VirtioDevice,
-  VirtioDeviceConfig,
-  type VirtioError,
-  VirtioQueueConfig,
 } from "../devices/device.ts";
+import { TransportCore } from "../transport/core.ts";
 import {
   accept,
   AF_UNIX,
@@ -91,7 +92,6 @@ export const BUSY_POLL_BUDGET_MS = 5;
 export const MAX_POLL_US = 1000;
 
 interface Ring {
-  queue: SplitQueue;
   num: number;
   addr: { desc: bigint; used: bigint; avail: bigint } | undefined;
   base: number;
@@ -100,6 +100,8 @@ interface Ring {
   err: EventFd | undefined;
   enabled: boolean;
   started: boolean;
+  /** Stopped by GET_VRING_BASE: stays stopped until the frontend programs it again. */
+  parked: boolean;
   watch: Watch | undefined;
 }
 
@@ -125,6 +127,8 @@ interface MappedRegion {
 export class VhostUserBackend {
   /** The device served. */
   readonly device: VirtioDevice;
+  /** Status, negotiation, queues and serving, shared with the other transports. */
+  readonly core: TransportCore;
   readonly #path: string;
   readonly #onError: (err: Error) => void;
   readonly #log: (message: string) => void;
@@ -137,12 +141,10 @@ export class VhostUserBackend {
   #reader = new MessageReader();
   #owner = false;
   #features = 0n;
-  #featuresSet = false;
   #protocolFeatures = 0n;
   #regions: MappedRegion[] = [];
   #memory: GuestMemory | undefined;
   #rings: Ring[];
-  #active = false;
   readonly #pollMs: number;
   #closedResolve!: () => void;
   /** Connections accepted so far. */
@@ -167,7 +169,19 @@ export class VhostUserBackend {
       throw new RangeError(`pollUs must be 0 to ${MAX_POLL_US}, got ${pollUs}`);
     }
     this.#pollMs = pollUs / 1000;
-    this.#rings = device.queueMaxSizes().map((n) => newRing(n));
+    this.core = new TransportCore(device, {
+      queueNotifier: (i) => createQueueNotifier(() => this.#rings[i].call?.write(1n)),
+      // Config-change notifications need the backend request channel, which is not offered.
+      configNotifier: createDeviceNotifier(() => {}),
+      // Rings start one at a time: the device activates once those it needs are there.
+      deferIncompleteActivation: true,
+      onError: (err) => this.#onError(err),
+      // No status channel to the driver: signal the error fds; the core stops serving.
+      onNeedsReset: () => {
+        for (const r of this.#rings) r.err?.write(1n);
+      },
+    });
+    this.#rings = this.core.queues.map((q) => newRing(q.maxSize));
     // Offer CONFIG only to devices that have a configuration space (QEMU warns otherwise).
     let hasConfig = true;
     try {
@@ -188,7 +202,7 @@ export class VhostUserBackend {
 
   /** Whether the device is currently activated on the frontend's rings. */
   get active(): boolean {
-    return this.#active;
+    return this.core.isActive;
   }
 
   /** Features the frontend acknowledged. */
@@ -326,9 +340,7 @@ export class VhostUserBackend {
   }
 
   #offeredFeatures(): bigint {
-    const lo = BigInt(this.device.getAvailFeatures(0) >>> 0);
-    const hi = BigInt(this.device.getAvailFeatures(1) >>> 0);
-    return lo | (hi << 32n) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+    return this.core.offeredFeatures() | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
   }
 
   #ring(index: number, request: number): Ring {
@@ -359,9 +371,7 @@ export class VhostUserBackend {
             rq,
           );
         }
-        this.#features = f;
-        this.#featuresSet = true;
-        this.#applyFeatures();
+        this.#setFeatures(f, rq);
         return undefined;
       }
       case R.SET_OWNER:
@@ -396,11 +406,12 @@ export class VhostUserBackend {
         this.#requireOwner(rq);
         const { index, num } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
-        if (num === 0 || (num & (num - 1)) !== 0 || num > ring.queue.maxSize) {
+        if (num === 0 || (num & (num - 1)) !== 0 || num > this.core.queues[index].maxSize) {
           throw new VhostUserError("InvalidValue", `vring ${index} size ${num}`, rq);
         }
         if (ring.started) throw new VhostUserError("OutOfOrder", `vring ${index} is running`, rq);
         ring.num = num;
+        ring.parked = false;
         return undefined;
       }
       case R.SET_VRING_ADDR: {
@@ -414,6 +425,7 @@ export class VhostUserBackend {
         // Fail now rather than at start: every address must translate.
         for (const ua of [a.desc, a.used, a.avail]) this.#translate(ua, rq);
         ring.addr = { desc: a.desc, used: a.used, avail: a.avail };
+        ring.parked = false;
         this.#maybeStart(a.index);
         return undefined;
       }
@@ -424,15 +436,17 @@ export class VhostUserBackend {
         if (ring.started) throw new VhostUserError("OutOfOrder", `vring ${index} is running`, rq);
         if (num > 0xffff) throw new VhostUserError("InvalidValue", `vring base ${num}`, rq);
         ring.base = num;
+        ring.parked = false;
         return undefined;
       }
       case R.GET_VRING_BASE: {
         this.#requireOwner(rq);
         const { index } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
-        const base = ring.started ? ring.queue.nextAvail : ring.base;
+        const base = ring.started ? this.core.queues[index].nextAvail : ring.base;
         this.#stopRing(index);
         ring.base = base;
+        ring.parked = true;
         return vringStatePayload(index, base);
       }
       case R.SET_VRING_KICK:
@@ -457,6 +471,7 @@ export class VhostUserBackend {
           this.#stopRing(index);
           ring.kick?.close();
           ring.kick = efd;
+          ring.parked = false;
           // Without protocol features a ring is enabled once it has a kick fd.
           if ((this.#features & featureBit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
             ring.enabled = true;
@@ -483,6 +498,7 @@ export class VhostUserBackend {
         }
         if (num > 1) throw new VhostUserError("InvalidValue", `enable ${num}`, rq);
         ring.enabled = num === 1;
+        if (ring.enabled) ring.parked = false;
         if (ring.enabled) this.#maybeStart(index);
         else this.#stopRing(index);
         return undefined;
@@ -490,11 +506,7 @@ export class VhostUserBackend {
       case R.GET_CONFIG: {
         const c = Payload.config(msg);
         const data = new Uint8Array(c.size);
-        try {
-          this.device.readConfig(c.offset, data);
-        } catch (err) {
-          throw new VhostUserError("InvalidValue", asError(err).message, rq, { cause: err });
-        }
+        this.#configAccess(() => this.device.readConfig(c.offset, data), rq);
         const out = new Uint8Array(12 + c.size);
         out.set(msg.payload.subarray(0, 12));
         out.set(data, 12);
@@ -502,11 +514,7 @@ export class VhostUserBackend {
       }
       case R.SET_CONFIG: {
         const c = Payload.config(msg);
-        try {
-          this.device.writeConfig(c.offset, c.data);
-        } catch (err) {
-          throw new VhostUserError("InvalidValue", asError(err).message, rq, { cause: err });
-        }
+        this.#configAccess(() => this.device.writeConfig(c.offset, c.data), rq);
         return undefined;
       }
       default:
@@ -514,10 +522,38 @@ export class VhostUserBackend {
     }
   }
 
-  #applyFeatures(): void {
-    const f = this.#features & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
-    this.device.setAckedFeatures(0, Number(f & 0xffffffffn));
-    this.device.setAckedFeatures(1, Number((f >> 32n) & 0xffffffffn));
+  // vhost-user has no status register: SET_FEATURES is the driver's whole negotiation
+  // (ACKNOWLEDGE, DRIVER, features, FEATURES_OK), and the frontend sends it right before it
+  // starts the rings, so DRIVER_OK follows; the device activates once its rings are there.
+  // QEMU sends SET_FEATURES again each time it restarts the rings (VM resume): the same
+  // features are no renegotiation, and the device keeps its driver-written state.
+  #setFeatures(features: bigint, request: number): void {
+    const f = features & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+    this.#features = features;
+    const core = this.core;
+    if ((core.status & DEVICE_DRIVER_OK) !== 0 && core.driverFeatures === f) return;
+    if (core.status !== 0) {
+      // Other features mean another driver: reset, keeping the rings the frontend set up
+      // (they restart below, where they stopped).
+      for (let i = 0; i < this.#rings.length; i++) this.#stopRing(i);
+      core.reset();
+    }
+    const base = DEVICE_ACKNOWLEDGE | DEVICE_DRIVER;
+    core.setStatus(base);
+    core.setDriverFeatures(f);
+    if (!core.setStatus(base | DEVICE_FEATURES_OK)) {
+      throw new VhostUserError("InvalidValue", `features 0x${f.toString(16)} refused`, request);
+    }
+    core.setStatus(base | DEVICE_FEATURES_OK | DEVICE_DRIVER_OK);
+    for (let i = 0; i < this.#rings.length; i++) this.#maybeStart(i);
+  }
+
+  #configAccess(fn: () => void, request: number): void {
+    try {
+      fn();
+    } catch (err) {
+      throw new VhostUserError("InvalidValue", asError(err).message, request, { cause: err });
+    }
   }
 
   #setMemTable(msg: Message): void {
@@ -548,14 +584,17 @@ export class VhostUserBackend {
         });
       });
       const memory = new GuestMemory(mapped.map((m) => m.region));
-      // Rings hold translated addresses: restart them on the new table.
-      const wasActive = this.#active;
-      this.#deactivate();
+      // Rings keep their guest-physical addresses; the core checks them against the new
+      // table and the device carries on with it (no reset).
       const old = this.#regions;
       this.#regions = mapped;
       this.#memory = memory;
+      this.core.setMemory(memory);
       for (const m of old) m.mapping.unmap();
-      if (wasActive) this.#activate();
+      for (let i = 0; i < this.#rings.length; i++) {
+        if (this.#rings[i].started && !this.core.queues[i].ready) this.#stopRing(i);
+        else this.#maybeStart(i);
+      }
     } catch (err) {
       for (const m of mapped) m.mapping.unmap();
       if (err instanceof VhostUserError) throw err;
@@ -579,20 +618,19 @@ export class VhostUserBackend {
 
   #maybeStart(index: number): void {
     const ring = this.#rings[index];
-    if (ring.started || !ring.enabled || ring.kick === undefined || ring.addr === undefined) return;
-    if (this.#memory === undefined) return;
-    const q = ring.queue;
+    if (ring.started || ring.parked || !ring.enabled) return;
+    if (ring.kick === undefined || ring.addr === undefined) return;
+    // The ring starts once the driver's features are known (the queue needs EVENT_IDX etc.).
+    if (this.#memory === undefined || (this.core.status & DEVICE_DRIVER_OK) === 0) return;
+    const q = this.core.queues[index];
     q.reset();
     q.size = ring.num;
     q.descTable = this.#translate(ring.addr.desc, Request.SET_VRING_ADDR);
     q.availRing = this.#translate(ring.addr.avail, Request.SET_VRING_ADDR);
     q.usedRing = this.#translate(ring.addr.used, Request.SET_VRING_ADDR);
-    q.ready = true;
-    q.setFeatures(this.#features);
     try {
-      q.validate(this.#memory);
+      this.core.startQueue(index);
     } catch (err) {
-      q.ready = false;
       throw new VhostUserError("InvalidValue", `vring ${index}: ${asError(err).message}`, 0, {
         cause: err,
       });
@@ -608,12 +646,15 @@ export class VhostUserBackend {
     const kick = ring.kick;
     ring.watch = this.#watcher.watch(kick.fd, () => {
       kick.read();
-      this.#kicked(index);
+      this.core.notify(index);
       if (this.#pollMs > 0) this.#busyPoll();
     });
-    // Serve every started ring, this one included.
-    this.#reactivate();
-    for (let i = 0; i < this.#rings.length; i++) this.#kicked(i);
+    if (this.core.tryActivate()) {
+      // Serve every started ring, this one included: buffers may be waiting already.
+      for (let i = 0; i < this.#rings.length; i++) {
+        if (this.#rings[i].started) this.core.notify(i);
+      }
+    }
   }
 
   /**
@@ -621,7 +662,7 @@ export class VhostUserBackend {
    * none (each find restarts the window), or the budget is spent: the event loop, and with
    * it the frontend's messages, is never held for longer than {@link BUSY_POLL_BUDGET_MS}.
    * Stopping early loses nothing: serving re-enables notifications, so the driver kicks for
-   * whatever it adds next.
+   * whatever it adds next, and a pass that stopped at its own budget is continued by the core.
    */
   #busyPoll(): void {
     const window = this.#pollMs;
@@ -630,11 +671,13 @@ export class VhostUserBackend {
     let deadline = now + window;
     while (now < deadline && now < budgetEnd) {
       const memory = this.#memory;
-      if (!this.#active || memory === undefined) break;
+      if (!this.core.isActive || memory === undefined) break;
       for (let i = 0; i < this.#rings.length; i++) {
-        const q = this.#rings[i].queue;
+        const q = this.core.queues[i];
         // A broken ring was reported when it broke; only a reset brings it back.
         if (!this.#rings[i].started || q.broken !== undefined) continue;
+        // A pass waiting for its turn will serve these buffers; polling them would not yield.
+        if (this.core.hasContinuation(i)) continue;
         let pending: boolean;
         try {
           pending = q.hasPending(memory);
@@ -642,19 +685,10 @@ export class VhostUserBackend {
           continue; // rings outside memory were refused when they started
         }
         if (!pending) continue;
-        this.#kicked(i);
+        this.core.notify(i);
         deadline = performance.now() + window;
       }
       now = performance.now();
-    }
-  }
-
-  #kicked(index: number): void {
-    if (!this.#active || !this.#rings[index].started) return;
-    try {
-      this.device.processQueue(index);
-    } catch (err) {
-      this.#deviceError(asError(err), index);
     }
   }
 
@@ -663,81 +697,24 @@ export class VhostUserBackend {
     if (!ring.started) return;
     ring.watch?.close();
     ring.watch = undefined;
-    ring.base = ring.queue.nextAvail;
+    ring.base = this.core.queues[index].nextAvail;
     ring.started = false;
-    ring.queue.ready = false;
+    // Not a reset: the device keeps its features and configuration and serves the others.
+    this.core.stopQueue(index);
     this.#log(`vring ${index} stopped at ${ring.base}`);
-    // Serve the remaining rings without this one.
-    this.#reactivate();
-  }
-
-  #activate(): void {
-    if (this.#active || this.#memory === undefined || !this.#featuresSet) return;
-    const started = this.#rings
-      .map((r, i) => ({ r, i }))
-      .filter(({ r }) => r.started);
-    if (started.length === 0) return;
-    const queues = started.map(({ r, i }) =>
-      new VirtioQueueConfig(
-        i,
-        r.queue,
-        createQueueNotifier(() => r.call?.write(1n)),
-      )
-    );
-    this.#applyFeatures();
-    const config = new VirtioDeviceConfig({
-      memory: this.#memory,
-      queues,
-      // Config-change notifications need the backend request channel, which is not offered.
-      deviceChangeNotifier: createDeviceChangeNotifier(() => {}),
-      ackedFeatures: this.#features & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES),
-      onError: (err) => this.#deviceError(err),
-    });
-    try {
-      this.device.activate(config);
-      this.#active = true;
-      this.#log(`device activated on ${queues.length} queue(s)`);
-    } catch (err) {
-      // Not enough rings yet (e.g. a device needing two) is normal while starting.
-      this.#log(`activation deferred: ${asError(err).message}`);
-    }
-  }
-
-  // The device's queue set changed: activate it again on the rings now started.
-  #reactivate(): void {
-    this.#deactivate();
-    this.#activate();
-  }
-
-  #deactivate(): void {
-    if (!this.#active) return;
-    this.#active = false;
-    this.device.reset();
-  }
-
-  #deviceError(err: Error, index?: number): void {
-    this.#onError(err);
-    if ((err as VirtioError).needsReset) {
-      // No status channel to the driver: signal the error fds and stop serving.
-      for (const [i, r] of this.#rings.entries()) {
-        if (index === undefined || i === index) r.err?.write(1n);
-      }
-      this.#deactivate();
-    }
   }
 
   #resetState(): void {
-    this.#deactivate();
+    this.core.reset();
     for (let i = 0; i < this.#rings.length; i++) {
       const ring = this.#rings[i];
       ring.watch?.close();
       ring.kick?.close();
       ring.call?.close();
       ring.err?.close();
-      this.#rings[i] = newRing(ring.queue.maxSize);
+      this.#rings[i] = newRing(this.core.queues[i].maxSize);
     }
     this.#features = 0n;
-    this.#featuresSet = false;
     this.#protocolFeatures = 0n;
   }
 
@@ -745,6 +722,7 @@ export class VhostUserBackend {
     if (this.#conn < 0) return;
     this.#resetState();
     this.#owner = false;
+    this.core.clearMemory();
     for (const m of this.#regions) m.mapping.unmap();
     this.#regions = [];
     this.#memory = undefined;
@@ -759,7 +737,6 @@ export class VhostUserBackend {
 
 function newRing(maxSize: number): Ring {
   return {
-    queue: new SplitQueue(maxSize),
     num: maxSize,
     addr: undefined,
     base: 0,
@@ -767,6 +744,7 @@ function newRing(maxSize: number): Ring {
     call: undefined,
     err: undefined,
     enabled: false,
+    parked: false,
     started: false,
     watch: undefined,
   };

@@ -5,7 +5,7 @@
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { assertBytes } from "../../testing/bytes.ts";
+import { assertBytes, yesPattern } from "../../testing/bytes.ts";
 import type { ChildProcess } from "node:child_process";
 import {
   closeSync,
@@ -19,7 +19,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bootGuest, type BootResult, ensureGuest } from "../../launcher/qemu.ts";
-import { startBackend, yesPattern } from "../../launcher/backends.ts";
+import { startBackend } from "../../launcher/backends.ts";
 
 const MiB = 1 << 20;
 const DISK_SIZE = 128 * MiB;

@@ -5,7 +5,7 @@
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { assertBytes } from "../../testing/bytes.ts";
+import { assertBytes, yesPattern } from "../../testing/bytes.ts";
 import {
   closeSync,
   mkdtempSync,
@@ -18,9 +18,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bootGuest, type BootResult, ensureGuest } from "../../launcher/qemu.ts";
-import { type BackendProcess, startBackend, yesPattern } from "../../launcher/backends.ts";
-import { VhostUserBackend } from "../../vhost_user/backend.ts";
+import { type BootResult, ensureGuest, Qmp, Sandbox } from "../../launcher/mod.ts";
 import { RngDevice } from "../../devices/rng.ts";
 import { BlockDevice, FileBackend, OverlayBackend } from "../../devices/block.ts";
 
@@ -79,6 +77,15 @@ dd if=/dev/vdc bs=512 skip=${OVERLAY_SECTOR} count=${
 } iflag=direct 2>/dev/null | cmp /tmp/ov -
 expect_eq "$(head -n 1 /dev/vdc)" ${BASE_LINE} vdc-base-line-after
 echo VT-OVERLAY-OK
+step blk-cache-restart
+echo "write through" > /sys/block/vda/cache_type
+expect_eq "$(cat /sys/block/vda/cache_type)" "write through" cache-type-before
+echo VT-PAUSE-NOW
+sleep 2
+expect_eq "$(cat /sys/block/vda/cache_type)" "write through" cache-type-after
+expect_eq "$(cat /sys/block/vda/queue/write_cache)" "write through" queue-write-cache-after
+dd if=/tmp/pat of=/dev/vda bs=65536 seek=${PATTERN_OFFSET / 65536} count=1 conv=fsync 2>/dev/null
+echo VT-CACHE-KEPT
 step blk-past-end
 echo VT-SHRINK-NOW
 sleep 2
@@ -96,14 +103,13 @@ echo VT-STILL-SERVING
 describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, () => {
   let dir: string;
   let result: BootResult;
-  let rngBackend: VhostUserBackend;
-  let vdaBackend: VhostUserBackend;
-  let vdbBackend: VhostUserBackend;
+  let box: Sandbox;
   let rng: RngDevice;
   let vda: BlockDevice;
   let vdb: BlockDevice;
-  let vdc: BackendProcess;
   const errors: string[] = [];
+  const vdaLog: string[] = [];
+  let writethroughWhilePaused: boolean | undefined;
 
   before(async () => {
     await ensureGuest();
@@ -123,35 +129,56 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
       physicalBlockSize: 16384,
     });
     const onError = (e: Error) => errors.push(e.message);
-    rngBackend = new VhostUserBackend(rng, { socketPath: join(dir, "rng.sock"), onError });
-    vdaBackend = new VhostUserBackend(vda, { socketPath: join(dir, "vda.sock"), onError });
-    vdbBackend = new VhostUserBackend(vdb, { socketPath: join(dir, "vdb.sock"), onError });
-    for (const b of [rngBackend, vdaBackend, vdbBackend]) b.listen();
-    // A copy-on-write overlay over a base image, served by the CLI in its own process in
-    // poll mode.
     writeFileSync(join(dir, "base.img"), yesPattern(BASE_LINE, BASE_SIZE));
-    vdc = await startBackend([
-      ...["--socket", join(dir, "vdc.sock"), "--device", "blk"],
-      ...["--file", join(dir, "base.img"), "--overlay", join(dir, "vdc.cow")],
-      ...["--poll-us", "200"], // and in poll mode, against the guest's own driver
-    ]);
+    box = await Sandbox.start({
+      dir,
+      devices: [
+        { id: "rng", kind: "rng", device: rng, backendOptions: { onError } },
+        {
+          id: "vda",
+          kind: "blk",
+          device: vda,
+          backendOptions: { onError, log: (m) => vdaLog.push(m) },
+          qemuProperties: "num-queues=1",
+        },
+        { id: "vdb", kind: "blk", device: vdb, backendOptions: { onError } },
+        {
+          // A copy-on-write overlay over a base image, served by the CLI in its own process,
+          // in poll mode against the guest's own driver.
+          id: "vdc",
+          kind: "blk",
+          cli: [
+            ...["--file", join(dir, "base.img"), "--overlay", join(dir, "vdc.cow")],
+            ...["--poll-us", "200"],
+          ],
+          qemuProperties: "num-queues=1",
+        },
+      ],
+    });
+    const qmpSocket = join(dir, "qmp.sock");
+    let paused: Promise<void> | undefined;
     let shrunk = false;
     let seen = "";
-    result = await bootGuest({
-      args: [
-        ...["-chardev", `socket,id=rng,path=${join(dir, "rng.sock")}`],
-        ...["-device", "vhost-user-rng-pci,chardev=rng"],
-        ...["-chardev", `socket,id=vda,path=${join(dir, "vda.sock")}`],
-        ...["-device", "vhost-user-blk-pci,chardev=vda,num-queues=1"],
-        ...["-chardev", `socket,id=vdb,path=${join(dir, "vdb.sock")}`],
-        ...["-device", "vhost-user-blk-pci,chardev=vdb,num-queues=1"],
-        ...["-chardev", `socket,id=vdc,path=${join(dir, "vdc.sock")}`],
-        ...["-device", "vhost-user-blk-pci,chardev=vdc,num-queues=1"],
-      ],
+    result = await box.boot({
       script: SCRIPT,
+      qmpSocket,
       timeoutSec: 240,
       onOutput: (chunk: string) => {
         seen += chunk; // a marker can be split across chunks
+        if (paused === undefined && seen.includes("VT-PAUSE-NOW")) {
+          // Pause and resume the VM: QEMU stops every vhost-user ring (GET_VRING_BASE) and
+          // restarts them (SET_FEATURES again, the rings again), as around a migration.
+          paused = (async () => {
+            const qmp = await Qmp.connect(qmpSocket);
+            try {
+              await qmp.execute("stop");
+              writethroughWhilePaused = vda.writethrough;
+              await qmp.execute("cont");
+            } finally {
+              qmp.close();
+            }
+          })().catch((e) => void errors.push(`qmp: ${e.message}`));
+        }
         if (!shrunk && seen.includes("VT-SHRINK-NOW")) {
           shrunk = true;
           // The disk shrinks under the guest; vhost-user offers no config-change channel
@@ -162,14 +189,15 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
       },
     });
     if (!result.passed) console.error(result.output);
+    await paused;
     // Killed hard: what the guest flushed must already be in the overlay.
+    const vdc = box.processes.get("vdc")!;
     vdc.child.kill("SIGKILL");
     await vdc.stop();
   });
 
   after(async () => {
-    for (const b of [rngBackend, vdaBackend, vdbBackend]) await b?.close();
-    await vdc?.stop();
+    await box?.stop();
     vda?.remove();
     vdb?.remove();
     if (dir) rmSync(dir, { recursive: true, force: true });
@@ -242,7 +270,15 @@ describe("real Linux guest over vhost-user (QEMU TCG)", { timeout: 600_000 }, ()
     assert.match(result.output, /^VT-PAST-END-EIO .*Input\/output error/m, result.output);
     assert.ok(vda.stats.errors > 0, "the device refused the read");
     assert.match(result.output, /^VT-STILL-SERVING$/m);
-    assert.ok(vdaBackend.connections === 1);
+    assert.ok(box.backends.get("vda")!.connections === 1);
+  });
+
+  it("writethrough chosen by the guest survives a pause that restarts the rings", () => {
+    assert.match(result.output, /^VT-CACHE-KEPT$/m, result.output);
+    assert.ok(vdaLog.some((m) => /vring 0 stopped/.test(m)), vdaLog.join("\n"));
+    assert.ok(vdaLog.filter((m) => /vring 0 started/.test(m)).length >= 2, vdaLog.join("\n"));
+    assert.equal(writethroughWhilePaused, true);
+    assert.equal(vda.writethrough, true, "still writethrough after the run");
   });
 
   it("the guest run passes and powers off cleanly", () => {

@@ -3,7 +3,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { EventFd } from "../../sys/mod.ts";
 import {
-  createDeviceChangeNotifier,
+  createDeviceNotifier,
   createQueueNotifier,
   InterruptStatus,
   VIRTIO_INTR_CONFIG,
@@ -26,12 +26,12 @@ describe("eventfd-backed interrupt notifiers", () => {
     }
   });
 
-  it("createDeviceChangeNotifier(eventfd) wakes a waiter and sets the CONFIG bit", async () => {
+  it("createDeviceNotifier(eventfd) wakes a waiter and sets the CONFIG bit", async () => {
     const efd = new EventFd();
     try {
       const status = new InterruptStatus();
       const waiting = efd.wait();
-      setTimeout(() => createDeviceChangeNotifier(efd, status).notify(), 10);
+      setTimeout(() => createDeviceNotifier(efd, status).notify(), 10);
       assert.equal(await waiting, 1n);
       assert.equal(status.value, VIRTIO_INTR_CONFIG);
     } finally {

@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { GuestMemory } from "../../memory/guest_memory.ts";
+import { GuestMemory, GuestRegion } from "../../memory/guest_memory.ts";
 import { VIRTIO_F_EVENT_IDX } from "../../queue/split.ts";
 import type { DescriptorChain } from "../../queue/chain.ts";
 import { QueueError } from "../../queue/error.ts";
@@ -20,6 +20,7 @@ import {
   VIRTIO_INTR_VRING,
   type VirtioDevice,
   VirtioDeviceBase,
+  type VirtioDeviceConfig,
   VirtioDeviceInfo,
   VirtioError,
   VirtioSharedMemoryList,
@@ -43,10 +44,10 @@ const MEM_SIZE = 8 << 20;
 
 /** A device with configuration bytes, two queues and optional shared memory. */
 class TestDevice extends VirtioDeviceBase {
-  shm: VirtioSharedMemoryList | undefined;
+  shmSeen: VirtioSharedMemoryList | undefined;
   served = 0;
 
-  constructor(shm?: VirtioSharedMemoryList) {
+  constructor() {
     super(
       TYPE_CONSOLE,
       new VirtioDeviceInfo(
@@ -56,11 +57,10 @@ class TestDevice extends VirtioDeviceBase {
         new Uint8Array([0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17]),
       ),
     );
-    this.shm = shm;
   }
 
-  getSharedMemoryRegions(): VirtioSharedMemoryList | undefined {
-    return this.shm;
+  protected override onActivate(config: VirtioDeviceConfig): void {
+    this.shmSeen = config.shmRegions;
   }
 
   override writeConfig(offset: number, data: Uint8Array): void {
@@ -92,13 +92,21 @@ interface Rig {
   interrupts: number[];
 }
 
-function rig(options: { version?: 1 | 2; device?: VirtioDevice; vendorId?: number } = {}): Rig {
+function rig(
+  options: {
+    version?: 1 | 2;
+    device?: VirtioDevice;
+    vendorId?: number;
+    shmRegions?: VirtioSharedMemoryList;
+  } = {},
+): Rig {
   const mem = GuestMemory.create(MEM_SIZE);
   const errors: MmioError[] = [];
   const interrupts: number[] = [];
   const transport = new MmioTransport(options.device ?? new RngDevice(), mem, {
     version: options.version,
     vendorId: options.vendorId,
+    shmRegions: options.shmRegions,
     interrupt: (v) => interrupts.push(v),
     onError: (e) => errors.push(e),
   });
@@ -350,8 +358,8 @@ describe("MmioTransport feature negotiation", () => {
     assert.equal(err.offset, R.Status);
     assert.equal(rd(r, R.Status) & FOK, 0, "the driver re-reads status and sees FEATURES_OK clear");
     assert.equal(rd(r, R.Status), ACK | DRV);
-    // The device never records a bit it did not offer.
-    assert.equal(r.transport.device.ackedFeatures(), featureBit(VIRTIO_F_VERSION_1));
+    // Nothing reaches the device before FEATURES_OK is accepted.
+    assert.equal(r.transport.device.ackedFeatures(), 0n);
   });
 
   it("refuses FEATURES_OK when the driver set bits in feature pages past 63", () => {
@@ -415,6 +423,8 @@ describe("MmioTransport feature negotiation", () => {
     wr(r, R.Status, ACK);
     wr(r, R.Status, ACK | DRV);
     r.driver.writeDriverFeatures(featureBit(VIRTIO_F_VERSION_1) | 1n);
+    // A legacy driver has no FEATURES_OK: its features take effect at DRIVER_OK.
+    wr(r, R.Status, ACK | DRV | DOK);
     assert.equal(r.transport.device.ackedFeatures(), 1n);
   });
 });
@@ -727,29 +737,45 @@ describe("MmioTransport shared memory registers", () => {
   });
 
   it("report the length and guest base of the selected region", () => {
+    const base = 0x4_0000_2000;
     const shm = new VirtioSharedMemoryList({
-      guestAddr: 0x4_0000_0000,
-      len: 0x3_0000_0000,
-      regions: [
-        { id: 0, offset: 0, len: 0x1000 },
-        { id: 3, offset: 0x1_0000_0000, len: 0x2_0000_0000 },
-      ],
+      hostAddr: 0n,
+      guestAddr: base,
+      len: 0x3000,
+      kvmUserspaceMemoryRegionSlot: 1,
+      regionList: [{ offset: 0, len: 0x1000 }, { offset: 0x2000, len: 0x1000 }],
+      mmapRegion: new GuestRegion({ base, buffer: new ArrayBuffer(0x3000) }),
     });
-    const r = rig({ device: new TestDevice(shm) });
+    const r = rig({ shmRegions: shm });
     wr(r, R.ShmSel, 0);
     assert.equal(rd(r, R.ShmLenLow), 0x1000);
     assert.equal(rd(r, R.ShmLenHigh), 0);
-    assert.equal(rd(r, R.ShmBaseLow), 0);
+    assert.equal(rd(r, R.ShmBaseLow), 0x2000);
     assert.equal(rd(r, R.ShmBaseHigh), 4);
-    wr(r, R.ShmSel, 3);
-    assert.equal(rd(r, R.ShmLenLow), 0);
-    assert.equal(rd(r, R.ShmLenHigh), 2);
-    assert.equal(rd(r, R.ShmBaseLow), 0);
-    assert.equal(rd(r, R.ShmBaseHigh), 5);
     wr(r, R.ShmSel, 1);
+    assert.equal(rd(r, R.ShmLenLow), 0x1000);
+    assert.equal(rd(r, R.ShmLenHigh), 0);
+    assert.equal(rd(r, R.ShmBaseLow), 0x4000);
+    assert.equal(rd(r, R.ShmBaseHigh), 4);
+    wr(r, R.ShmSel, 2);
     assert.equal(rd(r, R.ShmLenLow), 0xffffffff);
     assert.equal(rd(r, R.ShmBaseHigh), 0xffffffff);
     assert.equal(r.errors.length, 0);
+  });
+
+  it("hand the window to the device on activation", () => {
+    const shm = new VirtioSharedMemoryList({
+      hostAddr: 0n,
+      guestAddr: 0x8000_0000,
+      len: 0x1000,
+      kvmUserspaceMemoryRegionSlot: 1,
+      regionList: [{ offset: 0, len: 0x1000 }],
+      mmapRegion: new GuestRegion({ base: 0x8000_0000, buffer: new ArrayBuffer(0x1000) }),
+    });
+    const device = new TestDevice();
+    const r = rig({ device, shmRegions: shm });
+    r.driver.init();
+    assert.equal(device.shmSeen, shm);
   });
 });
 
