@@ -413,12 +413,13 @@ export class FileBackend implements BlockBackend {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { MemoryBackend } from "./block.ts";
  * const disk = new MemoryBackend(4096);
  * disk.write([new Uint8Array([1, 2])], 512);
  * const out = new Uint8Array(2);
  * disk.read([out], 512);
- * if (out[1] !== 2) throw new Error("unreachable");
+ * assert.equal(out[1], 2);
  * ```
  */
 export class MemoryBackend implements BlockBackend {

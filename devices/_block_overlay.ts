@@ -123,6 +123,7 @@ export interface OverlayOptions {
  *
  * @example In memory
  * ```ts
+ * import assert from "node:assert/strict";
  * import { MemoryBackend, OverlayBackend, overlayLayout } from "./block.ts";
  * const base = new MemoryBackend(new Uint8Array(1 << 20).fill(1), { readOnly: true });
  * const store = new MemoryBackend(overlayLayout(base.size).storeSize);
@@ -130,7 +131,7 @@ export interface OverlayOptions {
  * disk.write([new Uint8Array(512).fill(2)], 4096);
  * const out = new Uint8Array(1024);
  * disk.read([out], 3584);
- * if (out[0] !== 1 || out[512] !== 2 || base.bytes[4096] !== 1) throw new Error("unreachable");
+ * assert.deepEqual([out[0], out[512], base.bytes[4096]], [1, 2, 1]);
  * ```
  */
 export class OverlayBackend implements BlockBackend {

@@ -62,9 +62,11 @@ export const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { blockRequestHeader, VIRTIO_BLK_T_IN } from "./block.ts";
  * const h = blockRequestHeader(VIRTIO_BLK_T_IN, 8);
- * if (h.length !== 16 || h[8] !== 8) throw new Error("unreachable");
+ * assert.equal(h.length, 16);
+ * assert.equal(h[8], 8);
  * ```
  */
 export function blockRequestHeader(type: number, sector: number | bigint = 0): Uint8Array {
@@ -234,6 +236,7 @@ function rangeProblem(
  *
  * @example Refuse a read past the end of the disk
  * ```ts
+ * import assert from "node:assert/strict";
  * import { GuestMemory } from "../memory/guest_memory.ts";
  * import { SplitQueue } from "../queue/split.ts";
  * import { DriverQueue } from "../testing/queue_driver.ts";
@@ -250,7 +253,8 @@ function rangeProblem(
  *   discard: false, maxDiscardSegments: 0, maxDiscardSectors: 0,
  *   writeZeroes: false, maxWriteZeroesSegments: 0, maxWriteZeroesSectors: 0,
  * });
- * if (req.ok || req.status !== VIRTIO_BLK_S_IOERR) throw new Error("unreachable");
+ * assert.equal(req.ok, false);
+ * assert.equal(req.ok ? 0 : req.status, VIRTIO_BLK_S_IOERR);
  * ```
  */
 export function parseRequest(chain: DescriptorChain, limits: BlockRequestLimits): ParsedRequest {

@@ -249,6 +249,7 @@ function u32Option(name: string, value: number | undefined, fallback: number): n
  *
  * @example Read a sector through the driver harness
  * ```ts
+ * import assert from "node:assert/strict";
  * import { GuestMemory } from "../memory/guest_memory.ts";
  * import { SplitQueue } from "../queue/split.ts";
  * import { DriverQueue } from "../testing/queue_driver.ts";
@@ -272,9 +273,9 @@ function u32Option(name: string, value: number | undefined, fallback: number): n
  * driver.addChain([{ readable: header }, { writable: 512 }, { writable: 1 }]);
  * blk.processQueue(0);
  * const used = driver.takeUsed()!;
- * if (used.len !== 513 || used.written[0] !== 7 || used.written[512] !== 0) {
- *   throw new Error("unreachable");
- * }
+ * assert.equal(used.len, 513);
+ * assert.equal(used.written[0], 7);
+ * assert.equal(used.written[512], 0);
  * ```
  */
 export class BlockDevice extends VirtioDeviceBase {

@@ -100,11 +100,13 @@ class StatusNotifier implements InterruptNotifier {
  * @returns The notifier.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createDeviceNotifier, InterruptStatus, VIRTIO_INTR_CONFIG } from "./device.ts";
  * const status = new InterruptStatus();
  * let raised = 0;
  * createDeviceNotifier(() => raised++, status).notify();
- * if (status.value !== VIRTIO_INTR_CONFIG || raised !== 1) throw new Error("unreachable");
+ * assert.equal(status.value, VIRTIO_INTR_CONFIG);
+ * assert.equal(raised, 1);
  * ```
  */
 export function createDeviceNotifier(

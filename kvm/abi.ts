@@ -28,8 +28,9 @@ export const IOC_READ = 2;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { _IOC, IOC_NONE } from "./abi.ts";
- * if (_IOC(IOC_NONE, 0xae, 0x80, 0) !== 0xae80) throw new Error("unreachable");
+ * assert.equal(_IOC(IOC_NONE, 0xae, 0x80, 0), 0xae80);
  * ```
  *
  * @param dir Direction bits: {@link IOC_NONE}, {@link IOC_READ}, {@link IOC_WRITE} or both.

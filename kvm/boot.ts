@@ -199,13 +199,12 @@ function dv(b: Uint8Array): DataView {
  *
  * @example Reject something that is not a kernel
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BootError, parseBzImage } from "./boot.ts";
- * try {
- *   parseBzImage(new Uint8Array(4096));
- *   throw new Error("unreachable");
- * } catch (e) {
- *   if (!(e instanceof BootError) || e.code !== "BadMagic") throw e;
- * }
+ * assert.throws(
+ *   () => parseBzImage(new Uint8Array(4096)),
+ *   (e) => e instanceof BootError && e.code === "BadMagic",
+ * );
  * ```
  *
  * @param image The whole bzImage file.

@@ -69,13 +69,15 @@ export interface Serial8250Options {
  *
  * @example Linux-style probe and a transmitted byte
  * ```ts
+ * import assert from "node:assert/strict";
  * import { Serial8250 } from "./serial.ts";
  * const out: number[] = [];
  * const uart = new Serial8250({ output: (b) => out.push(b) });
  * uart.write(7, 0xa5);
  * if (uart.read(7) !== 0xa5) throw new Error("scratch register");
  * uart.write(0, 0x41);
- * if (out[0] !== 0x41 || (uart.read(5) & 0x60) !== 0x60) throw new Error("unreachable");
+ * assert.equal(out[0], 0x41);
+ * assert.equal(uart.read(5) & 0x60, 0x60);
  * ```
  */
 export class Serial8250 {

@@ -117,10 +117,11 @@ export class GuestRegion {
  *
  * @example Read and write little-endian values
  * ```ts
+ * import assert from "node:assert/strict";
  * import { GuestMemory } from "./guest_memory.ts";
  * const mem = GuestMemory.create(0x10000);
  * mem.writeU32(0x100, 0xdeadbeef);
- * if (mem.readU32(0x100) !== 0xdeadbeef) throw new Error("unreachable");
+ * assert.equal(mem.readU32(0x100), 0xdeadbeef);
  * ```
  */
 export class GuestMemory {

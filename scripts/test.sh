@@ -18,5 +18,6 @@ echo "== deno publish --dry-run"
 echo "== unit tests (bun)"
 "$BUN" test --timeout 60000 $(bun_test_dirs)
 
-echo "== all tests (deno; includes the real-guest tests)"
-"$DENO" test --allow-all tests/
+echo "== all tests (deno; includes the real-guest tests and every runnable doc example)"
+# --doc runs the @example blocks of the product modules (those not marked `ignore`).
+"$DENO" test --allow-all --doc tests/ $(git ls-files '*.ts' | grep -Ev '^(tests|bench|demo)/')

@@ -237,6 +237,7 @@ function vectored(write: boolean, fd: number, bufs: readonly Uint8Array[], offse
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { close, ftruncate, memfdCreate, mmapFd, preadv, pwritev } from "./mod.ts";
  * const fd = memfdCreate("disk");
  * ftruncate(fd, 8192);
@@ -245,7 +246,8 @@ function vectored(write: boolean, fd: number, bufs: readonly Uint8Array[], offse
  * bytes.fill(7, 0, 512);
  * pwritev(fd, [bytes.subarray(0, 256), bytes.subarray(256, 512)], 4096);
  * const out = new Uint8Array(m.buffer, 1024, 512);
- * if (preadv(fd, [out], 4096) !== 512 || out[511] !== 7) throw new Error("unreachable");
+ * assert.equal(preadv(fd, [out], 4096), 512);
+ * assert.equal(out[511], 7);
  * m.unmap();
  * close(fd);
  * ```

@@ -77,6 +77,7 @@ interface Outstanding {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { GuestMemory } from "../memory/guest_memory.ts";
  * import { SplitQueue } from "../queue/split.ts";
  * import { DriverQueue } from "./queue_driver.ts";
@@ -89,7 +90,8 @@ interface Outstanding {
  * chain.writer.write(new Uint8Array([9, 9]));
  * queue.addUsed(mem, chain.head, 2);
  * const used = driver.takeUsed()!;
- * if (used.len !== 2 || used.written[0] !== 9) throw new Error("unreachable");
+ * assert.equal(used.len, 2);
+ * assert.equal(used.written[0], 9);
  * ```
  */
 export class DriverQueue {

@@ -122,11 +122,12 @@ export interface MmioTransportOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { GuestMemory } from "../memory/guest_memory.ts";
  * import { RngDevice } from "../devices/rng.ts";
  * import { MmioTransport, MmioRegister } from "./mmio.ts";
  * const t = new MmioTransport(new RngDevice(), GuestMemory.create(1 << 20));
- * if (t.readU32(MmioRegister.DeviceId) !== 4) throw new Error("unreachable");
+ * assert.equal(t.readU32(MmioRegister.DeviceId), 4);
  * ```
  */
 export class MmioTransport {
