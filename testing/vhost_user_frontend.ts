@@ -45,6 +45,7 @@ import {
   SOCK_CLOEXEC,
   SOCK_STREAM,
   socket,
+  socketpair,
   SysError,
   waitReady,
 } from "../sys/mod.ts";
@@ -97,7 +98,8 @@ export const DEFAULT_TIMEOUT_MS = 10000;
 
 /** Protocol features {@linkcode VhostUserFrontend.start} asks for by default. */
 export const FRONTEND_PROTOCOL_FEATURES: bigint = featureBit(ProtocolFeature.MQ) |
-  featureBit(ProtocolFeature.REPLY_ACK) | featureBit(ProtocolFeature.CONFIG);
+  featureBit(ProtocolFeature.REPLY_ACK) | featureBit(ProtocolFeature.CONFIG) |
+  featureBit(ProtocolFeature.BACKEND_REQ);
 
 /** Requests whose reply is part of the protocol (not a REPLY_ACK). */
 const HAS_REPLY: ReadonlySet<number> = new Set([
@@ -380,6 +382,8 @@ export class VhostUserFrontend {
   #features = 0n;
   #protocolFeatures = 0n;
   #rings = new Map<number, FrontendRing>();
+  #backendReq = -1;
+  #backendReader = new MessageReader();
   #slots = new Map<number, RingSlot>();
   #nextSlot = FIRST_RING;
 
@@ -866,6 +870,61 @@ export class VhostUserFrontend {
   }
 
   /**
+   * SET_BACKEND_REQ_FD: give the backend one end of a new socket pair for the messages it
+   * sends on its own (configuration changes); read them with
+   * {@linkcode VhostUserFrontend.nextBackendMessage}.
+   */
+  async setBackendReqFd(): Promise<void> {
+    const [mine, theirs] = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+    try {
+      setNonBlocking(mine);
+      await this.#command(Request.SET_BACKEND_REQ_FD, new Uint8Array(0), [theirs]);
+    } catch (err) {
+      closeFd(mine);
+      throw err;
+    } finally {
+      closeFd(theirs);
+    }
+    if (this.#backendReq >= 0) closeFd(this.#backendReq);
+    this.#backendReq = mine;
+    this.#backendReader = new MessageReader();
+  }
+
+  /**
+   * The next message the backend sent on the backend request channel.
+   * @param timeoutMs How long to wait.
+   * @returns The message, or `null` on timeout.
+   * @throws {RangeError} When no channel was set up.
+   */
+  async nextBackendMessage(timeoutMs: number): Promise<Message | null> {
+    const fd = this.#backendReq;
+    if (fd < 0) throw new RangeError("No backend request channel (SET_BACKEND_REQ_FD)");
+    const reader = this.#backendReader;
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const msg = reader.next();
+      if (msg !== null) return msg;
+      let got;
+      try {
+        got = recvmsg(fd, reader.space(), 4, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+      } catch (err) {
+        if (!(err instanceof SysError && err.errno === Errno.EAGAIN)) throw err;
+        const left = deadline - performance.now();
+        if (left <= 0) return null;
+        const ready = await withTimeout(
+          left,
+          (signal) => waitReady(fd, POLLIN, { signal }).then(() => {}),
+          { signal: this.#closing.signal, reason: () => new VhostUserError("Io", "closed") },
+        );
+        if (!ready) return null;
+        continue;
+      }
+      if (got.bytes === 0) return null;
+      reader.commit(got.bytes, got.fds);
+    }
+  }
+
+  /**
    * SET_VRING_ENABLE.
    * @param index Ring index.
    * @param enable Enable or disable.
@@ -955,6 +1014,8 @@ export class VhostUserFrontend {
       protocolFeatures = offeredProtocol &
         (options.protocolFeatures ?? FRONTEND_PROTOCOL_FEATURES);
       await this.setProtocolFeatures(protocolFeatures);
+      // As QEMU does: the backend request channel right after the protocol features.
+      if (this.#has(ProtocolFeature.BACKEND_REQ)) await this.setBackendReqFd();
     }
     let queueNum: number | undefined;
     if (this.#has(ProtocolFeature.MQ)) queueNum = await this.getQueueNum();
@@ -993,6 +1054,8 @@ export class VhostUserFrontend {
       ring.call.close();
     }
     this.#rings.clear();
+    if (this.#backendReq >= 0) closeFd(this.#backendReq);
+    this.#backendReq = -1;
     if (this.#fd >= 0) closeFd(this.#fd);
     this.#fd = -1;
     this.#freeMemory();

@@ -44,6 +44,7 @@ import {
 } from "../sys/mod.ts";
 import { existsSync, lstatSync, unlinkSync } from "node:fs";
 import {
+  BackendRequest,
   encode,
   FLAG_NEED_REPLY,
   FLAG_REPLY,
@@ -62,10 +63,13 @@ import {
   vringStatePayload,
 } from "./protocol.ts";
 
-/** Protocol features this backend offers (CONFIG only for devices with a config space). */
+/**
+ * Protocol features this backend offers. CONFIG and BACKEND_REQ (the channel that carries
+ * configuration-change notifications) only for devices with a config space.
+ */
 export const BACKEND_PROTOCOL_FEATURES: bigint = featureBit(ProtocolFeature.MQ) |
   featureBit(ProtocolFeature.REPLY_ACK) | featureBit(ProtocolFeature.CONFIG) |
-  featureBit(ProtocolFeature.RESET_DEVICE);
+  featureBit(ProtocolFeature.BACKEND_REQ) | featureBit(ProtocolFeature.RESET_DEVICE);
 
 /** Options of {@linkcode VhostUserBackend}. */
 export interface VhostUserBackendOptions {
@@ -140,6 +144,7 @@ export class VhostUserBackend {
   #connWatch: Watch | undefined;
   #reader = new MessageReader();
   #owner = false;
+  #backendReq = -1;
   #features = 0n;
   #protocolFeatures = 0n;
   #regions: MappedRegion[] = [];
@@ -171,8 +176,8 @@ export class VhostUserBackend {
     this.#pollMs = pollUs / 1000;
     this.core = new TransportCore(device, {
       queueNotifier: (i) => createQueueNotifier(() => this.#rings[i].call?.write(1n)),
-      // Config-change notifications need the backend request channel, which is not offered.
-      configNotifier: createDeviceNotifier(() => {}),
+      // Configuration changes reach the frontend on the backend request channel, if it set one.
+      configNotifier: createDeviceNotifier(() => this.#configChanged()),
       // Rings start one at a time: the device activates once those it needs are there.
       deferIncompleteActivation: true,
       onError: (err) => this.#onError(err),
@@ -189,9 +194,8 @@ export class VhostUserBackend {
     } catch {
       hasConfig = false;
     }
-    this.#offeredProtocol = hasConfig
-      ? BACKEND_PROTOCOL_FEATURES
-      : BACKEND_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
+    this.#offeredProtocol = hasConfig ? BACKEND_PROTOCOL_FEATURES : BACKEND_PROTOCOL_FEATURES &
+      ~(featureBit(ProtocolFeature.CONFIG) | featureBit(ProtocolFeature.BACKEND_REQ));
     this.closed = new Promise((resolve) => (this.#closedResolve = resolve));
   }
 
@@ -503,6 +507,20 @@ export class VhostUserBackend {
         else this.#stopRing(index);
         return undefined;
       }
+      case R.SET_BACKEND_REQ_FD: {
+        // QEMU sends it right after the protocol features, before SET_OWNER.
+        if (!this.#hasProtocol(ProtocolFeature.BACKEND_REQ)) {
+          throw new VhostUserError("OutOfOrder", "BACKEND_REQ was not negotiated", rq);
+        }
+        if (msg.fds.length !== 1) {
+          throw new VhostUserError("Malformed", `expected 1 fd, got ${msg.fds.length}`, rq);
+        }
+        this.#closeBackendReq();
+        const fd = msg.fds.shift()!;
+        setNonBlocking(fd);
+        this.#backendReq = fd;
+        return undefined;
+      }
       case R.GET_CONFIG: {
         const c = Payload.config(msg);
         const data = new Uint8Array(c.size);
@@ -546,6 +564,33 @@ export class VhostUserBackend {
     }
     core.setStatus(base | DEVICE_FEATURES_OK | DEVICE_DRIVER_OK);
     for (let i = 0; i < this.#rings.length; i++) this.#maybeStart(i);
+  }
+
+  // virtio 1.2 §2.5.1 over vhost-user: CONFIG_CHANGE_MSG tells the frontend to read the
+  // configuration space again (GET_CONFIG) and interrupt the driver. No reply is asked for:
+  // the frontend answers by sending GET_CONFIG on the main channel, which this event loop
+  // serves. A frontend that does not read the channel loses the message once the socket
+  // buffer is full: each message asks for a full re-read, so the latest one is what counts.
+  #configChanged(): void {
+    const fd = this.#backendReq;
+    if (fd < 0 || !this.#hasProtocol(ProtocolFeature.CONFIG)) return;
+    try {
+      sendAll(fd, encode(BackendRequest.CONFIG_CHANGE_MSG, VERSION, new Uint8Array(0)));
+    } catch (err) {
+      this.#onError(
+        new VhostUserError("Io", `config change not sent: ${asError(err).message}`, 0, {
+          cause: err,
+        }),
+      );
+    }
+  }
+
+  #closeBackendReq(): void {
+    if (this.#backendReq < 0) return;
+    try {
+      close(this.#backendReq);
+    } catch { /* already closed */ }
+    this.#backendReq = -1;
   }
 
   #configAccess(fn: () => void, request: number): void {
@@ -716,6 +761,7 @@ export class VhostUserBackend {
     }
     this.#features = 0n;
     this.#protocolFeatures = 0n;
+    this.#closeBackendReq();
   }
 
   #disconnect(reason: string): void {

@@ -63,6 +63,13 @@ export const Request = {
   GET_STATUS: 40,
 } as const;
 
+/** Messages the backend sends on the backend request channel (SET_BACKEND_REQ_FD). */
+export const BackendRequest = {
+  IOTLB_MSG: 1,
+  CONFIG_CHANGE_MSG: 2,
+  VRING_HOST_NOTIFIER_MSG: 3,
+} as const;
+
 /** Name of a request code, for messages and logs. */
 export function requestName(code: number): string {
   for (const [name, value] of Object.entries(Request)) if (value === code) return name;

@@ -14,6 +14,7 @@ import {
   VIRTIO_BLK_T_OUT,
 } from "../../devices/block.ts";
 import { T, withBackend } from "./_harness.ts";
+import { BackendRequest, ProtocolFeature, VhostUserError } from "../../vhost_user/protocol.ts";
 import type { VhostUserFrontend } from "../../testing/vhost_user_frontend.ts";
 
 /** Write one sector through ring 0 and wait for its completion; returns the status byte. */
@@ -90,6 +91,39 @@ describe("vhost-user ring restart", () => {
       await fe.setFeatures(features & ~(1n << 29n)); // without VIRTIO_F_EVENT_IDX
       assert.deepEqual(await fe.getConfig(BlockConfigOffset.writeback, 1), new Uint8Array([1]));
       assert.deepEqual(h.errors, []);
+    });
+  });
+});
+
+describe("vhost-user backend request channel", () => {
+  it("a capacity change reaches the frontend as CONFIG_CHANGE_MSG", T, async () => {
+    const disk = new MemoryBackend(1 << 20);
+    const blk = new BlockDevice({ backend: disk });
+    await withBackend(blk, async (h) => {
+      const fe = await h.connect();
+      const { protocolFeatures } = await fe.start();
+      assert.notEqual(protocolFeatures & (1n << BigInt(ProtocolFeature.BACKEND_REQ)), 0n);
+      assert.equal(await fe.nextBackendMessage(50), null, "nothing before a change");
+      // The image grows under the device (a resize on the host).
+      Object.defineProperty(disk, "size", { value: 2 << 20 });
+      blk.updateCapacity();
+      const msg = await fe.nextBackendMessage(5000);
+      assert.equal(msg?.request, BackendRequest.CONFIG_CHANGE_MSG);
+      // The frontend then reads the new capacity.
+      const cap = new DataView((await fe.getConfig(BlockConfigOffset.capacity, 8)).buffer);
+      assert.equal(cap.getUint32(0, true), (2 << 20) / 512);
+      assert.deepEqual(h.errors, []);
+    });
+  });
+
+  it("a backend request channel needs BACKEND_REQ", T, async () => {
+    const blk = new BlockDevice({ backend: new MemoryBackend(1 << 20) });
+    await withBackend(blk, async (h) => {
+      const fe = await h.connect();
+      await fe.start({ protocolFeatures: 0n });
+      await fe.setBackendReqFd();
+      assert.equal(await fe.waitDisconnect(5000), true);
+      assert.equal((h.errors[0] as VhostUserError).code, "OutOfOrder");
     });
   });
 });
