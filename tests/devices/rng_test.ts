@@ -29,9 +29,15 @@ interface Rig {
 }
 
 function rig(
-  options: { version?: 1 | 2; features?: bigint; queueSize?: number; rng?: RngOptions } = {},
+  options: {
+    version?: 1 | 2;
+    features?: bigint;
+    queueSize?: number;
+    rng?: RngOptions;
+    memory?: GuestMemory;
+  } = {},
 ): Rig {
-  const mem = GuestMemory.create(4 << 20);
+  const mem = options.memory ?? GuestMemory.create(4 << 20);
   const rngErrors: VirtioError[] = [];
   const rng = new RngDevice({ onError: (e) => rngErrors.push(e), ...options.rng });
   const errors: MmioError[] = [];
@@ -274,4 +280,40 @@ describe("RngDevice", () => {
     for (let i = 0; i < 50; i++) assertNotConstant(request(r, [{ writable: 32 }]));
     assert.equal(r.rng.requestsServed, 50);
   });
+});
+
+describe("RngDevice on guest memory of adjacent regions", () => {
+  // [0, 1 MiB), one page, then the rest: a frontend may describe guest RAM as several regions.
+  const EDGE = 1 << 20;
+  const PAGE = 0x1000;
+  const memory = () =>
+    new GuestMemory([
+      { base: 0, buffer: new ArrayBuffer(EDGE) },
+      { base: EDGE, buffer: new ArrayBuffer(PAGE) },
+      { base: EDGE + PAGE, buffer: new ArrayBuffer(3 * EDGE - PAGE) },
+    ]);
+
+  for (const indirect of [false, true]) {
+    const how = indirect ? ", through an indirect table that straddles one too" : "";
+    it(`fills a buffer spanning three regions, every byte${how}`, () => {
+      let counter = 0;
+      const r = rig({
+        memory: memory(),
+        rng: {
+          source: (buf) => {
+            for (let i = 0; i < buf.length; i++) buf[i] = (counter++ % 251) + 1;
+          },
+        },
+      });
+      const head = r.queue.addChain([{ writable: 100 }, { writable: 8192, at: EDGE - 3000 }], {
+        indirectAt: indirect ? EDGE - 24 : undefined,
+      });
+      r.driver.kick(0, true);
+      const used = r.queue.takeUsed()!;
+      assert.equal(used.id, head);
+      assert.equal(used.len, 8292);
+      assert.ok(used.written.every((b, i) => b === (i % 251) + 1), "every byte, in order");
+      assert.deepEqual(r.rngErrors, []);
+    });
+  }
 });
