@@ -1316,3 +1316,259 @@ describe("BlockDevice on guest memory of adjacent regions", () => {
     }
   });
 });
+
+// ---------------------------------------------------------------------------
+// The used length (virtio 1.2 §2.7.8.2): the device must have written at least `len` bytes,
+// counted from the start of the chain's writable part, and may write more. So `len` may never
+// claim a byte the device did not write, and should not fall short of the bytes it wrote from
+// the start either: it is the longest prefix of the writable part that was written.
+//
+// What was written is found without instrumenting the device: each request runs twice, on
+// fresh devices, with its writable buffers pre-filled with 0x00 and then with 0xff. The device
+// writes the same value to the same byte in both runs (same disk, same request), and a value
+// cannot equal both canaries, so a byte was written exactly when it differs from its canary in
+// at least one run, including bytes rewritten with the value they already held in one run.
+// From that set the test checks: `len` is its longest prefix, and beyond `len` only the
+// status byte was written (it follows the data, so after untouched data it cannot be counted),
+// or data a failed read may have left (`mayWriteData`).
+
+/** A read whose backend fills the first half of the views, then fails. */
+class HalfReadBackend extends MemoryBackend {
+  override read(bufs: readonly Uint8Array[], offset: number): void {
+    super.read(bufs.slice(0, Math.ceil(bufs.length / 2)), offset);
+    throw new Error("injected failure midway through a read");
+  }
+}
+
+interface UsedLengthCase {
+  name: string;
+  /** Device-readable buffers, then writable buffers given by their length. */
+  buffers: DriverBuffer[];
+  backend?: () => BlockBackend;
+  options?: Partial<BlockOptions>;
+  /** Fail this backend call. */
+  fail?: "read" | "write" | "flush" | "discard";
+  /** The used length expected. */
+  len: number;
+  /** The status expected in the last writable byte, when there is one. */
+  status?: number;
+  /** A failed read may leave data bytes written beyond `len`. */
+  mayWriteData?: boolean;
+}
+
+const W = (n: number): DriverBuffer => ({ writable: n });
+const R = (b: Uint8Array): DriverBuffer => ({ readable: b });
+const OK = VIRTIO_BLK_S_OK;
+const IOERR = VIRTIO_BLK_S_IOERR;
+const UNSUPP = VIRTIO_BLK_S_UNSUPP;
+
+const USED_LENGTH_CASES: UsedLengthCase[] = [
+  // IN: data then status, every byte written.
+  { name: "IN of one sector", buffers: [R(hdr(0, 1)), W(512), W(1)], len: 513, status: OK },
+  {
+    name: "IN across segments, status sharing the last one",
+    buffers: [R(hdr(0, 2)), W(1024), W(512), W(513)],
+    len: 2049,
+    status: OK,
+  },
+  { name: "IN of no data", buffers: [R(hdr(0, 2)), W(1)], len: 1, status: OK },
+  { name: "IN past the capacity", buffers: [R(hdr(0, 63)), W(1024), W(1)], len: 0, status: IOERR },
+  { name: "IN of a partial sector", buffers: [R(hdr(0, 1)), W(100), W(1)], len: 0, status: IOERR },
+  {
+    name: "IN with device-readable data",
+    buffers: [R(hdr(0, 1)), R(new Uint8Array(512)), W(512), W(1)],
+    len: 0,
+    status: IOERR,
+  },
+  {
+    name: "IN failing before any data",
+    buffers: [R(hdr(0, 1)), W(512), W(1)],
+    fail: "read",
+    len: 0,
+    status: IOERR,
+  },
+  {
+    name: "IN failing midway",
+    buffers: [R(hdr(0, 1)), W(512), W(512), W(512), W(512), W(1)],
+    backend: () => new HalfReadBackend(64 * 512),
+    len: 0,
+    status: IOERR,
+    mayWriteData: true,
+  },
+  // OUT: only the status byte is written.
+  { name: "OUT", buffers: [R(hdr(1, 1)), R(randomBytes(512, 1)), W(1)], len: 1, status: OK },
+  {
+    name: "OUT with a device-writable data buffer",
+    buffers: [R(hdr(1, 1)), W(512), W(1)],
+    len: 0,
+    status: IOERR,
+  },
+  {
+    name: "OUT failing",
+    buffers: [R(hdr(1, 1)), R(randomBytes(512, 1)), W(1)],
+    fail: "write",
+    len: 1,
+    status: IOERR,
+  },
+  {
+    name: "OUT to a read-only disk",
+    buffers: [R(hdr(1, 1)), R(randomBytes(512, 1)), W(1)],
+    options: { readOnly: true },
+    len: 1,
+    status: IOERR,
+  },
+  // FLUSH: only the status byte, whatever room the driver gave.
+  { name: "FLUSH", buffers: [R(hdr(VIRTIO_BLK_T_FLUSH)), W(1)], len: 1, status: OK },
+  {
+    name: "FLUSH with a device-writable data buffer",
+    buffers: [R(hdr(VIRTIO_BLK_T_FLUSH)), W(512), W(1)],
+    len: 0,
+    status: OK,
+  },
+  {
+    name: "FLUSH with device-readable data",
+    buffers: [R(hdr(VIRTIO_BLK_T_FLUSH)), R(new Uint8Array(512)), W(1)],
+    len: 1,
+    status: OK,
+  },
+  {
+    name: "FLUSH failing",
+    buffers: [R(hdr(VIRTIO_BLK_T_FLUSH)), W(1)],
+    fail: "flush",
+    len: 1,
+    status: IOERR,
+  },
+  // GET_ID: the ID, NUL-padded to the room given, then the status.
+  { name: "GET_ID", buffers: [R(hdr(VIRTIO_BLK_T_GET_ID)), W(20), W(1)], len: 21, status: OK },
+  {
+    name: "GET_ID with less room than the ID",
+    buffers: [R(hdr(VIRTIO_BLK_T_GET_ID)), W(8), W(1)],
+    len: 9,
+    status: OK,
+  },
+  {
+    name: "GET_ID with more room than the ID",
+    buffers: [R(hdr(VIRTIO_BLK_T_GET_ID)), W(64), W(1)],
+    len: 65,
+    status: OK,
+  },
+  {
+    name: "GET_ID without room",
+    buffers: [R(hdr(VIRTIO_BLK_T_GET_ID)), W(1)],
+    len: 1,
+    status: IOERR,
+  },
+  // DISCARD and WRITE_ZEROES: only the status byte.
+  {
+    name: "DISCARD",
+    buffers: [R(hdr(VIRTIO_BLK_T_DISCARD)), R(segment(8, 8)), W(1)],
+    len: 1,
+    status: OK,
+  },
+  {
+    name: "DISCARD failing",
+    buffers: [R(hdr(VIRTIO_BLK_T_DISCARD)), R(segment(8, 8)), W(1)],
+    fail: "discard",
+    len: 1,
+    status: IOERR,
+  },
+  {
+    name: "DISCARD not negotiated",
+    buffers: [R(hdr(VIRTIO_BLK_T_DISCARD)), R(segment(8, 8)), W(1)],
+    options: { discard: false },
+    len: 1,
+    status: UNSUPP,
+  },
+  {
+    name: "DISCARD with a device-writable data buffer",
+    buffers: [R(hdr(VIRTIO_BLK_T_DISCARD)), R(segment(8, 8)), W(16), W(1)],
+    len: 0,
+    status: IOERR,
+  },
+  {
+    name: "WRITE_ZEROES with UNMAP",
+    buffers: [
+      R(hdr(VIRTIO_BLK_T_WRITE_ZEROES)),
+      R(segment(8, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)),
+      W(1),
+    ],
+    len: 1,
+    status: OK,
+  },
+  {
+    name: "WRITE_ZEROES past the capacity",
+    buffers: [R(hdr(VIRTIO_BLK_T_WRITE_ZEROES)), R(segment(60, 8)), W(1)],
+    len: 1,
+    status: IOERR,
+  },
+  // Types the device does not serve, and chains it cannot answer.
+  { name: "an unknown type", buffers: [R(hdr(99)), W(1)], len: 1, status: UNSUPP },
+  {
+    name: "an unknown type with a device-writable data buffer",
+    buffers: [R(hdr(99)), W(4096), W(1)],
+    len: 0,
+    status: UNSUPP,
+  },
+  {
+    name: "GET_LIFETIME (unsupported) with room for its answer",
+    buffers: [R(hdr(10)), W(48), W(1)],
+    len: 0,
+    status: UNSUPP,
+  },
+  { name: "a short header", buffers: [R(new Uint8Array(8)), W(1)], len: 1, status: IOERR },
+  { name: "no device-writable byte", buffers: [R(hdr(0, 1)), R(new Uint8Array(512))], len: 0 },
+];
+
+/** Run `c` on a fresh device with its writable buffers pre-filled with `canary`. */
+function runWithCanary(c: UsedLengthCase, canary: number): UsedEntry {
+  const disk = c.backend?.() ?? new MemoryBackend(64 * 512);
+  for (let i = 0; i < disk.size; i += 512) {
+    disk.write([patternBytes(i, 512)], i);
+  }
+  const spy = new SpyBackend(disk);
+  spy.failNext = c.fail;
+  const rig = new Rig({ backend: spy, serial: "used-length", ...c.options });
+  const d = rig.drivers[0];
+  const buffers = c.buffers.map((b) => {
+    if (!("writable" in b)) return b;
+    const at = d.alloc(b.writable);
+    rig.mem.fill(at, b.writable, canary);
+    return { writable: b.writable, at };
+  });
+  const used = rig.submit(buffers);
+  assert.equal(spy.failNext, undefined, "the injected failure happened");
+  return used;
+}
+
+describe("BlockDevice used length", () => {
+  for (const c of USED_LENGTH_CASES) {
+    it(`is the written prefix of the writable part: ${c.name}`, () => {
+      const low = runWithCanary(c, 0x00);
+      const high = runWithCanary(c, 0xff);
+      const size = low.written.length;
+      const written = (i: number) => low.written[i] !== 0x00 || high.written[i] !== 0xff;
+      let prefix = 0;
+      while (prefix < size && written(prefix)) prefix++;
+      assert.equal(low.len, high.len);
+      assert.equal(low.len, c.len, "the used length");
+      if (c.mayWriteData) {
+        // The device cannot know how far a failed read got: the length may fall short (the
+        // note under virtio 1.2 §2.7.8.2), never claim more than was written.
+        assert.ok(low.len <= prefix, "the used length claims no unwritten byte");
+      } else {
+        assert.equal(low.len, prefix, "the used length is exactly the written prefix");
+      }
+      for (let i = prefix; i < size; i++) {
+        if (!written(i)) continue;
+        const isStatus = i === size - 1;
+        assert.ok(isStatus || c.mayWriteData, `byte ${i} written beyond the used length`);
+      }
+      if (c.status !== undefined) {
+        assert.ok(written(size - 1), "the status byte was written");
+        assert.equal(low.written[size - 1], c.status);
+      } else {
+        assert.equal(size, 0);
+      }
+    });
+  }
+});
