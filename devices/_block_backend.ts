@@ -13,6 +13,7 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   fallocate,
+  IOV_MAX,
   O_CLOEXEC,
   O_RDONLY,
   O_RDWR,
@@ -71,8 +72,6 @@ export interface BlockBackend {
   close(): void;
 }
 
-/** Linux's limit on iovecs per readv/writev call. */
-const IOV_MAX = 1024;
 /** Chunk size of the zero buffer used when zeroing without fallocate. */
 const ZERO_CHUNK = 1 << 20;
 let zeroes: Uint8Array | undefined;
@@ -149,7 +148,14 @@ const SYS_WRITE: Direction = {
   stalled: WRITE.stalled,
 };
 
-/** Transfer the whole of `bufs` at `offset`, retrying short transfers. */
+// The next IOV_MAX views of a longer list, reused by every call (I/O is synchronous).
+const ioWindow: Uint8Array[] = [];
+
+/**
+ * Transfer the whole of `bufs` at `offset`, retrying short transfers. Every view is its own
+ * iovec (a guest buffer that crosses from one memory region into the next arrives as one view
+ * per region, each in its own mapping); a list longer than IOV_MAX goes IOV_MAX views at a time.
+ */
 function transferFully(
   dir: Direction,
   fd: number,
@@ -170,7 +176,14 @@ function transferFully(
   while (i < bufs.length) {
     let n: number;
     if (skip === 0) {
-      n = dir.vec(fd, bufs.slice(i, i + IOV_MAX), pos);
+      const end = Math.min(bufs.length, i + IOV_MAX);
+      ioWindow.length = 0;
+      for (let j = i; j < end; j++) ioWindow.push(bufs[j]);
+      try {
+        n = dir.vec(fd, ioWindow, pos);
+      } finally {
+        ioWindow.length = 0;
+      }
     } else {
       const b = bufs[i];
       n = dir.one(fd, b, skip, b.length - skip, pos);

@@ -564,11 +564,14 @@ export class BlockDevice extends VirtioDeviceBase {
       this.#error(err);
       // No writable byte: nothing can be answered; return the chain empty.
       if (req.status === undefined) return 0;
-      return this.#complete(chain, req.status);
+      return this.#complete(chain, req.status, 0);
     }
     const backend = this.backend;
     const stats = this.stats;
     const views = this.#views;
+    // Data bytes written in front of the status byte: IN's data and GET_ID's ID once done;
+    // nothing for the other types, whatever writable room the driver gave them.
+    let dataWritten = 0;
     try {
       switch (req.type) {
         case VIRTIO_BLK_T_IN:
@@ -576,6 +579,7 @@ export class BlockDevice extends VirtioDeviceBase {
             backend.read(chain.writer.views(req.length, views), req.offset);
             views.length = 0;
           }
+          dataWritten = req.length;
           stats.reads++;
           stats.bytesRead += req.length;
           break;
@@ -598,6 +602,7 @@ export class BlockDevice extends VirtioDeviceBase {
           const n = Math.min(req.length, BLK_ID_BYTES);
           w.writeExact(this.#id.subarray(0, n));
           if (req.length > n) w.fill(req.length - n);
+          dataWritten = req.length;
           break;
         }
         case VIRTIO_BLK_T_DISCARD:
@@ -619,25 +624,36 @@ export class BlockDevice extends VirtioDeviceBase {
       this.#error(
         new VirtioError("IOError", `virtio-blk chain ${chain.head}: ${msg}`, { cause: err }),
       );
-      return this.#complete(chain, VIRTIO_BLK_S_IOERR);
+      // A read that failed midway may have filled part of the data, but how much is not known
+      // (the backend throws, it does not count): none of it is claimed. virtio 1.2 §2.7.8.2
+      // lets the used length fall short of what was written, never exceed it.
+      return this.#complete(chain, VIRTIO_BLK_S_IOERR, 0);
     }
-    return this.#complete(chain, VIRTIO_BLK_S_OK);
+    return this.#complete(chain, VIRTIO_BLK_S_OK, dataWritten);
   };
 
   /**
-   * Put the status in the last device-writable byte and work out the used
-   * length: every writable byte on success (data + status), else the status
-   * byte when it is the whole writable part, else 0 (virtio 1.2 §2.7.8.2:
-   * the used length never claims bytes the device did not write).
+   * Put the status in the last device-writable byte and return the used length.
+   *
+   * virtio 1.2 §2.7.8.2: the used length counts bytes written from the start
+   * of the chain's writable part, and the device may write beyond it. So it is
+   * every writable byte when the data in front of the status was all written
+   * (IN and GET_ID that succeeded, or a request whose writable part is only
+   * the status byte); otherwise the status byte follows bytes left untouched
+   * (a FLUSH given a writable data buffer, a refused or failed IN) and cannot
+   * be counted without claiming them, so the length is the data prefix written.
+   * @param chain The chain.
+   * @param status `VIRTIO_BLK_S_*`.
+   * @param dataWritten Bytes written from the start of the writable part, before the status.
+   * @returns The used length.
    */
-  #complete(chain: DescriptorChain, status: number): number {
+  #complete(chain: DescriptorChain, status: number, dataWritten: number): number {
     const w = chain.writer;
     const left = w.remaining;
     if (left > 1) w.skip(left - 1);
     w.writeU8(status);
     const total = chain.writableBytes;
-    if (status === VIRTIO_BLK_S_OK) return total;
-    return total === 1 ? 1 : 0;
+    return dataWritten === total - 1 ? total : dataWritten;
   }
 
   #error(err: VirtioError): void {

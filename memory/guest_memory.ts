@@ -128,6 +128,7 @@ export class GuestMemory {
   /** The regions, sorted by base address. */
   readonly regions: readonly GuestRegion[];
   #last: GuestRegion;
+  #lastIndex = 0;
 
   /**
    * Build an address space from regions.
@@ -178,13 +179,30 @@ export class GuestMemory {
   findRegion(addr: number): GuestRegion | undefined {
     const last = this.#last;
     if (addr >= last.base && addr < last.end) return last;
-    for (const r of this.regions) {
+    const i = this.findRegionIndex(addr);
+    return i < 0 ? undefined : this.regions[i];
+  }
+
+  /**
+   * The index in {@linkcode GuestMemory.regions} of the region holding `addr`.
+   * A range that runs on past that region's end continues in the region at
+   * the next index, but only where that one starts exactly at the end (no hole).
+   * @param addr A guest-physical address.
+   * @returns The index, or -1 when no region holds `addr`.
+   */
+  findRegionIndex(addr: number): number {
+    const regions = this.regions;
+    const last = this.#last;
+    if (addr >= last.base && addr < last.end) return this.#lastIndex;
+    for (let i = 0; i < regions.length; i++) {
+      const r = regions[i];
       if (addr >= r.base && addr < r.end) {
         this.#last = r;
-        return r;
+        this.#lastIndex = i;
+        return i;
       }
     }
-    return undefined;
+    return -1;
   }
 
   /**

@@ -12,6 +12,12 @@ import { QueueError } from "./error.ts";
  * lies inside guest memory, device-readable buffers come before
  * device-writable ones (virtio 1.2 §2.7.4.2), indirect tables are flattened.
  *
+ * The chain is held as *segments*: each non-empty buffer cut where guest
+ * memory regions meet. A buffer inside one region is one segment; a buffer
+ * that runs on into adjacent regions (a frontend may describe guest RAM as
+ * several) is one segment per region, so every segment can be viewed without
+ * a copy. `descriptorCount` still counts descriptors.
+ *
  * Read the driver's request with {@linkcode DescriptorChain.reader} and write the
  * reply with {@linkcode DescriptorChain.writer}; neither shows segment boundaries.
  */
@@ -28,7 +34,7 @@ export class DescriptorChain {
   writableBytes = 0;
   /** Number of descriptors followed, including indirect ones. */
   descriptorCount = 0;
-  /** Guest addresses of the segments, readable ones first. */
+  /** Guest addresses of the segments, readable ones first; each segment lies in one region. */
   readonly addrs: number[] = [];
   /** Lengths of the segments, in the order of `addrs`. */
   readonly lens: number[] = [];
@@ -45,7 +51,7 @@ export class DescriptorChain {
     this.head = head;
   }
 
-  /** Number of segments (non-empty buffers). */
+  /** Number of segments (non-empty buffers, cut at region boundaries). */
   get length(): number {
     return this.addrs.length;
   }
@@ -108,8 +114,9 @@ export abstract class ChainCursor {
   }
 
   /**
-   * Zero-copy views of the next `n` bytes (one per segment touched); the cursor
-   * advances past them. The views alias guest memory.
+   * Zero-copy views of the next `n` bytes, one per segment touched (so a
+   * buffer crossing into an adjacent region gives one view per region); the
+   * cursor advances past them. The views alias guest memory.
    * @param n Number of bytes; must not exceed `remaining`.
    * @param out Array the views are pushed to.
    * @returns `out`.

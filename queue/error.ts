@@ -24,6 +24,8 @@ export type QueueErrorCode =
   | "DescriptorOutOfBounds"
   /** The sum of buffer lengths exceeds 2^32 - 1. */
   | "ChainTooLarge"
+  /** The chain's buffers, split at guest memory region boundaries, make too many segments. */
+  | "TooManySegments"
   /** An indirect table length is zero or not a multiple of 16. */
   | "InvalidIndirectLength"
   /** An indirect descriptor inside an indirect table. */

@@ -28,6 +28,18 @@ export const MAX_QUEUE_SIZE = 32768;
 export const DESCRIPTOR_SIZE = 16;
 /** Most entries accepted in one indirect table. */
 export const MAX_INDIRECT_ENTRIES = 65536;
+/**
+ * Most segments one chain may have. A chain has at most a queue's worth of
+ * descriptors plus one full indirect table (just under 2^17); a buffer that
+ * crosses from one guest memory region into the next adds a segment per
+ * region it touches, and this bounds what a hostile memory table of many tiny
+ * regions can make the device hold for one chain.
+ */
+export const MAX_CHAIN_SEGMENTS = 1 << 17;
+
+// One descriptor copied out of an indirect table when it straddles two regions.
+const descScratch = new Uint8Array(DESCRIPTOR_SIZE);
+const descScratchView = new DataView(descScratch.buffer);
 
 /** Plain saved state of a split queue (for migration and vhost-user). */
 export interface SplitQueueState {
@@ -291,6 +303,11 @@ export class SplitQueue {
       return { region, offset };
     };
     // virtio 1.2 §2.7: descriptor table 16-aligned, driver area 2, device area 4.
+    // Each ring must lie inside one guest memory region, unlike the buffers and indirect tables
+    // a chain points to, which may run on into an adjacent region: the rings are resolved once
+    // here to a region and offset, and their 16-bit indices are accessed with Atomics on that
+    // region's Uint16Array, which cannot span two backing buffers. A driver allocates each ring
+    // as one block; one that crosses a region boundary is refused here, at activation, visibly.
     const d = area("descriptor table", this.descTable, DESCRIPTOR_SIZE * size, 16);
     const a = area("available ring", this.availRing, availRingSize(size), 2);
     const u = area("used ring", this.usedRing, usedRingSize(size), 4);
@@ -386,7 +403,9 @@ export class SplitQueue {
 
   #parse(mem: GuestMemory, head: number): DescriptorChain {
     const chain = new DescriptorChain(mem, head);
-    let table = this.#desc;
+    // The table descriptors are read from: a region and the table's offset in it, or, for an
+    // indirect table that crosses into an adjacent region, `undefined` and its guest address.
+    let table: GuestRegion | undefined = this.#desc;
     let base = this.#descOff;
     let entries = this.size;
     let ttl = this.size;
@@ -403,8 +422,24 @@ export class SplitQueue {
       }
       if (ttl-- === 0) bad("ChainTooLong", `more than ${entries} descriptors`);
       chain.descriptorCount++;
-      const off = base + DESCRIPTOR_SIZE * idx;
-      const view = table.view;
+      let view: DataView;
+      let off: number;
+      if (table !== undefined) {
+        view = table.view;
+        off = base + DESCRIPTOR_SIZE * idx;
+      } else {
+        const at = base + DESCRIPTOR_SIZE * idx;
+        const region = mem.regionOf(at, DESCRIPTOR_SIZE);
+        if (region !== undefined) {
+          view = region.view;
+          off = at - region.base;
+        } else {
+          // This descriptor itself straddles the boundary (the table was checked whole).
+          mem.read(at, descScratch);
+          view = descScratchView;
+          off = 0;
+        }
+      }
       const lo = view.getUint32(off, true);
       const hi = view.getUint32(off + 4, true);
       const len = view.getUint32(off + 8, true);
@@ -422,12 +457,20 @@ export class SplitQueue {
         }
         const n = len / DESCRIPTOR_SIZE;
         if (n > MAX_INDIRECT_ENTRIES) bad("InvalidIndirectLength", `${n} indirect entries`);
+        // An indirect table is ordinary driver memory (virtio 1.2 §2.7.5.3 puts no region rule
+        // on it), so one that runs on into an adjacent region is read descriptor by descriptor.
+        // Refusing it would fail valid requests at random, wherever the guest's allocator
+        // happened to put a table; a table over a hole is out of bounds.
         const region = mem.regionOf(addr, len);
-        if (region === undefined) {
+        if (region !== undefined) {
+          table = region;
+          base = addr - region.base;
+        } else if (mem.checkSpan(addr, len)) {
+          table = undefined;
+          base = addr;
+        } else {
           return bad("DescriptorOutOfBounds", `indirect table at 0x${addr.toString(16)} (+${len})`);
         }
-        table = region;
-        base = addr - region.base;
         entries = n;
         ttl = n;
         inIndirect = true;
@@ -438,22 +481,64 @@ export class SplitQueue {
       if (writable) sawWritable = true;
       else if (sawWritable) bad("ReadableAfterWritable", `descriptor ${idx}`);
       if (len > 0) {
-        if (!mem.checkRange(addr, len)) {
+        const pieces = this.#addBuffer(chain, mem, addr, len);
+        if (pieces === 0) {
           bad("DescriptorOutOfBounds", `buffer at 0x${addr.toString(16)} (+${len})`);
         }
+        if (pieces < 0) bad("TooManySegments", `more than ${MAX_CHAIN_SEGMENTS} segments`);
         total += len;
         if (total > 0xffffffff) bad("ChainTooLarge", "total length above 2^32 - 1");
-        chain.addrs.push(addr);
-        chain.lens.push(len);
         if (writable) chain.writableBytes += len;
         else {
-          chain.readableCount++;
+          chain.readableCount += pieces;
           chain.readableBytes += len;
         }
       }
       if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
       idx = next;
     }
+  }
+
+  /**
+   * Append buffer `[addr, addr + len)` (`len` > 0) to the chain as one segment per guest memory
+   * region it lies in: a buffer may run from one region into the next when they are adjacent
+   * (virtio 1.2 §2.7.5 knows nothing of regions; frontends split RAM into several), never
+   * across a hole. Allocates nothing beyond the chain's own arrays.
+   * @returns The number of segments added; 0 when a byte is not backed; -1 past the limit.
+   */
+  #addBuffer(chain: DescriptorChain, mem: GuestMemory, addr: number, len: number): number {
+    let i = mem.findRegionIndex(addr);
+    if (i < 0) return 0;
+    const regions = mem.regions;
+    let r = regions[i];
+    const addrs = chain.addrs;
+    const lens = chain.lens;
+    if (addrs.length >= MAX_CHAIN_SEGMENTS) return -1;
+    if (addr + len <= r.end) {
+      addrs.push(addr);
+      lens.push(len);
+      return 1;
+    }
+    // Check the whole span first, so a refused buffer adds nothing.
+    const end = addr + len;
+    let a = r.end;
+    let pieces = 1;
+    for (let j = i + 1; a < end; j++) {
+      const rj = regions[j];
+      if (rj === undefined || rj.base !== a) return 0;
+      a = rj.end;
+      pieces++;
+    }
+    if (addrs.length + pieces > MAX_CHAIN_SEGMENTS) return -1;
+    a = addr;
+    while (a < end) {
+      const n = Math.min(end, r.end) - a;
+      addrs.push(a);
+      lens.push(n);
+      a += n;
+      r = regions[++i];
+    }
+    return pieces;
   }
 
   /**

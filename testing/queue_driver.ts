@@ -20,12 +20,16 @@ import {
   VIRTQ_USED_F_NO_NOTIFY,
 } from "../queue/split.ts";
 
-/** One buffer of a chain the driver adds. */
+/**
+ * One buffer of a chain the driver adds. `at` places it at that guest address
+ * (for buffers that must straddle a region boundary, for instance) instead of
+ * allocating it from the buffer area.
+ */
 export type DriverBuffer =
   /** A device-readable buffer holding these bytes. */
-  | { readable: Uint8Array }
+  | { readable: Uint8Array; at?: number }
   /** A device-writable buffer of this many bytes. */
-  | { writable: number };
+  | { writable: number; at?: number };
 
 /** A raw descriptor as the driver writes it into a table. */
 export interface RawDescriptor {
@@ -119,6 +123,8 @@ export class DriverQueue {
   #lastUsed = 0;
   #outstanding = new Map<number, Outstanding>();
   #seed = 0x2545f491;
+  readonly #descBytes = new Uint8Array(DESCRIPTOR_SIZE);
+  readonly #descView = new DataView(this.#descBytes.buffer);
 
   /**
    * Lay out an empty queue in guest memory.
@@ -213,11 +219,13 @@ export class DriverQueue {
    * @param table Guest address of the table (default: the queue's own).
    */
   writeDescriptor(index: number, desc: RawDescriptor, table = this.descTable): void {
-    const at = table + DESCRIPTOR_SIZE * index;
-    this.memory.writeU64(at, BigInt(desc.addr));
-    this.memory.writeU32(at + 8, desc.len);
-    this.memory.writeU16(at + 12, desc.flags);
-    this.memory.writeU16(at + 14, desc.next);
+    // Built aside and copied in one write, so an indirect table may straddle two regions.
+    const v = this.#descView;
+    v.setBigUint64(0, BigInt.asUintN(64, BigInt(desc.addr)), true);
+    v.setUint32(8, desc.len, true);
+    v.setUint16(12, desc.flags, true);
+    v.setUint16(14, desc.next, true);
+    this.memory.write(table + DESCRIPTOR_SIZE * index, this.#descBytes);
   }
 
   /**
@@ -225,15 +233,16 @@ export class DriverQueue {
    * with their bytes. The descriptors come from the free list (or one
    * descriptor pointing at an indirect table, when `indirect` is set).
    * @param buffers Readable buffers first, then writable ones (not enforced).
-   * @param options `indirect` to put the chain in an indirect table; `publish: false` to only build it.
+   * @param options `indirect` to put the chain in an indirect table (at `indirectAt` when given,
+   *   a 16-aligned guest address); `publish: false` to only build it.
    * @returns The head index.
    * @throws {RangeError} When there are not enough free descriptors.
    */
   addChain(
     buffers: DriverBuffer[],
-    options: { indirect?: boolean; publish?: boolean } = {},
+    options: { indirect?: boolean; indirectAt?: number; publish?: boolean } = {},
   ): number {
-    const indirect = options.indirect ?? false;
+    const indirect = options.indirect ?? (options.indirectAt !== undefined);
     const needed = indirect ? 1 : buffers.length;
     if (buffers.length === 0 || needed > this.#free.length) {
       throw new RangeError(`Chain of ${buffers.length} does not fit (${this.#free.length} free)`);
@@ -242,17 +251,17 @@ export class DriverQueue {
     const writable: { addr: number; len: number }[] = [];
     const placed = buffers.map((b) => {
       if ("readable" in b) {
-        const addr = this.alloc(Math.max(b.readable.length, 1));
+        const addr = b.at ?? this.alloc(Math.max(b.readable.length, 1));
         this.memory.write(addr, b.readable);
         return { addr, len: b.readable.length, flags: 0 };
       }
-      const addr = this.alloc(Math.max(b.writable, 1));
+      const addr = b.at ?? this.alloc(Math.max(b.writable, 1));
       writable.push({ addr, len: b.writable });
       return { addr, len: b.writable, flags: VIRTQ_DESC_F_WRITE };
     });
     let head: number;
     if (indirect) {
-      const table = this.alloc(DESCRIPTOR_SIZE * placed.length, 16);
+      const table = options.indirectAt ?? this.alloc(DESCRIPTOR_SIZE * placed.length, 16);
       placed.forEach((p, i) => {
         const last = i === placed.length - 1;
         this.writeDescriptor(i, {

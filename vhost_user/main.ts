@@ -12,7 +12,7 @@
 import { parseArgs } from "node:util";
 import process from "node:process";
 import type { VirtioDevice } from "../devices/device.ts";
-import { RngDevice } from "../devices/rng.ts";
+import { RNG_MAX_PERIOD_MS, RngDevice } from "../devices/rng.ts";
 import { BlockDevice, FileBackend, OverlayBackend } from "../devices/block.ts";
 import { MAX_POLL_US, VhostUserBackend } from "./backend.ts";
 
@@ -34,6 +34,9 @@ Options:
                     blk: physical block size, a power-of-two multiple of --block-size
   --writethrough    blk: start in writethrough mode (every write made durable before it
                     completes; the driver may switch with CONFIG_WCE); default writeback
+  --rng-max-bytes N rng: rate limit, at most N random bytes per period (default: no limit;
+                    a request then waits in the ring for the next period)
+  --rng-period-ms N rng: the rate limit's period in milliseconds (default 1000)
   --poll-us N       poll mode: keep checking the rings for N µs (up to 1000) after serving
                     a kick; lower latency for a busy guest, at the cost of CPU (default 0)
   --once            exit after the first frontend disconnects
@@ -83,6 +86,8 @@ export async function main(argv: string[]): Promise<number> {
         serial: { type: "string" },
         queues: { type: "string" },
         "poll-us": { type: "string" },
+        "rng-max-bytes": { type: "string" },
+        "rng-period-ms": { type: "string" },
         "block-size": { type: "string" },
         "physical-block-size": { type: "string" },
         writethrough: { type: "boolean", default: false },
@@ -107,11 +112,27 @@ export async function main(argv: string[]): Promise<number> {
   // Every number is checked before anything is opened or created.
   const pollUs = intOption(args["poll-us"], "poll-us", 0, 0, MAX_POLL_US);
   if (pollUs === null) return 2;
+  const rngOptions = args["rng-max-bytes"] !== undefined || args["rng-period-ms"] !== undefined;
+  if (rngOptions && args.device !== "rng") {
+    console.error("--rng-max-bytes and --rng-period-ms are for --device rng");
+    return 2;
+  }
+  if (args["rng-period-ms"] !== undefined && args["rng-max-bytes"] === undefined) {
+    console.error("--rng-period-ms needs --rng-max-bytes");
+    return 2;
+  }
+  const rngMaxBytes = intOption(args["rng-max-bytes"], "rng-max-bytes", undefined, 1);
+  const rngPeriodMs = intOption(args["rng-period-ms"], "rng-period-ms", 1000, 1, RNG_MAX_PERIOD_MS);
+  if (rngMaxBytes === null || rngPeriodMs === null) return 2;
   let device: VirtioDevice;
   let overlay: OverlayBackend | undefined;
   switch (args.device) {
     case "rng":
-      device = new RngDevice();
+      device = new RngDevice({
+        rateLimit: rngMaxBytes === undefined
+          ? undefined
+          : { bytes: rngMaxBytes, periodMs: rngPeriodMs },
+      });
       break;
     case "blk": {
       if (args.file === undefined) {

@@ -41,6 +41,17 @@ describe("GuestMemory regions", () => {
     assert.equal(mem.findRegion(0x11000), undefined);
   });
 
+  it("findRegionIndex() gives the index in regions, -1 in gaps", () => {
+    const mem = threeRegions();
+    assert.equal(mem.findRegionIndex(0x1000), 0);
+    assert.equal(mem.findRegionIndex(0x2fff), 1);
+    assert.equal(mem.findRegionIndex(0x10000), 2);
+    assert.equal(mem.findRegionIndex(0x1fff), 0, "after a hit in another region");
+    assert.equal(mem.findRegionIndex(0x3000), -1);
+    assert.equal(mem.findRegionIndex(-1), -1);
+    assert.equal(mem.findRegionIndex(NaN), -1);
+  });
+
   it("rejects overlapping regions", () => {
     assert.throws(
       () =>

@@ -1,7 +1,13 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { GuestMemory } from "../../memory/guest_memory.ts";
-import { SplitQueue, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../queue/split.ts";
+import {
+  MAX_CHAIN_SEGMENTS,
+  SplitQueue,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+} from "../../queue/split.ts";
 import type { DescriptorChain } from "../../queue/chain.ts";
 import { QueueError } from "../../queue/error.ts";
 import { type DriverBuffer, DriverQueue } from "../../testing/queue_driver.ts";
@@ -236,5 +242,211 @@ describe("DescriptorChain shape", () => {
     assert.equal(chain.readableCount, 0);
     assert.equal(chain.reader.remaining, 0);
     assert.equal(chain.isWritable(0), true);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Guest memory made of several regions (virtio 1.2 §2.7.5 knows nothing of regions: a
+// frontend with several memory backends, or hotplugged memory, describes RAM as several).
+
+/** Where the first region ends and the next begins. */
+const EDGE = 0x100000;
+
+/**
+ * Guest memory of adjacent regions, each over its own buffer: [0, EDGE), then one region per
+ * size in `after`, each starting where the previous ended; `hole` leaves that many bytes
+ * unbacked after the first region.
+ */
+function regions(after: number[], hole = 0): GuestMemory {
+  const list = [{ base: 0, buffer: new ArrayBuffer(EDGE) }];
+  let base = EDGE + hole;
+  for (const size of after) {
+    list.push({ base, buffer: new ArrayBuffer(size) });
+    base += size;
+  }
+  return new GuestMemory(list);
+}
+
+function queueOn(mem: GuestMemory, indirect = false): { driver: DriverQueue; queue: SplitQueue } {
+  const driver = new DriverQueue(mem, { size: 16, bufferEnd: EDGE - 0x10000 });
+  const queue = new SplitQueue(16);
+  driver.program(queue);
+  queue.indirect = indirect;
+  return { driver, queue };
+}
+
+/** Asserts `pop()` refuses the next chain with this non-fatal code, for head `head`. */
+function assertPopRefuses(queue: SplitQueue, mem: GuestMemory, code: string, head: number): void {
+  assert.throws(() => queue.pop(mem), (e: unknown) => {
+    assert.ok(e instanceof QueueError);
+    assert.equal(e.code, code, e.message);
+    assert.equal(e.fatal, false);
+    assert.equal(e.head, head);
+    return true;
+  });
+}
+
+const seq = (n: number, from = 1) => Uint8Array.from({ length: n }, (_, i) => (from + i) & 0xff);
+
+describe("Chains across adjacent guest memory regions", () => {
+  for (const indirect of [false, true]) {
+    const how = indirect ? " (indirect)" : "";
+    it(`a readable buffer straddling two regions reads as one stream${how}`, () => {
+      const mem = regions([EDGE]);
+      const { driver, queue } = queueOn(mem, indirect);
+      const head = driver.addChain([{ readable: seq(12), at: EDGE - 5 }, { writable: 1 }], {
+        indirect,
+      });
+      const chain = queue.pop(mem)!;
+      assert.equal(chain.head, head);
+      assert.equal(chain.descriptorCount, indirect ? 3 : 2);
+      // One buffer, two segments: one per region it lies in.
+      assert.deepEqual(chain.addrs.slice(0, 2), [EDGE - 5, EDGE]);
+      assert.deepEqual(chain.lens, [5, 7, 1]);
+      assert.equal(chain.readableCount, 2);
+      assert.equal(chain.readableBytes, 12);
+      const r = chain.reader;
+      assert.equal(r.readU32(), 0x04030201);
+      assert.equal(r.readU64(), 0x0c0b0a0908070605n, "a u64 read across the region boundary");
+      assert.equal(r.remaining, 0);
+    });
+  }
+
+  it("views() returns one view per region piece, each aliasing its own region", () => {
+    const mem = regions([EDGE]);
+    const { driver, queue } = queueOn(mem);
+    driver.addChain([{ readable: seq(3) }, { readable: seq(10, 100), at: EDGE - 4 }]);
+    const chain = queue.pop(mem)!;
+    assert.equal(chain.length, 3, "two buffers, three segments");
+    const views = chain.reader.views(13);
+    assert.deepEqual(views.map((v) => [...v]), [[1, 2, 3], [100, 101, 102, 103], [
+      104,
+      105,
+      106,
+      107,
+      108,
+      109,
+    ]]);
+    assert.equal(views[1].buffer, mem.regions[0].bytes.buffer);
+    assert.equal(views[2].buffer, mem.regions[1].bytes.buffer);
+    views[2][0] = 0xee;
+    assert.equal(mem.readU8(EDGE), 0xee, "the views alias guest memory");
+  });
+
+  it("a writable buffer across three regions is written through write(), fill() and views()", () => {
+    // [0, EDGE), a one-page region, then the rest: the 8 KiB buffer touches all three.
+    const mem = regions([0x1000, EDGE]);
+    const { driver, queue } = queueOn(mem);
+    const at = EDGE - 0x800;
+    const head = driver.addChain([{ readable: seq(1) }, { writable: 0x2000, at }]);
+    const chain = queue.pop(mem)!;
+    assert.deepEqual(chain.addrs.slice(1), [at, EDGE, EDGE + 0x1000]);
+    assert.deepEqual(chain.lens.slice(1), [0x800, 0x1000, 0x800]);
+    const w = chain.writer;
+    const data = seq(0x1000, 7);
+    assert.equal(w.write(data.subarray(0, 0x900)), 0x900);
+    w.fill(0x10, 0xab);
+    const views = w.views(0x2000 - 0x910 - 0x10);
+    assert.equal(views.length, 2, "the rest lies in the second and third regions");
+    for (const v of views) v.fill(0x5c);
+    w.writeU64(0x1122334455667788n);
+    w.writeU64(0x99aabbccddeeff00n);
+    assert.equal(w.remaining, 0);
+    queue.addUsed(mem, head, w.written);
+    const used = driver.takeUsed()!;
+    assert.equal(used.len, 0x2000);
+    assert.deepEqual(used.written.subarray(0, 0x900), data.subarray(0, 0x900));
+    assert.ok(used.written.subarray(0x900, 0x910).every((b) => b === 0xab));
+    assert.ok(used.written.subarray(0x910, 0x2000 - 0x10).every((b) => b === 0x5c));
+    assert.equal(mem.readU64(EDGE + 0x2000 - 0x800 - 0x10), 0x1122334455667788n);
+  });
+
+  it("a buffer ending at a region's end and one starting in the next stay separate segments", () => {
+    const mem = regions([EDGE]);
+    const { driver, queue } = queueOn(mem);
+    driver.addChain([{ readable: seq(4), at: EDGE - 4 }, { readable: seq(4, 5), at: EDGE }]);
+    const chain = queue.pop(mem)!;
+    assert.deepEqual(chain.addrs, [EDGE - 4, EDGE]);
+    assert.equal(chain.reader.readU64(), 0x0807060504030201n);
+  });
+
+  it("an indirect table straddling two regions is read descriptor by descriptor", () => {
+    const mem = regions([EDGE]);
+    const { driver, queue } = queueOn(mem, true);
+    // Four entries starting 40 bytes before the boundary: the third straddles it.
+    const head = driver.addChain([{ readable: seq(2) }, { readable: seq(2, 3) }, {
+      readable: seq(2, 5),
+    }, { writable: 8 }], { indirectAt: EDGE - 40 });
+    const chain = queue.pop(mem)!;
+    assert.equal(chain.head, head);
+    assert.equal(chain.descriptorCount, 5);
+    assert.equal(chain.readableBytes, 6);
+    assert.equal(chain.writableBytes, 8);
+    const got = new Uint8Array(6);
+    chain.reader.readExact(got);
+    assert.deepEqual(got, seq(6));
+  });
+
+  it("a buffer over a hole between regions is DescriptorOutOfBounds, and the queue goes on", () => {
+    const mem = regions([EDGE], 0x1000);
+    const { driver, queue } = queueOn(mem, true);
+    const direct = driver.addChain([{ writable: 0x10, at: EDGE - 8 }]);
+    assertPopRefuses(queue, mem, "DescriptorOutOfBounds", direct);
+    queue.addUsed(mem, direct, 0);
+    // Starting in the hole, or in an indirect table.
+    const inHole = driver.addChain([{ readable: seq(4) }, { writable: 8, at: EDGE + 8 }]);
+    assertPopRefuses(queue, mem, "DescriptorOutOfBounds", inHole);
+    queue.addUsed(mem, inHole, 0);
+    const indirect = driver.addChain([{ readable: seq(4) }, { writable: 0x10, at: EDGE - 8 }], {
+      indirect: true,
+    });
+    assertPopRefuses(queue, mem, "DescriptorOutOfBounds", indirect);
+    queue.addUsed(mem, indirect, 0);
+    // Up to the edge of the hole is fine.
+    driver.addChain([{ writable: 8, at: EDGE - 8 }]);
+    assert.equal(queue.pop(mem)!.writableBytes, 8);
+    assert.equal(queue.broken, undefined);
+  });
+
+  it("an indirect table over a hole is DescriptorOutOfBounds", () => {
+    const mem = regions([EDGE], 0x1000);
+    const { driver, queue } = queueOn(mem, true);
+    driver.writeDescriptor(0, { addr: 0x20000, len: 4, flags: 0, next: 0 }, EDGE - 16);
+    driver.writeDescriptor(0, { addr: EDGE - 16, len: 32, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
+    driver.publish(0);
+    assertPopRefuses(queue, mem, "DescriptorOutOfBounds", 0);
+  });
+
+  it("the rings themselves must still lie in one region each", () => {
+    const mem = regions([EDGE]);
+    const driver = new DriverQueue(mem, { size: 16, ringBase: 0x1000 });
+    const queue = new SplitQueue(16);
+    driver.program(queue);
+    // A descriptor table running from the first region into the second.
+    queue.descTable = EDGE - 0x80;
+    assert.throws(() => queue.validate(mem), (e: unknown) => {
+      assert.ok(e instanceof QueueError);
+      assert.equal(e.code, "InvalidRing");
+      return true;
+    });
+  });
+
+  it("refuses a chain split into more than MAX_CHAIN_SEGMENTS segments (TooManySegments)", () => {
+    // 4096 adjacent 16-byte regions: a buffer over all of them is 4096 segments.
+    const tiny = new Array<number>(4096).fill(16);
+    const mem = regions(tiny);
+    const { driver, queue } = queueOn(mem, true);
+    const span = 16 * tiny.length;
+    const count = Math.floor(MAX_CHAIN_SEGMENTS / tiny.length) + 1;
+    const buffers = Array.from({ length: count }, () => ({ writable: span, at: EDGE }));
+    const head = driver.addChain(buffers, { indirect: true });
+    assertPopRefuses(queue, mem, "TooManySegments", head);
+    queue.addUsed(mem, head, 0);
+    driver.takeUsed();
+    // One segment fewer than the limit's worth of buffers is accepted.
+    driver.addChain(buffers.slice(1), { indirect: true });
+    const chain = queue.pop(mem)!;
+    assert.equal(chain.length, (count - 1) * tiny.length);
+    assert.equal(chain.writableBytes, (count - 1) * span);
   });
 });
