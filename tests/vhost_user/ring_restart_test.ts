@@ -14,7 +14,7 @@ import {
   VIRTIO_BLK_T_OUT,
 } from "../../devices/block.ts";
 import { T, withBackend } from "./_harness.ts";
-import { BackendRequest, ProtocolFeature, VhostUserError } from "../../vhost_user/protocol.ts";
+import { BackendRequest, ProtocolFeature, type VhostUserError } from "../../vhost_user/protocol.ts";
 import type { VhostUserFrontend } from "../../testing/vhost_user_frontend.ts";
 
 /** Write one sector through ring 0 and wait for its completion; returns the status byte. */
