@@ -6,6 +6,27 @@
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
 import { QueueError } from "./error.ts";
+import { CHAIN_TOKEN } from "./_chain_token.ts";
+
+/** What a queue's `pop()` found: the validated segments of one chain. */
+export interface DescriptorChainParts {
+  /** Guest memory holding the buffers. */
+  memory: GuestMemory;
+  /** Head descriptor index. */
+  head: number;
+  /** Guest addresses of the segments, readable ones first. */
+  addrs: number[];
+  /** Lengths of the segments. */
+  lens: number[];
+  /** How many segments are device-readable. */
+  readableCount: number;
+  /** Bytes in device-readable segments. */
+  readableBytes: number;
+  /** Bytes in device-writable segments. */
+  writableBytes: number;
+  /** Descriptors followed, indirect ones included. */
+  descriptorCount: number;
+}
 
 /**
  * One descriptor chain taken off a virtqueue, already validated: every buffer
@@ -26,29 +47,64 @@ export class DescriptorChain {
   readonly head: number;
   /** The guest memory the buffers live in. */
   readonly memory: GuestMemory;
-  /** Number of device-readable segments; they come first. */
-  readableCount = 0;
-  /** Total bytes in device-readable segments. */
-  readableBytes = 0;
-  /** Total bytes in device-writable segments. */
-  writableBytes = 0;
-  /** Number of descriptors followed, including indirect ones. */
-  descriptorCount = 0;
-  /** Guest addresses of the segments, readable ones first; each segment lies in one region. */
-  readonly addrs: number[] = [];
-  /** Lengths of the segments, in the order of `addrs`. */
-  readonly lens: number[] = [];
+  readonly #addrs: readonly number[];
+  readonly #lens: readonly number[];
+  readonly #readableCount: number;
+  readonly #readableBytes: number;
+  readonly #writableBytes: number;
+  readonly #descriptorCount: number;
   #reader: ChainReader | undefined;
   #writer: ChainWriter | undefined;
 
   /**
-   * An empty chain; `SplitQueue.pop` fills it in.
-   * @param memory Guest memory holding the buffers.
-   * @param head Head descriptor index.
+   * Only a queue's `pop()` makes chains, once it has validated every descriptor: the token
+   * is private to the queue layer, so a chain is valid by construction.
+   * @param token The queue layer's private token.
+   * @param parts What `pop()` found.
+   * @throws {TypeError} When called with any other token.
    */
-  constructor(memory: GuestMemory, head: number) {
-    this.memory = memory;
-    this.head = head;
+  constructor(token: symbol, parts: DescriptorChainParts) {
+    if (token !== CHAIN_TOKEN) {
+      throw new TypeError("A DescriptorChain is made by a queue's pop(), which validates it");
+    }
+    this.memory = parts.memory;
+    this.head = parts.head;
+    this.#addrs = parts.addrs;
+    this.#lens = parts.lens;
+    this.#readableCount = parts.readableCount;
+    this.#readableBytes = parts.readableBytes;
+    this.#writableBytes = parts.writableBytes;
+    this.#descriptorCount = parts.descriptorCount;
+  }
+
+  /** Number of device-readable segments; they come first. */
+  get readableCount(): number {
+    return this.#readableCount;
+  }
+
+  /** Total bytes in device-readable segments. */
+  get readableBytes(): number {
+    return this.#readableBytes;
+  }
+
+  /** Total bytes in device-writable segments. */
+  get writableBytes(): number {
+    return this.#writableBytes;
+  }
+
+  /** Number of descriptors followed, including indirect ones. */
+  get descriptorCount(): number {
+    return this.#descriptorCount;
+  }
+
+  /** Guest addresses of the segments, readable ones first; each segment lies in one region. */
+  get addrs(): readonly number[] {
+    return this.#addrs;
+  }
+
+  /** Lengths of the segments, in the order of `addrs`. */
+  get lens(): readonly number[] {
+    return this.#lens;
   }
 
   /** Number of segments (non-empty buffers, cut at region boundaries). */

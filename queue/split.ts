@@ -6,6 +6,7 @@
 
 import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
 import { DescriptorChain } from "./chain.ts";
+import { CHAIN_TOKEN } from "./_chain_token.ts";
 import { QueueError } from "./error.ts";
 
 /** Descriptor continues via the `next` field (virtio 1.2 §2.7.5). */
@@ -402,7 +403,12 @@ export class SplitQueue {
   }
 
   #parse(mem: GuestMemory, head: number): DescriptorChain {
-    const chain = new DescriptorChain(mem, head);
+    const addrs: number[] = [];
+    const lens: number[] = [];
+    let readableCount = 0;
+    let readableBytes = 0;
+    let writableBytes = 0;
+    let descriptorCount = 0;
     // The table descriptors are read from: a region and the table's offset in it, or, for an
     // indirect table that crosses into an adjacent region, `undefined` and its guest address.
     let table: GuestRegion | undefined = this.#desc;
@@ -421,7 +427,7 @@ export class SplitQueue {
         bad("DescriptorIndexOutOfRange", `descriptor ${idx} >= table size ${entries}`);
       }
       if (ttl-- === 0) bad("ChainTooLong", `more than ${entries} descriptors`);
-      chain.descriptorCount++;
+      descriptorCount++;
       let view: DataView;
       let off: number;
       if (table !== undefined) {
@@ -481,20 +487,31 @@ export class SplitQueue {
       if (writable) sawWritable = true;
       else if (sawWritable) bad("ReadableAfterWritable", `descriptor ${idx}`);
       if (len > 0) {
-        const pieces = this.#addBuffer(chain, mem, addr, len);
+        const pieces = this.#addBuffer(addrs, lens, mem, addr, len);
         if (pieces === 0) {
           bad("DescriptorOutOfBounds", `buffer at 0x${addr.toString(16)} (+${len})`);
         }
         if (pieces < 0) bad("TooManySegments", `more than ${MAX_CHAIN_SEGMENTS} segments`);
         total += len;
         if (total > 0xffffffff) bad("ChainTooLarge", "total length above 2^32 - 1");
-        if (writable) chain.writableBytes += len;
+        if (writable) writableBytes += len;
         else {
-          chain.readableCount += pieces;
-          chain.readableBytes += len;
+          readableCount += pieces;
+          readableBytes += len;
         }
       }
-      if (!(flags & VIRTQ_DESC_F_NEXT)) return chain;
+      if (!(flags & VIRTQ_DESC_F_NEXT)) {
+        return new DescriptorChain(CHAIN_TOKEN, {
+          memory: mem,
+          head,
+          addrs,
+          lens,
+          readableCount,
+          readableBytes,
+          writableBytes,
+          descriptorCount,
+        });
+      }
       idx = next;
     }
   }
@@ -506,13 +523,17 @@ export class SplitQueue {
    * across a hole. Allocates nothing beyond the chain's own arrays.
    * @returns The number of segments added; 0 when a byte is not backed; -1 past the limit.
    */
-  #addBuffer(chain: DescriptorChain, mem: GuestMemory, addr: number, len: number): number {
+  #addBuffer(
+    addrs: number[],
+    lens: number[],
+    mem: GuestMemory,
+    addr: number,
+    len: number,
+  ): number {
     let i = mem.findRegionIndex(addr);
     if (i < 0) return 0;
     const regions = mem.regions;
     let r = regions[i];
-    const addrs = chain.addrs;
-    const lens = chain.lens;
     if (addrs.length >= MAX_CHAIN_SEGMENTS) return -1;
     if (addr + len <= r.end) {
       addrs.push(addr);

@@ -8,6 +8,7 @@ import {
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
 } from "../../queue/split.ts";
+import { DescriptorChain as DescriptorChainClass } from "../../queue/chain.ts";
 import type { DescriptorChain } from "../../queue/chain.ts";
 import { QueueError } from "../../queue/error.ts";
 import { type DriverBuffer, DriverQueue } from "../../testing/queue_driver.ts";
@@ -448,5 +449,30 @@ describe("Chains across adjacent guest memory regions", () => {
     const chain = queue.pop(mem)!;
     assert.equal(chain.length, (count - 1) * tiny.length);
     assert.equal(chain.writableBytes, (count - 1) * span);
+  });
+});
+
+describe("DescriptorChain", () => {
+  it("is valid by construction: only a queue's pop() can make one, and it cannot be changed", () => {
+    const { mem, chain } = popChain([{ readable: new Uint8Array(3) }, { writable: 5 }]);
+    assert.throws(
+      () =>
+        new DescriptorChainClass(Symbol("forged"), {
+          memory: mem,
+          head: 0,
+          addrs: [0],
+          lens: [0x1_0000_0000],
+          readableCount: 0,
+          readableBytes: 0,
+          writableBytes: 0x1_0000_0000,
+          descriptorCount: 1,
+        }),
+      TypeError,
+    );
+    const loose = chain as unknown as Record<string, unknown>;
+    assert.throws(() => (loose.writableBytes = 1 << 30), TypeError);
+    assert.throws(() => (loose.readableCount = 0), TypeError);
+    assert.equal(chain.writableBytes, 5);
+    assert.equal(chain.readableBytes, 3);
   });
 });
