@@ -23,6 +23,7 @@ import {
   DEVICE_DRIVER_OK,
   DEVICE_FAILED,
   DEVICE_FEATURES_OK,
+  DEVICE_INIT,
   DEVICE_NEEDS_RESET,
   featureBit,
   type InterruptNotifier,
@@ -143,7 +144,7 @@ export class TransportCore {
   readonly device: VirtioDevice;
   /** The queues, by index; owned by the core. */
   readonly queues: SplitQueue[];
-  readonly #modern: boolean;
+  #modern: boolean;
   readonly #masked: bigint;
   readonly #queueNotifier: (index: number) => InterruptNotifier;
   readonly #configNotifier: InterruptNotifier;
@@ -207,6 +208,17 @@ export class TransportCore {
   /** Whether the driver speaks virtio 1.x on this transport. */
   get modern(): boolean {
     return this.#modern;
+  }
+
+  /**
+   * Switch between the virtio 1.x and the legacy interface (a transitional PCI device, whose
+   * driver picks one). Only while the device is reset (status 0); otherwise ignored.
+   * @param modern Whether the driver uses the virtio 1.x interface.
+   * @returns Whether the mode is now `modern`.
+   */
+  setModern(modern: boolean): boolean {
+    if (this.#status === 0) this.#modern = modern;
+    return this.#modern === modern;
   }
 
   /** The configuration generation (bumped at each configuration change). */
@@ -578,7 +590,7 @@ export class TransportCore {
     // A device that was never activated still forgets its negotiation.
     this.device.reset();
     for (const q of this.queues) q.reset();
-    this.#status = 0;
+    this.#status = DEVICE_INIT;
     this.#driverFeatures = 0n;
   }
 
