@@ -8,6 +8,8 @@
  * - Memory: {@link mmapFd} and {@link mmapAnonymous} give a {@link Mapping} whose `buffer` is
  *   the mapped memory.
  * - {@link EventFd}, with a non-blocking {@link EventFd.wait}.
+ * - What a descriptor is: {@link fstat}, {@link getSeals} / {@link addSeals}, {@link fdKind}
+ *   (an eventfd or not).
  * - Waiting: {@link poll}, {@link FdWatcher}, {@link watchReadable}, {@link waitReady}.
  * - Unix sockets with descriptor passing: {@link socketpair}, {@link bind}, {@link listen},
  *   {@link accept}, {@link connect}, {@link sendmsg}, {@link recvmsg}, {@link recvExact}.
@@ -120,6 +122,22 @@ export {
   PROT_READ,
   PROT_WRITE,
 } from "./mman.ts";
+export {
+  addSeals,
+  F_ADD_SEALS,
+  F_GET_SEALS,
+  F_SEAL_FUTURE_WRITE,
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
+  F_SEAL_WRITE,
+  type FdKind,
+  fdKind,
+  type FileStatus,
+  type FileType,
+  fstat,
+  getSeals,
+} from "./stat.ts";
 export {
   EFD_CLOEXEC,
   EFD_NONBLOCK,

@@ -46,6 +46,7 @@ import {
   encode,
   FLAG_NEED_REPLY,
   FLAG_REPLY,
+  type MemoryRegionDesc,
   type Message,
   MessageReader,
   Payload,
@@ -60,6 +61,15 @@ import {
   VRING_NOFD_MASK,
   vringStatePayload,
 } from "./protocol.ts";
+import {
+  checkMemTable,
+  checkRegionFile,
+  type RegionFile,
+  regionName,
+  UnsealedMemoryWarning,
+} from "./_memory_table.ts";
+
+export { UnsealedMemoryWarning } from "./_memory_table.ts";
 
 /** Protocol features this backend offers (CONFIG only for devices with a config space). */
 export const BACKEND_PROTOCOL_FEATURES: bigint = featureBit(ProtocolFeature.MQ) |
@@ -70,7 +80,10 @@ export const BACKEND_PROTOCOL_FEATURES: bigint = featureBit(ProtocolFeature.MQ) 
 export interface VhostUserBackendOptions {
   /** Path of the Unix socket to listen on (an existing socket file is replaced). */
   socketPath: string;
-  /** Called with each dropped connection's error, and other errors. */
+  /**
+   * Called with each dropped connection's error, other errors, and the one-time
+   * {@link UnsealedMemoryWarning} (default: printed with `console.error`).
+   */
   onError?: (err: Error) => void;
   /** Called with progress messages (connections, rings started). */
   log?: (message: string) => void;
@@ -83,6 +96,13 @@ export interface VhostUserBackendOptions {
    * {@link BUSY_POLL_BUDGET_MS} at a time.
    */
   pollUs?: number;
+  /**
+   * Refuse guest memory that is not sealed against shrinking (F_SEAL_SHRINK), instead of
+   * serving it with a one-time {@link UnsealedMemoryWarning} (default false). A frontend that
+   * truncates unsealed memory after SET_MEM_TABLE makes the backend process die of SIGBUS;
+   * sealed memory (QEMU's `memory-backend-memfd`, which seals by default) cannot shrink.
+   */
+  requireSealedMemory?: boolean;
 }
 
 /** The longest a busy poll holds the event loop before yielding, in milliseconds. */
@@ -144,6 +164,8 @@ export class VhostUserBackend {
   #rings: Ring[];
   #active = false;
   readonly #pollMs: number;
+  readonly #requireSealedMemory: boolean;
+  #warnedUnsealed = false;
   #closedResolve!: () => void;
   /** Connections accepted so far. */
   connections = 0;
@@ -167,6 +189,7 @@ export class VhostUserBackend {
       throw new RangeError(`pollUs must be 0 to ${MAX_POLL_US}, got ${pollUs}`);
     }
     this.#pollMs = pollUs / 1000;
+    this.#requireSealedMemory = options.requireSealedMemory ?? false;
     this.#rings = device.queueMaxSizes().map((n) => newRing(n));
     // Offer CONFIG only to devices that have a configuration space (QEMU warns otherwise).
     let hasConfig = true;
@@ -520,6 +543,8 @@ export class VhostUserBackend {
     this.device.setAckedFeatures(1, Number((f >> 32n) & 0xffffffffn));
   }
 
+  // Every region is checked before anything is mapped (see _memory_table.ts): the table as a
+  // whole, then each file against its size and seals, so no mapping can reach past its file.
   #setMemTable(msg: Message): void {
     const descs = Payload.memTable(msg);
     if (msg.fds.length !== descs.length) {
@@ -529,6 +554,13 @@ export class VhostUserBackend {
         msg.request,
       );
     }
+    checkMemTable(descs, msg.request);
+    const files = descs.map((d, i) =>
+      checkRegionFile(msg.fds[i], d, i, {
+        requireSealed: this.#requireSealedMemory,
+        request: msg.request,
+      })
+    );
     const mapped: MappedRegion[] = [];
     try {
       descs.forEach((d, i) => {
@@ -561,6 +593,15 @@ export class VhostUserBackend {
       if (err instanceof VhostUserError) throw err;
       throw new VhostUserError("InvalidValue", asError(err).message, msg.request, { cause: err });
     }
+    this.#warnIfUnsealed(descs, files);
+  }
+
+  // Unsealed memory is served, with the risk said once per backend.
+  #warnIfUnsealed(descs: MemoryRegionDesc[], files: RegionFile[]): void {
+    const i = files.findIndex((f) => !f.sealed);
+    if (i < 0 || this.#warnedUnsealed) return;
+    this.#warnedUnsealed = true;
+    this.#onError(new UnsealedMemoryWarning(i, regionName(i, descs[i])));
   }
 
   // Frontend virtual address -> guest-physical address, through the memory table.
