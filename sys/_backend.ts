@@ -24,6 +24,7 @@ export interface RawLibc {
   memfd_create(name: Uint8Array, flags: number): number;
   statx(dirfd: number, path: Uint8Array, flags: number, mask: number, buf: Uint8Array): number;
   readlink(path: Uint8Array, buf: Uint8Array, size: bigint): number;
+  pipe2(fds: Uint8Array, flags: number): number;
   read(fd: number, buf: Uint8Array, count: bigint): number;
   write(fd: number, buf: Uint8Array, count: bigint): number;
   pread(fd: number, buf: Uint8Array, count: bigint, offset: bigint): number;

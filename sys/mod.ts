@@ -4,12 +4,13 @@
  *
  * - File descriptors: {@link open}, {@link close}, {@link pread}, {@link pwrite}, {@link preadv},
  *   {@link pwritev}, {@link fdatasync}, {@link fallocate}, {@link ftruncate}, {@link ioctl},
- *   {@link memfdCreate}.
+ *   {@link memfdCreate}, {@link pipe}.
  * - Memory: {@link mmapFd} and {@link mmapAnonymous} give a {@link Mapping} whose `buffer` is
  *   the mapped memory.
- * - {@link EventFd}, with a non-blocking {@link EventFd.wait}.
+ * - {@link EventFd}, with a non-blocking {@link EventFd.wait}; {@link watchEventFd} for an
+ *   eventfd another party controls.
  * - What a descriptor is: {@link fstat}, {@link getSeals} / {@link addSeals}, {@link fdKind}
- *   (an eventfd or not).
+ *   (an eventfd or not), {@link eventFdSemaphore}.
  * - Waiting: {@link poll}, {@link FdWatcher}, {@link watchReadable}, {@link waitReady}.
  * - Unix sockets with descriptor passing: {@link socketpair}, {@link bind}, {@link listen},
  *   {@link accept}, {@link connect}, {@link sendmsg}, {@link recvmsg}, {@link recvExact}.
@@ -85,6 +86,7 @@ export {
   O_TRUNC,
   O_WRONLY,
   open,
+  pipe,
   pread,
   preadv,
   pwrite,
@@ -124,6 +126,7 @@ export {
 } from "./mman.ts";
 export {
   addSeals,
+  eventFdSemaphore,
   F_ADD_SEALS,
   F_GET_SEALS,
   F_SEAL_FUTURE_WRITE,
@@ -143,8 +146,11 @@ export {
   EFD_NONBLOCK,
   EFD_SEMAPHORE,
   EventFd,
+  EVENTFD_MAX_DRAIN,
   type EventFdOptions,
   type EventFdWaitOptions,
+  watchEventFd,
+  type WatchEventFdOptions,
 } from "./eventfd.ts";
 export {
   FdWatcher,

@@ -9,8 +9,8 @@
  * @module
  */
 
-import { cString, Errno, libc, retry, SysError } from "./libc.ts";
-import { fcntl } from "./fd.ts";
+import { cString, Errno, lastErrno, libc, retry, SysError } from "./libc.ts";
+import { fcntl, O_CLOEXEC, O_RDONLY } from "./fd.ts";
 
 /** fcntl(2): add seals to a memfd (`F_SEAL_*` argument). */
 export const F_ADD_SEALS = 1033;
@@ -209,6 +209,21 @@ export function fdKind(fd: number): FdKind {
   return KINDS[type];
 }
 
+/**
+ * Whether an eventfd is in semaphore mode (`EFD_SEMAPHORE`), where each read takes 1 from the
+ * counter instead of all of it: one write of a large value then keeps it readable for as many
+ * reads. Read from `/proc/self/fdinfo/N` (the `eventfd-semaphore` line, Linux 6.5 and later).
+ *
+ * @param fd The eventfd.
+ * @returns `true` or `false`, or `undefined` when the kernel does not say (older kernels, no
+ *   `/proc`, or not an eventfd).
+ */
+export function eventFdSemaphore(fd: number): boolean | undefined {
+  const info = readProcText(`/proc/self/fdinfo/${fd}`);
+  const match = info?.match(/^eventfd-semaphore:\s*(\d+)/m);
+  return match === null || match === undefined ? undefined : match[1] !== "0";
+}
+
 const decoder = new TextDecoder();
 
 /** The target of `/proc/self/fd/N`, or `undefined` when it cannot be read. */
@@ -218,4 +233,31 @@ function procFdLink(fd: number): string | undefined {
   const n = libc().readlink(path, buf, BigInt(buf.byteLength));
   if (n < 0) return undefined;
   return decoder.decode(buf.subarray(0, n));
+}
+
+/** A small text file of `/proc`, read with libc; `undefined` when it cannot be read. */
+function readProcText(path: string): string | undefined {
+  const p = cString(path);
+  let fd: number;
+  try {
+    fd = retry("open", () => libc().open(p, O_RDONLY | O_CLOEXEC, 0));
+  } catch {
+    return undefined;
+  }
+  try {
+    const buf = new Uint8Array(8192);
+    let len = 0;
+    while (len < buf.byteLength) {
+      const n = libc().read(fd, buf.subarray(len), BigInt(buf.byteLength - len));
+      if (n < 0) {
+        if (lastErrno() === Errno.EINTR) continue;
+        return undefined;
+      }
+      if (n === 0) break;
+      len += n;
+    }
+    return decoder.decode(buf.subarray(0, len));
+  } finally {
+    libc().close(fd);
+  }
 }

@@ -26,6 +26,8 @@ import {
   close,
   Errno,
   EventFd,
+  eventFdSemaphore,
+  fdKind,
   FdWatcher,
   listen,
   type Mapping,
@@ -40,6 +42,7 @@ import {
   socket,
   SysError,
   type Watch,
+  watchEventFd,
 } from "../sys/mod.ts";
 import { existsSync, lstatSync, unlinkSync } from "node:fs";
 import {
@@ -472,7 +475,7 @@ export class VhostUserBackend {
         if (!noFd && msg.fds.length !== 1) {
           throw new VhostUserError("Malformed", `expected 1 fd, got ${msg.fds.length}`, rq);
         }
-        const efd = noFd ? undefined : EventFd.fromFd(msg.fds.shift()!);
+        const efd = noFd ? undefined : this.#adoptEventFd(msg, index);
         if (rq === R.SET_VRING_KICK) {
           if (efd === undefined) {
             throw new VhostUserError("Unsupported", "polling mode (no kick fd)", rq);
@@ -618,6 +621,60 @@ export class VhostUserBackend {
     );
   }
 
+  // A vring's kick, call or err fd must be an eventfd. Anything else (a socket, a pipe, a file)
+  // would be read or written as if it were one, and a kick fd that stays readable (a socket
+  // whose peer closed, a file) had the ring served tens of thousands of times a second. A
+  // semaphore-mode kick eventfd stays readable for as many reads as one write says.
+  #adoptEventFd(msg: Message, index: number): EventFd {
+    const rq = msg.request;
+    const what = VRING_FD_NAMES.get(rq) ?? "";
+    const fd = msg.fds[0];
+    let kind: string;
+    try {
+      kind = fdKind(fd);
+    } catch (err) {
+      const message = `vring ${index} ${what} fd: ${asError(err).message}`;
+      throw new VhostUserError("InvalidValue", message, rq, { cause: err });
+    }
+    if (kind !== "eventfd") {
+      const article = /^[aeiou]/.test(kind) ? "an" : "a";
+      throw new VhostUserError(
+        "InvalidValue",
+        `vring ${index} ${what} fd is ${article} ${kind}, not an eventfd`,
+        rq,
+      );
+    }
+    if (rq === Request.SET_VRING_KICK && eventFdSemaphore(fd) === true) {
+      throw new VhostUserError(
+        "InvalidValue",
+        `vring ${index} kick fd is an eventfd in semaphore mode (EFD_SEMAPHORE)`,
+        rq,
+      );
+    }
+    return EventFd.fromFd(msg.fds.shift()!);
+  }
+
+  // Serve the ring on each kick. A kick fd that hangs up, fails to read or never drains stops
+  // being watched and is reported once, instead of having the ring served in a loop; a new
+  // SET_VRING_KICK brings the ring back.
+  #watchKick(index: number, kick: EventFd): Watch {
+    return watchEventFd(kick, {
+      watcher: this.#watcher,
+      onSignal: () => {
+        this.#kicked(index);
+        if (this.#pollMs > 0) this.#busyPoll();
+      },
+      onBroken: (reason) =>
+        this.#onError(
+          new VhostUserError(
+            "Io",
+            `vring ${index} kick fd: ${reason}; the ring is no longer watched`,
+            Request.SET_VRING_KICK,
+          ),
+        ),
+    });
+  }
+
   #maybeStart(index: number): void {
     const ring = this.#rings[index];
     if (ring.started || !ring.enabled || ring.kick === undefined || ring.addr === undefined) return;
@@ -646,12 +703,7 @@ export class VhostUserBackend {
     if (used !== ring.base) q.nextAvail = used;
     ring.started = true;
     this.#log(`vring ${index} started (size ${ring.num}, base ${ring.base})`);
-    const kick = ring.kick;
-    ring.watch = this.#watcher.watch(kick.fd, () => {
-      kick.read();
-      this.#kicked(index);
-      if (this.#pollMs > 0) this.#busyPoll();
-    });
+    ring.watch = this.#watchKick(index, ring.kick);
     // Serve every started ring, this one included.
     this.#reactivate();
     for (let i = 0; i < this.#rings.length; i++) this.#kicked(i);
@@ -797,6 +849,12 @@ export class VhostUserBackend {
     this.#log(`frontend disconnected: ${reason}`);
   }
 }
+
+const VRING_FD_NAMES: ReadonlyMap<number, string> = new Map([
+  [Request.SET_VRING_KICK, "kick"],
+  [Request.SET_VRING_CALL, "call"],
+  [Request.SET_VRING_ERR, "err"],
+]);
 
 function newRing(maxSize: number): Ring {
   return {
