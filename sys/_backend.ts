@@ -22,6 +22,9 @@ export interface RawLibc {
   fallocate(fd: number, mode: number, offset: bigint, len: bigint): number;
   ftruncate(fd: number, len: bigint): number;
   memfd_create(name: Uint8Array, flags: number): number;
+  statx(dirfd: number, path: Uint8Array, flags: number, mask: number, buf: Uint8Array): number;
+  readlink(path: Uint8Array, buf: Uint8Array, size: bigint): number;
+  pipe2(fds: Uint8Array, flags: number): number;
   read(fd: number, buf: Uint8Array, count: bigint): number;
   write(fd: number, buf: Uint8Array, count: bigint): number;
   pread(fd: number, buf: Uint8Array, count: bigint, offset: bigint): number;

@@ -4,10 +4,13 @@
  *
  * - File descriptors: {@link open}, {@link close}, {@link pread}, {@link pwrite}, {@link preadv},
  *   {@link pwritev}, {@link fdatasync}, {@link fallocate}, {@link ftruncate}, {@link ioctl},
- *   {@link memfdCreate}.
+ *   {@link memfdCreate}, {@link pipe}.
  * - Memory: {@link mmapFd} and {@link mmapAnonymous} give a {@link Mapping} whose `buffer` is
  *   the mapped memory.
- * - {@link EventFd}, with a non-blocking {@link EventFd.wait}.
+ * - {@link EventFd}, with a non-blocking {@link EventFd.wait}; {@link watchEventFd} for an
+ *   eventfd another party controls.
+ * - What a descriptor is: {@link fstat}, {@link getSeals} / {@link addSeals}, {@link fdKind}
+ *   (an eventfd or not), {@link eventFdSemaphore}.
  * - Waiting: {@link poll}, {@link FdWatcher}, {@link watchReadable}, {@link waitReady}.
  * - Unix sockets with descriptor passing: {@link socketpair}, {@link bind}, {@link listen},
  *   {@link accept}, {@link connect}, {@link sendmsg}, {@link recvmsg}, {@link recvExact}.
@@ -83,6 +86,7 @@ export {
   O_TRUNC,
   O_WRONLY,
   open,
+  pipe,
   pread,
   preadv,
   pwrite,
@@ -121,12 +125,32 @@ export {
   PROT_WRITE,
 } from "./mman.ts";
 export {
+  addSeals,
+  eventFdSemaphore,
+  F_ADD_SEALS,
+  F_GET_SEALS,
+  F_SEAL_FUTURE_WRITE,
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
+  F_SEAL_WRITE,
+  type FdKind,
+  fdKind,
+  type FileStatus,
+  type FileType,
+  fstat,
+  getSeals,
+} from "./stat.ts";
+export {
   EFD_CLOEXEC,
   EFD_NONBLOCK,
   EFD_SEMAPHORE,
   EventFd,
+  EVENTFD_MAX_DRAIN,
   type EventFdOptions,
   type EventFdWaitOptions,
+  watchEventFd,
+  type WatchEventFdOptions,
 } from "./eventfd.ts";
 export {
   FdWatcher,

@@ -27,14 +27,20 @@ import {
 } from "../queue/split.ts";
 import { featureBit } from "../devices/device.ts";
 import {
+  addSeals,
   AF_UNIX,
   close as closeFd,
   connect as connectFd,
   Errno,
   EventFd,
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
   ftruncate,
   type Mapping,
   memfdCreate,
+  MFD_ALLOW_SEALING,
+  MFD_CLOEXEC,
   mmapFd,
   MSG_CMSG_CLOEXEC,
   MSG_DONTWAIT,
@@ -177,6 +183,12 @@ export interface VhostUserFrontendOptions {
   /** How long to wait for each reply, in milliseconds (default 10000). */
   timeoutMs?: number;
   /**
+   * Seal the guest memory's memfd against growing and shrinking, as QEMU's
+   * `memory-backend-memfd` does (default true). `false` leaves it unsealed, as
+   * `memory-backend-file` and other VMMs may; a backend then warns, or refuses it.
+   */
+  sealMemory?: boolean;
+  /**
    * Once REPLY_ACK is negotiated, ask for an acknowledgement of every request
    * sent by the high-level methods, so each returns after the backend handled
    * it (default true).
@@ -225,6 +237,11 @@ export interface StartOptions {
   queueSize?: number;
   /** Guest memory size; replaces the memory when it differs (default: keep). */
   memorySize?: number;
+  /**
+   * The memory table to send instead of the true one (see
+   * {@linkcode VhostUserFrontend.setMemTable}); for hostile tests.
+   */
+  memoryRegions?: readonly MemoryRegionDesc[];
 }
 
 /** What {@linkcode VhostUserFrontend.start} negotiated. */
@@ -375,6 +392,7 @@ export class VhostUserFrontend {
   #memory!: GuestMemory;
   readonly #timeoutMs: number;
   readonly #replyAck: boolean;
+  readonly #sealMemory: boolean;
   #closing = new AbortController();
   #closed = false;
   #peerClosed = false;
@@ -391,6 +409,7 @@ export class VhostUserFrontend {
     this.#fd = fd;
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#replyAck = options.replyAck ?? true;
+    this.#sealMemory = options.sealMemory ?? true;
   }
 
   /**
@@ -441,6 +460,14 @@ export class VhostUserFrontend {
     return this.#memory;
   }
 
+  /**
+   * The memfd holding the guest memory, as passed with SET_MEM_TABLE (owned by the frontend:
+   * do not close it). Tests may resize or seal it.
+   */
+  get memoryFd(): number {
+    return this.#memfd;
+  }
+
   /** Virtio features sent with the last SET_FEATURES. */
   get features(): bigint {
     return this.#features;
@@ -486,10 +513,11 @@ export class VhostUserFrontend {
     if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE !== 0) {
       throw new RangeError(`Memory size must be a positive multiple of ${PAGE}, got ${size}`);
     }
-    const memfd = memfdCreate("virtio-ts-guest");
+    const memfd = memfdCreate("virtio-ts-guest", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     let mapping: Mapping;
     try {
       ftruncate(memfd, size);
+      if (this.#sealMemory) addSeals(memfd, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
       mapping = mmapFd(memfd, size);
     } catch (err) {
       closeFd(memfd);
@@ -732,16 +760,20 @@ export class VhostUserFrontend {
   /**
    * SET_MEM_TABLE: pass the guest memory as one region at guest address 0, mapped in the
    * frontend at {@linkcode FRONTEND_VA_BASE}.
+   * @param regions A table to send instead, with the guest memory's memfd passed once per
+   *   region; nothing checks it, so a test can lie (a region larger than the memfd, an offset
+   *   past its end, overlaps, ...).
    */
-  async setMemTable(): Promise<void> {
+  async setMemTable(regions?: readonly MemoryRegionDesc[]): Promise<void> {
     this.#checkOpen(Request.SET_MEM_TABLE);
-    const region: MemoryRegionDesc = {
+    const table = regions ?? [{
       guestAddr: 0,
       size: this.#memory.totalSize,
       userAddr: this.userAddr(0),
       mmapOffset: 0,
-    };
-    await this.#command(Request.SET_MEM_TABLE, memTablePayload([region]), [this.#memfd]);
+    }];
+    const fds = table.map(() => this.#memfd);
+    await this.#command(Request.SET_MEM_TABLE, memTablePayload(table), fds);
   }
 
   /**
@@ -1025,7 +1057,7 @@ export class VhostUserFrontend {
     }
     const features = (offered & (options.features ?? offered)) | (offered & protocol);
     await this.setFeatures(features);
-    await this.setMemTable();
+    await this.setMemTable(options.memoryRegions);
     const rings: number[] = [];
     for (let i = 0; i < queues; i++) {
       await this.setupRing(i, { size: options.queueSize });

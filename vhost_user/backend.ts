@@ -27,6 +27,8 @@ import {
   close,
   Errno,
   EventFd,
+  eventFdSemaphore,
+  fdKind,
   FdWatcher,
   listen,
   type Mapping,
@@ -41,6 +43,7 @@ import {
   socket,
   SysError,
   type Watch,
+  watchEventFd,
 } from "../sys/mod.ts";
 import { existsSync, lstatSync, unlinkSync } from "node:fs";
 import {
@@ -48,6 +51,7 @@ import {
   encode,
   FLAG_NEED_REPLY,
   FLAG_REPLY,
+  type MemoryRegionDesc,
   type Message,
   MessageReader,
   Payload,
@@ -62,6 +66,15 @@ import {
   VRING_NOFD_MASK,
   vringStatePayload,
 } from "./protocol.ts";
+import {
+  checkMemTable,
+  checkRegionFile,
+  type RegionFile,
+  regionName,
+  UnsealedMemoryWarning,
+} from "./_memory_table.ts";
+
+export { UnsealedMemoryWarning } from "./_memory_table.ts";
 
 /**
  * Protocol features this backend offers. CONFIG and BACKEND_REQ (the channel that carries
@@ -75,7 +88,10 @@ export const BACKEND_PROTOCOL_FEATURES: bigint = featureBit(ProtocolFeature.MQ) 
 export interface VhostUserBackendOptions {
   /** Path of the Unix socket to listen on (an existing socket file is replaced). */
   socketPath: string;
-  /** Called with each dropped connection's error, and other errors. */
+  /**
+   * Called with each dropped connection's error, other errors, and the one-time
+   * {@link UnsealedMemoryWarning} (default: printed with `console.error`).
+   */
   onError?: (err: Error) => void;
   /** Called with progress messages (connections, rings started). */
   log?: (message: string) => void;
@@ -88,10 +104,20 @@ export interface VhostUserBackendOptions {
    * {@link BUSY_POLL_BUDGET_MS} at a time.
    */
   pollUs?: number;
+  /**
+   * Refuse guest memory that is not sealed against shrinking (F_SEAL_SHRINK), instead of
+   * serving it with a one-time {@link UnsealedMemoryWarning} (default false). A frontend that
+   * truncates unsealed memory after SET_MEM_TABLE makes the backend process die of SIGBUS;
+   * sealed memory (QEMU's `memory-backend-memfd`, which seals by default) cannot shrink.
+   */
+  requireSealedMemory?: boolean;
 }
 
 /** The longest a busy poll holds the event loop before yielding, in milliseconds. */
 export const BUSY_POLL_BUDGET_MS = 5;
+/** How long the backend stops accepting after `accept` failed for want of resources (ms). */
+const ACCEPT_RETRY_MS = 100;
+
 /** The largest poll-mode window, in microseconds (`pollUs`). */
 export const MAX_POLL_US = 1000;
 
@@ -140,6 +166,7 @@ export class VhostUserBackend {
   readonly #offeredProtocol: bigint;
   #listenFd = -1;
   #listenWatch: Watch | undefined;
+  #acceptRetry: ReturnType<typeof setTimeout> | undefined;
   #conn = -1;
   #connWatch: Watch | undefined;
   #reader = new MessageReader();
@@ -151,6 +178,8 @@ export class VhostUserBackend {
   #memory: GuestMemory | undefined;
   #rings: Ring[];
   readonly #pollMs: number;
+  readonly #requireSealedMemory: boolean;
+  #warnedUnsealed = false;
   #closedResolve!: () => void;
   /** Connections accepted so far. */
   connections = 0;
@@ -174,6 +203,7 @@ export class VhostUserBackend {
       throw new RangeError(`pollUs must be 0 to ${MAX_POLL_US}, got ${pollUs}`);
     }
     this.#pollMs = pollUs / 1000;
+    this.#requireSealedMemory = options.requireSealedMemory ?? false;
     this.core = new TransportCore(device, {
       queueNotifier: (i) => createQueueNotifier(() => this.#rings[i].call?.write(1n)),
       // Configuration changes reach the frontend on the backend request channel, if it set one.
@@ -238,6 +268,8 @@ export class VhostUserBackend {
   async close(): Promise<void> {
     this.#disconnect("backend closing");
     this.#listenWatch?.close();
+    if (this.#acceptRetry !== undefined) clearTimeout(this.#acceptRetry);
+    this.#acceptRetry = undefined;
     if (this.#listenFd >= 0) close(this.#listenFd);
     this.#listenFd = -1;
     await this.#watcher.stop();
@@ -254,6 +286,16 @@ export class VhostUserBackend {
     } catch (err) {
       if (err instanceof SysError && err.errno === Errno.EAGAIN) return;
       this.#onError(asError(err));
+      // The connection stays queued (out of descriptors or memory): the socket stays readable,
+      // so stop watching it for a while instead of failing in a loop.
+      this.#listenWatch?.close();
+      this.#listenWatch = undefined;
+      this.#acceptRetry ??= setTimeout(() => {
+        this.#acceptRetry = undefined;
+        if (this.#listenFd >= 0) {
+          this.#listenWatch = this.#watcher.watch(this.#listenFd, () => this.#accept());
+        }
+      }, ACCEPT_RETRY_MS);
       return;
     }
     // A frontend that reconnects may be accepted before its old connection's hang-up is seen:
@@ -467,7 +509,7 @@ export class VhostUserBackend {
         if (!noFd && msg.fds.length !== 1) {
           throw new VhostUserError("Malformed", `expected 1 fd, got ${msg.fds.length}`, rq);
         }
-        const efd = noFd ? undefined : EventFd.fromFd(msg.fds.shift()!);
+        const efd = noFd ? undefined : this.#adoptEventFd(msg, index);
         if (rq === R.SET_VRING_KICK) {
           if (efd === undefined) {
             throw new VhostUserError("Unsupported", "polling mode (no kick fd)", rq);
@@ -601,6 +643,8 @@ export class VhostUserBackend {
     }
   }
 
+  // Every region is checked before anything is mapped (see _memory_table.ts): the table as a
+  // whole, then each file against its size and seals, so no mapping can reach past its file.
   #setMemTable(msg: Message): void {
     const descs = Payload.memTable(msg);
     if (msg.fds.length !== descs.length) {
@@ -610,6 +654,13 @@ export class VhostUserBackend {
         msg.request,
       );
     }
+    checkMemTable(descs, msg.request);
+    const files = descs.map((d, i) =>
+      checkRegionFile(msg.fds[i], d, i, {
+        requireSealed: this.#requireSealedMemory,
+        request: msg.request,
+      })
+    );
     const mapped: MappedRegion[] = [];
     try {
       descs.forEach((d, i) => {
@@ -645,6 +696,15 @@ export class VhostUserBackend {
       if (err instanceof VhostUserError) throw err;
       throw new VhostUserError("InvalidValue", asError(err).message, msg.request, { cause: err });
     }
+    this.#warnIfUnsealed(descs, files);
+  }
+
+  // Unsealed memory is served, with the risk said once per backend.
+  #warnIfUnsealed(descs: MemoryRegionDesc[], files: RegionFile[]): void {
+    const i = files.findIndex((f) => !f.sealed);
+    if (i < 0 || this.#warnedUnsealed) return;
+    this.#warnedUnsealed = true;
+    this.#onError(new UnsealedMemoryWarning(i, regionName(i, descs[i])));
   }
 
   // Frontend virtual address -> guest-physical address, through the memory table.
@@ -659,6 +719,60 @@ export class VhostUserBackend {
       `address 0x${userAddr.toString(16)} is in no memory region`,
       request,
     );
+  }
+
+  // A vring's kick, call or err fd must be an eventfd. Anything else (a socket, a pipe, a file)
+  // would be read or written as if it were one, and a kick fd that stays readable (a socket
+  // whose peer closed, a file) had the ring served tens of thousands of times a second. A
+  // semaphore-mode kick eventfd stays readable for as many reads as one write says.
+  #adoptEventFd(msg: Message, index: number): EventFd {
+    const rq = msg.request;
+    const what = VRING_FD_NAMES.get(rq) ?? "";
+    const fd = msg.fds[0];
+    let kind: string;
+    try {
+      kind = fdKind(fd);
+    } catch (err) {
+      const message = `vring ${index} ${what} fd: ${asError(err).message}`;
+      throw new VhostUserError("InvalidValue", message, rq, { cause: err });
+    }
+    if (kind !== "eventfd") {
+      const article = /^[aeiou]/.test(kind) ? "an" : "a";
+      throw new VhostUserError(
+        "InvalidValue",
+        `vring ${index} ${what} fd is ${article} ${kind}, not an eventfd`,
+        rq,
+      );
+    }
+    if (rq === Request.SET_VRING_KICK && eventFdSemaphore(fd) === true) {
+      throw new VhostUserError(
+        "InvalidValue",
+        `vring ${index} kick fd is an eventfd in semaphore mode (EFD_SEMAPHORE)`,
+        rq,
+      );
+    }
+    return EventFd.fromFd(msg.fds.shift()!);
+  }
+
+  // Serve the ring on each kick. A kick fd that hangs up, fails to read or never drains stops
+  // being watched and is reported once, instead of having the ring served in a loop; a new
+  // SET_VRING_KICK brings the ring back.
+  #watchKick(index: number, kick: EventFd): Watch {
+    return watchEventFd(kick, {
+      watcher: this.#watcher,
+      onSignal: () => {
+        this.core.notify(index);
+        if (this.#pollMs > 0) this.#busyPoll();
+      },
+      onBroken: (reason) =>
+        this.#onError(
+          new VhostUserError(
+            "Io",
+            `vring ${index} kick fd: ${reason}; the ring is no longer watched`,
+            Request.SET_VRING_KICK,
+          ),
+        ),
+    });
   }
 
   #maybeStart(index: number): void {
@@ -688,12 +802,7 @@ export class VhostUserBackend {
     if (used !== ring.base) q.nextAvail = used;
     ring.started = true;
     this.#log(`vring ${index} started (size ${ring.num}, base ${ring.base})`);
-    const kick = ring.kick;
-    ring.watch = this.#watcher.watch(kick.fd, () => {
-      kick.read();
-      this.core.notify(index);
-      if (this.#pollMs > 0) this.#busyPoll();
-    });
+    ring.watch = this.#watchKick(index, ring.kick);
     if (this.core.tryActivate()) {
       // Serve every started ring, this one included: buffers may be waiting already.
       for (let i = 0; i < this.#rings.length; i++) {
@@ -780,6 +889,12 @@ export class VhostUserBackend {
     this.#log(`frontend disconnected: ${reason}`);
   }
 }
+
+const VRING_FD_NAMES: ReadonlyMap<number, string> = new Map([
+  [Request.SET_VRING_KICK, "kick"],
+  [Request.SET_VRING_CALL, "call"],
+  [Request.SET_VRING_ERR, "err"],
+]);
 
 function newRing(maxSize: number): Ring {
   return {

@@ -14,7 +14,7 @@ import process from "node:process";
 import type { VirtioDevice } from "../devices/device.ts";
 import { RNG_MAX_PERIOD_MS, RngDevice } from "../devices/rng.ts";
 import { BlockDevice, FileBackend, OverlayBackend } from "../devices/block.ts";
-import { MAX_POLL_US, VhostUserBackend } from "./backend.ts";
+import { MAX_POLL_US, UnsealedMemoryWarning, VhostUserBackend } from "./backend.ts";
 
 const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk [options]
 
@@ -39,6 +39,10 @@ Options:
   --rng-period-ms N rng: the rate limit's period in milliseconds (default 1000)
   --poll-us N       poll mode: keep checking the rings for N µs (up to 1000) after serving
                     a kick; lower latency for a busy guest, at the cost of CPU (default 0)
+  --require-sealed-memory
+                    refuse guest memory not sealed against shrinking (F_SEAL_SHRINK); by
+                    default it is served with a warning, since a frontend that truncates it
+                    would kill this process with SIGBUS (QEMU's memory-backend-memfd seals)
   --once            exit after the first frontend disconnects
   --verbose         log connections and ring state changes
   --help            show this text
@@ -91,6 +95,7 @@ export async function main(argv: string[]): Promise<number> {
         "block-size": { type: "string" },
         "physical-block-size": { type: "string" },
         writethrough: { type: "boolean", default: false },
+        "require-sealed-memory": { type: "boolean", default: false },
         once: { type: "boolean", default: false },
         verbose: { type: "boolean", default: false },
         help: { type: "boolean", default: false },
@@ -185,8 +190,14 @@ export async function main(argv: string[]): Promise<number> {
   const backend = new VhostUserBackend(device, {
     socketPath: args.socket,
     pollUs,
+    requireSealedMemory: args["require-sealed-memory"],
     log: verbose ? (m) => console.error(`vhost-user: ${m}`) : undefined,
-    onError: (e) => console.error(`vhost-user: error: ${e.message}`),
+    onError: (e) =>
+      console.error(
+        e instanceof UnsealedMemoryWarning
+          ? `vhost-user: ${e.message}`
+          : `vhost-user: error: ${e.message}`,
+      ),
   });
   backend.listen();
   console.error(`vhost-user ${args.device} backend listening on ${args.socket}`);
