@@ -17,5 +17,6 @@
 
 export * from "./queue_driver.ts";
 export * from "./mmio_driver.ts";
+export * from "./pci_driver.ts";
 export * from "./vhost_user_frontend.ts";
 export * from "./bytes.ts";
