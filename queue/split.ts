@@ -5,8 +5,14 @@
  */
 
 import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
-import { DescriptorChain } from "./chain.ts";
-import { CHAIN_TOKEN } from "./_chain_token.ts";
+import type { DescriptorChain } from "./chain.ts";
+import type { Virtqueue, VirtqueueState } from "./virtqueue.ts";
+import {
+  CHAIN_SEGMENT_LIMIT,
+  ChainBuilder,
+  chainProblem,
+  DescriptorTable,
+} from "./_chain_builder.ts";
 import { QueueError } from "./error.ts";
 
 /** Descriptor continues via the `next` field (virtio 1.2 §2.7.5). */
@@ -36,34 +42,12 @@ export const MAX_INDIRECT_ENTRIES = 65536;
  * region it touches, and this bounds what a hostile memory table of many tiny
  * regions can make the device hold for one chain.
  */
-export const MAX_CHAIN_SEGMENTS = 1 << 17;
-
-// One descriptor copied out of an indirect table when it straddles two regions.
-const descScratch = new Uint8Array(DESCRIPTOR_SIZE);
-const descScratchView = new DataView(descScratch.buffer);
+export const MAX_CHAIN_SEGMENTS: number = CHAIN_SEGMENT_LIMIT;
 
 /** Plain saved state of a split queue (for migration and vhost-user). */
-export interface SplitQueueState {
-  /** Maximum size the device offers. */
-  maxSize: number;
-  /** Size chosen by the driver. */
-  size: number;
-  /** Whether the driver marked the queue ready. */
-  ready: boolean;
-  /** Guest address of the descriptor table. */
-  descTable: number;
-  /** Guest address of the available ring (driver area). */
-  availRing: number;
-  /** Guest address of the used ring (device area). */
-  usedRing: number;
-  /** Next available-ring index the device will read. */
-  nextAvail: number;
-  /** Next used-ring index the device will write. */
-  nextUsed: number;
-  /** Whether VIRTIO_F_EVENT_IDX was negotiated. */
-  eventIdx: boolean;
-  /** Whether VIRTIO_F_INDIRECT_DESC was negotiated. */
-  indirect: boolean;
+export interface SplitQueueState extends VirtqueueState {
+  /** Always `"split"`. */
+  format: "split";
 }
 
 /** Bytes taken by the available ring of a queue of `size` entries (with `used_event`). */
@@ -108,7 +92,9 @@ function isPowerOfTwo(n: number): boolean {
  * if (queue.needsNotification(mem)) notifier.notify();
  * ```
  */
-export class SplitQueue {
+export class SplitQueue implements Virtqueue {
+  /** The ring format. */
+  readonly format = "split" as const;
   /** Maximum size the device offers. */
   readonly maxSize: number;
   /** Size the driver chose (defaults to `maxSize`). */
@@ -135,6 +121,8 @@ export class SplitQueue {
   #used!: GuestRegion;
   #usedOff = 0;
   #usedIdxIndex = 0;
+  readonly #table = new DescriptorTable();
+  readonly #builder = new ChainBuilder();
 
   /**
    * Create it.
@@ -403,21 +391,13 @@ export class SplitQueue {
   }
 
   #parse(mem: GuestMemory, head: number): DescriptorChain {
-    const addrs: number[] = [];
-    const lens: number[] = [];
-    let readableCount = 0;
-    let readableBytes = 0;
-    let writableBytes = 0;
-    let descriptorCount = 0;
-    // The table descriptors are read from: a region and the table's offset in it, or, for an
-    // indirect table that crosses into an adjacent region, `undefined` and its guest address.
-    let table: GuestRegion | undefined = this.#desc;
-    let base = this.#descOff;
+    const table = this.#table;
+    table.inRegion(mem, this.#desc, this.#descOff);
+    const chain = this.#builder;
+    chain.start();
     let entries = this.size;
     let ttl = this.size;
     let inIndirect = false;
-    let sawWritable = false;
-    let total = 0;
     let idx = head;
     const bad = (code: QueueError["code"], msg: string): never => {
       throw new QueueError(code, `${msg} (chain ${head})`, { head });
@@ -427,25 +407,10 @@ export class SplitQueue {
         bad("DescriptorIndexOutOfRange", `descriptor ${idx} >= table size ${entries}`);
       }
       if (ttl-- === 0) bad("ChainTooLong", `more than ${entries} descriptors`);
-      descriptorCount++;
-      let view: DataView;
-      let off: number;
-      if (table !== undefined) {
-        view = table.view;
-        off = base + DESCRIPTOR_SIZE * idx;
-      } else {
-        const at = base + DESCRIPTOR_SIZE * idx;
-        const region = mem.regionOf(at, DESCRIPTOR_SIZE);
-        if (region !== undefined) {
-          view = region.view;
-          off = at - region.base;
-        } else {
-          // This descriptor itself straddles the boundary (the table was checked whole).
-          mem.read(at, descScratch);
-          view = descScratchView;
-          off = 0;
-        }
-      }
+      chain.descriptorCount++;
+      table.at(idx);
+      const view = table.view;
+      const off = table.offset;
       const lo = view.getUint32(off, true);
       const hi = view.getUint32(off + 4, true);
       const len = view.getUint32(off + 8, true);
@@ -463,19 +428,10 @@ export class SplitQueue {
         }
         const n = len / DESCRIPTOR_SIZE;
         if (n > MAX_INDIRECT_ENTRIES) bad("InvalidIndirectLength", `${n} indirect entries`);
-        // An indirect table is ordinary driver memory (virtio 1.2 §2.7.5.3 puts no region rule
-        // on it), so one that runs on into an adjacent region is read descriptor by descriptor.
-        // Refusing it would fail valid requests at random, wherever the guest's allocator
-        // happened to put a table; a table over a hole is out of bounds.
-        const region = mem.regionOf(addr, len);
-        if (region !== undefined) {
-          table = region;
-          base = addr - region.base;
-        } else if (mem.checkSpan(addr, len)) {
-          table = undefined;
-          base = addr;
-        } else {
-          return bad("DescriptorOutOfBounds", `indirect table at 0x${addr.toString(16)} (+${len})`);
+        // An indirect table is ordinary driver memory, read across adjacent regions;
+        // a table over a hole is out of bounds.
+        if (!table.span(mem, addr, len)) {
+          bad("DescriptorOutOfBounds", `indirect table at 0x${addr.toString(16)} (+${len})`);
         }
         entries = n;
         ttl = n;
@@ -483,83 +439,11 @@ export class SplitQueue {
         idx = 0;
         continue;
       }
-      const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
-      if (writable) sawWritable = true;
-      else if (sawWritable) bad("ReadableAfterWritable", `descriptor ${idx}`);
-      if (len > 0) {
-        const pieces = this.#addBuffer(addrs, lens, mem, addr, len);
-        if (pieces === 0) {
-          bad("DescriptorOutOfBounds", `buffer at 0x${addr.toString(16)} (+${len})`);
-        }
-        if (pieces < 0) bad("TooManySegments", `more than ${MAX_CHAIN_SEGMENTS} segments`);
-        total += len;
-        if (total > 0xffffffff) bad("ChainTooLarge", "total length above 2^32 - 1");
-        if (writable) writableBytes += len;
-        else {
-          readableCount += pieces;
-          readableBytes += len;
-        }
-      }
-      if (!(flags & VIRTQ_DESC_F_NEXT)) {
-        return new DescriptorChain(CHAIN_TOKEN, {
-          memory: mem,
-          head,
-          addrs,
-          lens,
-          readableCount,
-          readableBytes,
-          writableBytes,
-          descriptorCount,
-        });
-      }
+      const problem = chain.add(mem, addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
+      if (problem !== undefined) bad(problem, chainProblem(problem, idx, addr, len));
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return chain.finish(mem, head);
       idx = next;
     }
-  }
-
-  /**
-   * Append buffer `[addr, addr + len)` (`len` > 0) to the chain as one segment per guest memory
-   * region it lies in: a buffer may run from one region into the next when they are adjacent
-   * (virtio 1.2 §2.7.5 knows nothing of regions; frontends split RAM into several), never
-   * across a hole. Allocates nothing beyond the chain's own arrays.
-   * @returns The number of segments added; 0 when a byte is not backed; -1 past the limit.
-   */
-  #addBuffer(
-    addrs: number[],
-    lens: number[],
-    mem: GuestMemory,
-    addr: number,
-    len: number,
-  ): number {
-    let i = mem.findRegionIndex(addr);
-    if (i < 0) return 0;
-    const regions = mem.regions;
-    let r = regions[i];
-    if (addrs.length >= MAX_CHAIN_SEGMENTS) return -1;
-    if (addr + len <= r.end) {
-      addrs.push(addr);
-      lens.push(len);
-      return 1;
-    }
-    // Check the whole span first, so a refused buffer adds nothing.
-    const end = addr + len;
-    let a = r.end;
-    let pieces = 1;
-    for (let j = i + 1; a < end; j++) {
-      const rj = regions[j];
-      if (rj === undefined || rj.base !== a) return 0;
-      a = rj.end;
-      pieces++;
-    }
-    if (addrs.length + pieces > MAX_CHAIN_SEGMENTS) return -1;
-    a = addr;
-    while (a < end) {
-      const n = Math.min(end, r.end) - a;
-      addrs.push(a);
-      lens.push(n);
-      a += n;
-      r = regions[++i];
-    }
-    return pieces;
   }
 
   /**
@@ -645,9 +529,29 @@ export class SplitQueue {
     }
   }
 
+  /** The next available index, as vhost-user's GET_VRING_BASE reports it. */
+  vringBase(): number {
+    return this.#nextAvail;
+  }
+
+  /**
+   * Resume at `base` after the rings were set up again (a vhost-user backend restarting a
+   * ring): the used index is what the used ring says, and when it is behind `base`, chains
+   * were in flight when the previous server stopped: they are served again.
+   * @param mem Guest memory.
+   * @param base The next available index.
+   * @throws {QueueError} When the queue is not valid.
+   */
+  resume(mem: GuestMemory, base: number): void {
+    const used = this.usedIdx(mem);
+    this.nextUsed = used;
+    this.nextAvail = used !== (base & 0xffff) ? used : base;
+  }
+
   /** A plain copy of the queue's state. */
   state(): SplitQueueState {
     return {
+      format: "split",
       maxSize: this.maxSize,
       size: this.size,
       ready: this.ready,

@@ -16,6 +16,7 @@
  */
 
 export * from "./queue_driver.ts";
+export * from "./packed_driver.ts";
 export * from "./mmio_driver.ts";
 export * from "./pci_driver.ts";
 export * from "./vhost_user_frontend.ts";

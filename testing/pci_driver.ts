@@ -15,6 +15,7 @@ import {
   DEVICE_DRIVER_OK,
   DEVICE_FEATURES_OK,
   featureBit,
+  VIRTIO_F_RING_PACKED,
 } from "../devices/device.ts";
 import {
   PCI_VENDOR_ID_VIRTIO,
@@ -330,7 +331,9 @@ export class PciDriver {
     this.setCommon(C.deviceStatus, 1, 0);
     this.setCommon(C.deviceStatus, 1, DEVICE_ACKNOWLEDGE);
     this.setCommon(C.deviceStatus, 1, DEVICE_ACKNOWLEDGE | DEVICE_DRIVER);
-    this.features = this.deviceFeatures() & (options.features ?? (1n << 64n) - 1n);
+    // The rings laid out here are split rings.
+    this.features = this.deviceFeatures() & (options.features ?? (1n << 64n) - 1n) &
+      ~featureBit(VIRTIO_F_RING_PACKED);
     for (let page = 0; page < 2; page++) {
       this.setCommon(C.driverFeatureSelect, 4, page);
       this.setCommon(

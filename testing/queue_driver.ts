@@ -8,10 +8,10 @@
  */
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
+import type { Virtqueue } from "../queue/virtqueue.ts";
 import {
   availRingSize,
   DESCRIPTOR_SIZE,
-  type SplitQueue,
   usedRingSize,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
   VIRTQ_DESC_F_INDIRECT,
@@ -164,7 +164,7 @@ export class DriverQueue {
    * the transport registers, and mark it ready.
    * @param queue The device's queue.
    */
-  program(queue: SplitQueue): void {
+  program(queue: Virtqueue): void {
     queue.size = this.size;
     queue.descTable = this.descTable;
     queue.availRing = this.availRing;

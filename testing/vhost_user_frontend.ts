@@ -25,7 +25,7 @@ import {
   usedRingSize,
   VIRTIO_F_EVENT_IDX,
 } from "../queue/split.ts";
-import { featureBit } from "../devices/device.ts";
+import { featureBit, VIRTIO_F_RING_PACKED } from "../devices/device.ts";
 import {
   addSeals,
   AF_UNIX,
@@ -1055,7 +1055,9 @@ export class VhostUserFrontend {
     if (queueNum !== undefined && queues > queueNum) {
       throw new RangeError(`Backend has ${queueNum} queues, ${queues} asked for`);
     }
-    const features = (offered & (options.features ?? offered)) | (offered & protocol);
+    // The rings this frontend lays out are split rings: never accept the packed layout.
+    const split = ~featureBit(VIRTIO_F_RING_PACKED);
+    const features = (offered & (options.features ?? offered) & split) | (offered & protocol);
     await this.setFeatures(features);
     await this.setMemTable(options.memoryRegions);
     const rings: number[] = [];

@@ -16,6 +16,8 @@
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
 import { SplitQueue } from "../queue/split.ts";
+import { PackedQueue } from "../queue/packed.ts";
+import type { Virtqueue } from "../queue/virtqueue.ts";
 import {
   ActivateError,
   DEVICE_ACKNOWLEDGE,
@@ -27,6 +29,7 @@ import {
   DEVICE_NEEDS_RESET,
   featureBit,
   type InterruptNotifier,
+  VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
   type VirtioDevice,
   VirtioDeviceConfig,
@@ -97,6 +100,11 @@ export interface TransportCoreOptions {
    * time after DRIVER_OK, such as vhost-user. Activation is tried again as queues start.
    */
   deferIncompleteActivation?: boolean;
+  /**
+   * Offer VIRTIO_F_RING_PACKED (virtio 1.2 §2.8) to modern drivers (default true); the queues
+   * become packed queues when the driver accepts it.
+   */
+  ringPacked?: boolean;
   /** Called once each time the device enters DEVICE_NEEDS_RESET (e.g. to signal err fds). */
   onNeedsReset?: (err: VirtioError | ActivateError) => void;
 }
@@ -143,7 +151,7 @@ export class TransportCore {
   /** The device. */
   readonly device: VirtioDevice;
   /** The queues, by index; owned by the core. */
-  readonly queues: SplitQueue[];
+  readonly queues: Virtqueue[];
   #modern: boolean;
   readonly #masked: bigint;
   readonly #queueNotifier: (index: number) => InterruptNotifier;
@@ -153,6 +161,7 @@ export class TransportCore {
   readonly #shm: VirtioSharedMemoryList | undefined;
   readonly #ctrlIndex: number;
   readonly #defer: boolean;
+  readonly #ringPacked: boolean;
   readonly #notifiers: (InterruptNotifier | undefined)[];
   // Continuations of passes that stopped at their budget, by queue index.
   readonly #continuations: (ReturnType<typeof setTimeout> | undefined)[];
@@ -180,6 +189,7 @@ export class TransportCore {
     this.#onNeedsReset = options.onNeedsReset ?? (() => {});
     this.#shm = options.shmRegions;
     this.#defer = options.deferIncompleteActivation ?? false;
+    this.#ringPacked = options.ringPacked ?? true;
     // Data queues, then the control queue if the device has one (seed `ctrl_queue_max_sizes`).
     const sizes = [...device.queueMaxSizes()];
     const ctrl = device.ctrlQueueMaxSizes?.() ?? 0;
@@ -246,7 +256,9 @@ export class TransportCore {
    */
   offeredPage(page: number): number {
     if (!Number.isInteger(page) || page < 0 || page > 1) return 0;
-    const all = BigInt(this.device.getAvailFeatures(page) >>> 0) << BigInt(32 * page);
+    let all = BigInt(this.device.getAvailFeatures(page) >>> 0) << BigInt(32 * page);
+    // Ring layouts are the transport's business: the packed ring is offered on top.
+    if (this.#ringPacked) all |= featureBit(VIRTIO_F_RING_PACKED);
     return Number((this.#offerMask(all) >> BigInt(32 * page)) & ALL_PAGES);
   }
 
@@ -257,8 +269,8 @@ export class TransportCore {
 
   #offerMask(features: bigint): bigint {
     let f = features & ~this.#masked;
-    // A legacy device must not offer VIRTIO_F_VERSION_1 (virtio 1.2 §2.2.3).
-    if (!this.#modern) f &= ~featureBit(VIRTIO_F_VERSION_1);
+    // A legacy device must not offer VIRTIO_F_VERSION_1 (virtio 1.2 §2.2.3), nor a packed ring.
+    if (!this.#modern) f &= ~(featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_F_RING_PACKED));
     return f;
   }
 
@@ -324,6 +336,16 @@ export class TransportCore {
     const f = this.#driverFeatures & this.offeredFeatures();
     this.device.setAckedFeatures(0, Number(f & ALL_PAGES));
     this.device.setAckedFeatures(1, Number((f >> 32n) & ALL_PAGES));
+    this.#useFormat((f & featureBit(VIRTIO_F_RING_PACKED)) !== 0n ? "packed" : "split");
+  }
+
+  // The driver chose the ring layout with its features (before it sets queues up).
+  #useFormat(format: "split" | "packed"): void {
+    for (let i = 0; i < this.queues.length; i++) {
+      const q = this.queues[i];
+      if (q.format === format) continue;
+      this.queues[i] = format === "packed" ? new PackedQueue(q.maxSize) : new SplitQueue(q.maxSize);
+    }
   }
 
   // -------------------------------------------------------------------------------------------
@@ -407,7 +429,7 @@ export class TransportCore {
    * @param index Queue index.
    * @returns The queue to configure, or `undefined`.
    */
-  queueForSetup(index: number): SplitQueue | undefined {
+  queueForSetup(index: number): Virtqueue | undefined {
     const q = this.queues[index];
     if (!Number.isInteger(index) || q === undefined) {
       this.#error("InvalidQueueAccess", `queue ${index} does not exist`);
@@ -457,7 +479,7 @@ export class TransportCore {
     if (this.#active) this.#reconfigure();
   }
 
-  #existing(index: number): SplitQueue {
+  #existing(index: number): Virtqueue {
     const q = this.queues[index];
     if (!Number.isInteger(index) || q === undefined) {
       throw new VirtioError("InvalidInput", `queue ${index} does not exist`);
@@ -589,6 +611,7 @@ export class TransportCore {
     this.#deactivate();
     // A device that was never activated still forgets its negotiation.
     this.device.reset();
+    this.#useFormat("split");
     for (const q of this.queues) q.reset();
     this.#status = DEVICE_INIT;
     this.#driverFeatures = 0n;

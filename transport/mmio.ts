@@ -7,7 +7,7 @@
  */
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import type { SplitQueue } from "../queue/split.ts";
+import type { Virtqueue } from "../queue/virtqueue.ts";
 import {
   createDeviceNotifier,
   createQueueNotifier,
@@ -181,7 +181,7 @@ export class MmioTransport {
   }
 
   /** The queues, by index; owned by the transport core. */
-  get queues(): readonly SplitQueue[] {
+  get queues(): readonly Virtqueue[] {
     return this.core.queues;
   }
 

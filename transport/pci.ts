@@ -21,7 +21,7 @@
  */
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import type { SplitQueue } from "../queue/split.ts";
+import type { Virtqueue } from "../queue/virtqueue.ts";
 import {
   DEVICE_DRIVER_OK,
   TYPE_BALLOON,
@@ -462,7 +462,7 @@ export class PciTransport {
   }
 
   /** The queues, by index; owned by the transport core. */
-  get queues(): readonly SplitQueue[] {
+  get queues(): readonly Virtqueue[] {
     return this.core.queues;
   }
 

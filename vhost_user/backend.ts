@@ -17,6 +17,7 @@ import {
   DEVICE_DRIVER_OK,
   DEVICE_FEATURES_OK,
   featureBit,
+  VIRTIO_F_RING_PACKED,
   type VirtioDevice,
 } from "../devices/device.ts";
 import { TransportCore } from "../transport/core.ts";
@@ -452,7 +453,10 @@ export class VhostUserBackend {
         this.#requireOwner(rq);
         const { index, num } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
-        if (num === 0 || (num & (num - 1)) !== 0 || num > this.core.queues[index].maxSize) {
+        // A split ring's size is a power of two; a packed ring's need not be (virtio 1.2 §2.8).
+        const packed = (this.#features & featureBit(VIRTIO_F_RING_PACKED)) !== 0n;
+        const pow2 = (num & (num - 1)) === 0;
+        if (num === 0 || (!packed && !pow2) || num > this.core.queues[index].maxSize) {
           throw new VhostUserError("InvalidValue", `vring ${index} size ${num}`, rq);
         }
         if (ring.started) throw new VhostUserError("OutOfOrder", `vring ${index} is running`, rq);
@@ -480,7 +484,12 @@ export class VhostUserBackend {
         const { index, num } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
         if (ring.started) throw new VhostUserError("OutOfOrder", `vring ${index} is running`, rq);
-        if (num > 0xffff) throw new VhostUserError("InvalidValue", `vring base ${num}`, rq);
+        // Split: the next available index. Packed: avail index and wrap in bits 0–15, used
+        // index and wrap in bits 16–31 (as QEMU encodes them).
+        const packed = (this.#features & featureBit(VIRTIO_F_RING_PACKED)) !== 0n;
+        if (!packed && num > 0xffff) {
+          throw new VhostUserError("InvalidValue", `vring base ${num}`, rq);
+        }
         ring.base = num;
         ring.parked = false;
         return undefined;
@@ -489,7 +498,7 @@ export class VhostUserBackend {
         this.#requireOwner(rq);
         const { index } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
-        const base = ring.started ? this.core.queues[index].nextAvail : ring.base;
+        const base = ring.started ? this.core.queues[index].vringBase() : ring.base;
         this.#stopRing(index);
         ring.base = base;
         ring.parked = true;
@@ -796,10 +805,7 @@ export class VhostUserBackend {
     }
     // Resume where the frontend says; a used index behind it means requests were in
     // flight when the previous backend went away: serve them again.
-    q.nextAvail = ring.base;
-    const used = q.usedIdx(this.#memory);
-    q.nextUsed = used;
-    if (used !== ring.base) q.nextAvail = used;
+    q.resume(this.#memory, ring.base);
     ring.started = true;
     this.#log(`vring ${index} started (size ${ring.num}, base ${ring.base})`);
     ring.watch = this.#watchKick(index, ring.kick);
@@ -851,7 +857,7 @@ export class VhostUserBackend {
     if (!ring.started) return;
     ring.watch?.close();
     ring.watch = undefined;
-    ring.base = this.core.queues[index].nextAvail;
+    ring.base = this.core.queues[index].vringBase();
     ring.started = false;
     // Not a reset: the device keeps its features and configuration and serves the others.
     this.core.stopQueue(index);
