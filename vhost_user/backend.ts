@@ -46,7 +46,8 @@ import {
   type Watch,
   watchEventFd,
 } from "../sys/mod.ts";
-import { existsSync, lstatSync, unlinkSync } from "node:fs";
+import { existsSync, lstatSync, renameSync, unlinkSync } from "node:fs";
+import process from "node:process";
 import {
   BackendRequest,
   encode,
@@ -113,6 +114,9 @@ export interface VhostUserBackendOptions {
    */
   requireSealedMemory?: boolean;
 }
+
+// sockaddr_un.sun_path holds 108 bytes, the terminating NUL included.
+const SUN_PATH_MAX = 108;
 
 /** The longest a busy poll holds the event loop before yielding, in milliseconds. */
 export const BUSY_POLL_BUDGET_MS = 5;
@@ -252,12 +256,22 @@ export class VhostUserBackend {
   listen(): void {
     if (existsSync(this.#path) && lstatSync(this.#path).isSocket()) unlinkSync(this.#path);
     const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+    // Bound and listening under a temporary name first, then renamed into place: whoever
+    // sees the socket file can connect to it (no window between bind and listen).
+    // (A path too long for the extra suffix is bound directly.)
+    let tmp = `${this.#path}.${process.pid}.tmp`;
+    if (new TextEncoder().encode(tmp).length >= SUN_PATH_MAX) tmp = this.#path;
     try {
-      bind(fd, this.#path);
+      if (tmp !== this.#path && existsSync(tmp)) unlinkSync(tmp);
+      bind(fd, tmp);
       listen(fd, 4);
       setNonBlocking(fd);
+      if (tmp !== this.#path) renameSync(tmp, this.#path);
     } catch (err) {
       close(fd);
+      try {
+        if (tmp !== this.#path && existsSync(tmp)) unlinkSync(tmp);
+      } catch { /* best effort */ }
       throw err;
     }
     this.#listenFd = fd;
