@@ -8,7 +8,7 @@
  */
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import { DriverQueue } from "./queue_driver.ts";
+import { DRIVER_OPT_IN_FEATURES, DriverQueue } from "./queue_driver.ts";
 import { PackedDriverQueue } from "./packed_driver.ts";
 import { VIRTIO_F_EVENT_IDX } from "../queue/split.ts";
 import {
@@ -17,6 +17,7 @@ import {
   DEVICE_DRIVER_OK,
   DEVICE_FEATURES_OK,
   featureBit,
+  VIRTIO_F_NOTIFICATION_DATA,
   VIRTIO_F_RING_PACKED,
   VIRTIO_LEGACY_PAGE_SIZE,
 } from "../devices/device.ts";
@@ -110,8 +111,9 @@ export class MmioDriver {
     this.#w(R.Status, 0);
     this.#w(R.Status, DEVICE_ACKNOWLEDGE);
     this.#w(R.Status, DEVICE_ACKNOWLEDGE | DEVICE_DRIVER);
-    // The rings laid out here are split rings (see `initPacked` for the packed layout).
-    const wanted = (options.features ?? ~0n & 0xffffffffffffffffn) &
+    // The rings laid out here are split rings (see `initPacked` for the packed layout); the
+    // other opt-in transport features only when asked for.
+    const wanted = (options.features ?? ~DRIVER_OPT_IN_FEATURES & 0xffffffffffffffffn) &
       ~featureBit(VIRTIO_F_RING_PACKED);
     this.features = this.deviceFeatures() & wanted;
     this.packedQueues = [];
@@ -187,7 +189,7 @@ export class MmioDriver {
     if ((offered & featureBit(VIRTIO_F_RING_PACKED)) === 0n) {
       throw new Error("The device does not offer VIRTIO_F_RING_PACKED");
     }
-    this.features = offered & (options.features ?? ~0n & 0xffffffffffffffffn);
+    this.features = offered & (options.features ?? ~DRIVER_OPT_IN_FEATURES & 0xffffffffffffffffn);
     this.features |= featureBit(VIRTIO_F_RING_PACKED);
     this.writeDriverFeatures(this.features);
     const status = DEVICE_ACKNOWLEDGE | DEVICE_DRIVER | DEVICE_FEATURES_OK;
@@ -236,9 +238,16 @@ export class MmioDriver {
    * @returns Whether a notification was written.
    */
   kick(index: number, force = false): boolean {
-    const needed = (this.packedQueues[index] ?? this.queues[index]).kickNeeded();
+    const packed = this.packedQueues[index];
+    const needed = (packed ?? this.queues[index]).kickNeeded();
     if (!needed && !force) return false;
-    this.#w(MmioRegister.QueueNotify, index);
+    let value = index;
+    if ((this.features & featureBit(VIRTIO_F_NOTIFICATION_DATA)) !== 0n) {
+      // virtio 1.2 §2.9: next_off in bits 16–30, next_wrap in bit 31.
+      const at = packed !== undefined ? packed.availPosition : this.queues[index].availIdx;
+      value = (index | ((at & 0xffff) << 16)) >>> 0;
+    }
+    this.#w(MmioRegister.QueueNotify, value);
     return true;
   }
 

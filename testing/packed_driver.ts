@@ -311,6 +311,11 @@ export class PackedDriverQueue {
     this.#store(this.availRing + 2, RING_EVENT_FLAGS_DESC);
   }
 
+  /** Where the next available descriptor goes (index | wrap << 15), for notification data. */
+  get availPosition(): number {
+    return this.#position();
+  }
+
   /** The next used position the driver will read (index | wrap << 15). */
   usedPosition(): number {
     return this.#usedIdx | (this.#usedWrap << 15);

@@ -15,6 +15,7 @@ import {
   DEVICE_DRIVER_OK,
   DEVICE_FEATURES_OK,
   featureBit,
+  VIRTIO_F_NOTIFICATION_DATA,
   VIRTIO_F_RING_PACKED,
 } from "../devices/device.ts";
 import {
@@ -24,7 +25,7 @@ import {
   type PciTransport,
   VirtioPciCapType,
 } from "../transport/pci.ts";
-import { DriverQueue } from "./queue_driver.ts";
+import { DRIVER_OPT_IN_FEATURES, DriverQueue } from "./queue_driver.ts";
 
 /** A virtio structure found on the capability list. */
 export interface PciStructure {
@@ -331,8 +332,9 @@ export class PciDriver {
     this.setCommon(C.deviceStatus, 1, 0);
     this.setCommon(C.deviceStatus, 1, DEVICE_ACKNOWLEDGE);
     this.setCommon(C.deviceStatus, 1, DEVICE_ACKNOWLEDGE | DEVICE_DRIVER);
-    // The rings laid out here are split rings.
-    this.features = this.deviceFeatures() & (options.features ?? (1n << 64n) - 1n) &
+    // The rings laid out here are split rings; other opt-in features only when asked for.
+    this.features = this.deviceFeatures() &
+      (options.features ?? ((1n << 64n) - 1n) & ~DRIVER_OPT_IN_FEATURES) &
       ~featureBit(VIRTIO_F_RING_PACKED);
     for (let page = 0; page < 2; page++) {
       this.setCommon(C.driverFeatureSelect, 4, page);
@@ -427,7 +429,14 @@ export class PciDriver {
     this.setCommon(PciCommonCfg.queueSelect, 2, index);
     const off = this.common(PciCommonCfg.queueNotifyOff, 2);
     const n = this.structures.get(VirtioPciCapType.NOTIFY_CFG)!;
-    this.barWrite(n.bar, n.offset + off * this.notifyMultiplier, 2, index);
+    const at = n.offset + off * this.notifyMultiplier;
+    if ((this.features & featureBit(VIRTIO_F_NOTIFICATION_DATA)) !== 0n) {
+      // virtio 1.2 §4.1.5.2: a 32-bit notification with next_off/next_wrap in the upper half.
+      const next = this.queues[index].availIdx & 0xffff;
+      this.barWrite(n.bar, at, 4, (index | (next << 16)) >>> 0);
+    } else {
+      this.barWrite(n.bar, at, 2, index);
+    }
     return true;
   }
 

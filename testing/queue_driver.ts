@@ -43,6 +43,13 @@ export interface RawDescriptor {
   next: number;
 }
 
+/**
+ * Transport features the driver harnesses accept only when asked (`features` naming them):
+ * they change what the driver itself must do — the packed ring layout, notifications that carry
+ * data, per-queue reset.
+ */
+export const DRIVER_OPT_IN_FEATURES: bigint = (1n << 34n) | (1n << 38n) | (1n << 40n);
+
 /** An entry the device put in the used ring. */
 export interface UsedEntry {
   /** Head index of the chain. */

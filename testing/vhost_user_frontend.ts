@@ -14,6 +14,7 @@
 
 import { GuestMemory } from "../memory/guest_memory.ts";
 import {
+  DRIVER_OPT_IN_FEATURES,
   type DriverBuffer,
   DriverQueue,
   type RawDescriptor,
@@ -1056,7 +1057,7 @@ export class VhostUserFrontend {
       throw new RangeError(`Backend has ${queueNum} queues, ${queues} asked for`);
     }
     // The rings this frontend lays out are split rings: never accept the packed layout.
-    const split = ~featureBit(VIRTIO_F_RING_PACKED);
+    const split = ~(featureBit(VIRTIO_F_RING_PACKED) | DRIVER_OPT_IN_FEATURES);
     const features = (offered & (options.features ?? offered) & split) | (offered & protocol);
     await this.setFeatures(features);
     await this.setMemTable(options.memoryRegions);

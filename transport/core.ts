@@ -30,6 +30,7 @@ import {
   featureBit,
   type InterruptNotifier,
   VIRTIO_F_RING_PACKED,
+  VIRTIO_F_RING_RESET,
   VIRTIO_F_VERSION_1,
   type VirtioDevice,
   VirtioDeviceConfig,
@@ -105,6 +106,12 @@ export interface TransportCoreOptions {
    * become packed queues when the driver accepts it.
    */
   ringPacked?: boolean;
+  /**
+   * Transport features offered on top of the device's (to modern drivers): VIRTIO_F_RING_RESET
+   * where the transport has a per-queue reset register, VIRTIO_F_NOTIFICATION_DATA where its
+   * notifications can carry data (virtio-mmio, virtio-pci; not vhost-user's eventfds).
+   */
+  transportFeatures?: bigint;
   /** Called once each time the device enters DEVICE_NEEDS_RESET (e.g. to signal err fds). */
   onNeedsReset?: (err: VirtioError | ActivateError) => void;
 }
@@ -162,9 +169,11 @@ export class TransportCore {
   readonly #ctrlIndex: number;
   readonly #defer: boolean;
   readonly #ringPacked: boolean;
+  readonly #transportFeatures: bigint;
   readonly #notifiers: (InterruptNotifier | undefined)[];
   // Continuations of passes that stopped at their budget, by queue index.
   readonly #continuations: (ReturnType<typeof setTimeout> | undefined)[];
+  readonly #notifyData: (number | undefined)[];
   #memory: GuestMemory | undefined;
   #status = 0;
   #driverFeatures = 0n;
@@ -190,6 +199,7 @@ export class TransportCore {
     this.#shm = options.shmRegions;
     this.#defer = options.deferIncompleteActivation ?? false;
     this.#ringPacked = options.ringPacked ?? true;
+    this.#transportFeatures = options.transportFeatures ?? 0n;
     // Data queues, then the control queue if the device has one (seed `ctrl_queue_max_sizes`).
     const sizes = [...device.queueMaxSizes()];
     const ctrl = device.ctrlQueueMaxSizes?.() ?? 0;
@@ -198,6 +208,7 @@ export class TransportCore {
     this.queues = sizes.map((n) => new SplitQueue(n));
     this.#notifiers = this.queues.map(() => undefined);
     this.#continuations = this.queues.map(() => undefined);
+    this.#notifyData = this.queues.map(() => undefined);
   }
 
   /** Index of the control queue (after the data queues), or -1 when the device has none. */
@@ -259,6 +270,7 @@ export class TransportCore {
     let all = BigInt(this.device.getAvailFeatures(page) >>> 0) << BigInt(32 * page);
     // Ring layouts are the transport's business: the packed ring is offered on top.
     if (this.#ringPacked) all |= featureBit(VIRTIO_F_RING_PACKED);
+    all |= this.#transportFeatures;
     return Number((this.#offerMask(all) >> BigInt(32 * page)) & ALL_PAGES);
   }
 
@@ -269,8 +281,12 @@ export class TransportCore {
 
   #offerMask(features: bigint): bigint {
     let f = features & ~this.#masked;
-    // A legacy device must not offer VIRTIO_F_VERSION_1 (virtio 1.2 §2.2.3), nor a packed ring.
-    if (!this.#modern) f &= ~(featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_F_RING_PACKED));
+    // A legacy device must not offer VIRTIO_F_VERSION_1 (virtio 1.2 §2.2.3), nor any of the
+    // transport features that came with it.
+    if (!this.#modern) {
+      f &= ~(featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_F_RING_PACKED) |
+        this.#transportFeatures);
+    }
     return f;
   }
 
@@ -435,11 +451,70 @@ export class TransportCore {
       this.#error("InvalidQueueAccess", `queue ${index} does not exist`);
       return undefined;
     }
-    if (q.ready || (this.#status & DEVICE_DRIVER_OK) !== 0) {
+    // After DRIVER_OK only a queue reset with VIRTIO_F_RING_RESET frees a queue for set-up
+    // (virtio 1.2 §2.6.1.2).
+    const live = (this.#status & DEVICE_DRIVER_OK) !== 0 && !this.negotiated(VIRTIO_F_RING_RESET);
+    if (q.ready || live) {
       this.#error("InvalidQueueAccess", `queue ${index} is live`);
       return undefined;
     }
     return q;
+  }
+
+  /**
+   * Whether the driver accepted feature `bit` (device or transport feature), once
+   * FEATURES_OK (or a legacy driver's DRIVER_OK) made the features final.
+   * @param bit Feature bit.
+   * @returns The answer.
+   */
+  negotiated(bit: number): boolean {
+    if ((this.#status & (DEVICE_FEATURES_OK | DEVICE_DRIVER_OK)) === 0) return false;
+    return (this.#driverFeatures & this.offeredFeatures() & featureBit(bit)) !== 0n;
+  }
+
+  /**
+   * The driver enabled queue `index` (QueueReady, queue_enable). Before DRIVER_OK this marks
+   * it ready; after it (a queue re-enabled after a per-queue reset, VIRTIO_F_RING_RESET) the
+   * device starts serving it without a reset.
+   * @param index Queue index.
+   * @returns Whether the queue is ready afterwards.
+   */
+  enableQueue(index: number): boolean {
+    const q = this.queueForSetup(index);
+    if (q === undefined) return false;
+    if ((this.#status & DEVICE_DRIVER_OK) === 0) {
+      q.ready = true;
+      return true;
+    }
+    try {
+      this.startQueue(index);
+      return true;
+    } catch (err) {
+      this.#error("InvalidQueueAccess", errorMessage(err), err);
+      return false;
+    }
+  }
+
+  /**
+   * Reset queue `index` on its own (virtio 1.2 §2.6.1: VIRTIO_F_RING_RESET): the device stops
+   * serving it and forgets its state; the driver may set it up and enable it again.
+   * @param index Queue index.
+   * @returns Whether the reset happened (the feature is negotiated and the queue exists).
+   */
+  resetQueue(index: number): boolean {
+    const q = this.queues[index];
+    if (!Number.isInteger(index) || q === undefined) {
+      this.#error("InvalidQueueAccess", `queue ${index} does not exist`);
+      return false;
+    }
+    if (!this.negotiated(VIRTIO_F_RING_RESET)) {
+      this.#error("InvalidQueueAccess", "queue reset without VIRTIO_F_RING_RESET");
+      return false;
+    }
+    this.stopQueue(index);
+    q.reset();
+    this.#notifyData[index] = undefined;
+    return true;
   }
 
   /**
@@ -615,6 +690,7 @@ export class TransportCore {
     for (const q of this.queues) q.reset();
     this.#status = DEVICE_INIT;
     this.#driverFeatures = 0n;
+    this.#notifyData.fill(undefined);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -626,13 +702,29 @@ export class TransportCore {
    * and the control channel are served in between. Ignored before activation, after
    * NEEDS_RESET or FAILED, and for a queue that is not ready.
    * @param index Queue index.
+   * @param data With VIRTIO_F_NOTIFICATION_DATA, the notification's upper 16 bits.
    */
-  notify(index: number): void {
+  notify(index: number, data?: number): void {
     if (!Number.isInteger(index) || index < 0 || index >= this.queues.length) {
       this.#error("InvalidNotify", `notify for queue ${index}`);
       return;
     }
+    if (data !== undefined) {
+      // virtio 1.2 §2.9: with VIRTIO_F_NOTIFICATION_DATA the driver says where its next
+      // available entry goes. A hint only: the ring itself is always what is served.
+      this.#notifyData[index] = data;
+    }
     this.#serve(index);
+  }
+
+  /**
+   * The data of the last notification of queue `index` (next_off in bits 0–14, next_wrap in
+   * bit 15), when VIRTIO_F_NOTIFICATION_DATA is in use.
+   * @param index Queue index.
+   * @returns The data, or `undefined`.
+   */
+  notificationData(index: number): number | undefined {
+    return this.#notifyData[index];
   }
 
   #serve(index: number): void {

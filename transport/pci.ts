@@ -24,11 +24,14 @@ import type { GuestMemory } from "../memory/guest_memory.ts";
 import type { Virtqueue } from "../queue/virtqueue.ts";
 import {
   DEVICE_DRIVER_OK,
+  featureBit,
   TYPE_BALLOON,
   TYPE_BLOCK,
   TYPE_CONSOLE,
   TYPE_NET,
   TYPE_RNG,
+  VIRTIO_F_NOTIFICATION_DATA,
+  VIRTIO_F_RING_RESET,
   VIRTIO_INTR_CONFIG,
   VIRTIO_INTR_VRING,
   type VirtioDevice,
@@ -344,6 +347,7 @@ export class PciTransport {
       queueNotifier: (i) => ({ notify: () => this.#signalQueue(i) }),
       configNotifier: { notify: () => this.#signalConfig() },
       shmRegions: options.shmRegions,
+      transportFeatures: featureBit(VIRTIO_F_RING_RESET) | featureBit(VIRTIO_F_NOTIFICATION_DATA),
       onError: (err) => this.#coreError(err),
     });
     const queues = this.core.queues.length;
@@ -847,8 +851,10 @@ export class PciTransport {
     if (offset >= M.notify) {
       const rel = offset - M.notify;
       const index = rel / M.notifyMultiplier;
-      // virtio 1.2 §4.1.5.2: without NOTIFICATION_DATA a 16-bit write of the queue index.
-      if (rel % M.notifyMultiplier !== 0 || data.length !== 2) {
+      // virtio 1.2 §4.1.5.2: a 16-bit write of the queue index, or with NOTIFICATION_DATA a
+      // 32-bit write with next_off and next_wrap in the upper half.
+      const withData = this.core.negotiated(VIRTIO_F_NOTIFICATION_DATA);
+      if (rel % M.notifyMultiplier !== 0 || data.length !== (withData ? 4 : 2)) {
         this.#error("InvalidAccess", PCI_MODERN_BAR, offset, `${data.length}-byte notification`);
         return;
       }
@@ -862,7 +868,7 @@ export class PciTransport {
         );
         return;
       }
-      this.core.notify(index);
+      this.core.notify(index, withData ? data[2] | (data[3] << 8) : undefined);
       return;
     }
     this.#error("InvalidRegister", PCI_MODERN_BAR, offset, "no register here");
@@ -955,8 +961,8 @@ export class PciTransport {
         break;
       }
       case C.queueNotifyData:
-      case C.queueReset:
-        v = 0; // NOTIFICATION_DATA and RING_RESET are not offered
+      case C.queueReset: // a queue reset is complete by the time it is read
+        v = 0;
         break;
     }
     const view = new DataView(data.buffer, data.byteOffset, data.length);
@@ -1017,8 +1023,8 @@ export class PciTransport {
           this.#error("InvalidQueueAccess", PCI_MODERN_BAR, offset, `queue_enable ${v}`);
           return;
         }
-        const q = this.core.queueForSetup(this.#queueSelect);
-        if (q !== undefined) q.ready = true;
+        // Before DRIVER_OK: ready; after a queue reset: served again (no device reset).
+        this.core.enableQueue(this.#queueSelect);
         return;
       }
       case C.queueDescLo:
@@ -1038,12 +1044,12 @@ export class PciTransport {
         return;
       }
       case C.queueReset:
-        this.#error(
-          "InvalidRegister",
-          PCI_MODERN_BAR,
-          offset,
-          "queue_reset without VIRTIO_F_RING_RESET",
-        );
+        // virtio 1.2 §4.1.4.3.1: 1 resets the selected queue; it reads 0 once done (at once).
+        if (v !== 1) {
+          this.#error("InvalidQueueAccess", PCI_MODERN_BAR, offset, `queue_reset ${v}`);
+          return;
+        }
+        this.core.resetQueue(this.#queueSelect);
         return;
     }
     this.#error("InvalidRegister", PCI_MODERN_BAR, offset, "write of a read-only field");

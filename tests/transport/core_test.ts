@@ -18,14 +18,13 @@ import {
   type InterruptNotifier,
   serveQueue,
   TYPE_CONSOLE,
-  VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
   VirtioDeviceBase,
   type VirtioDeviceConfig,
   VirtioDeviceInfo,
 } from "../../devices/device.ts";
 import { TransportCore, type TransportError } from "../../transport/core.ts";
-import { DriverQueue } from "../../testing/queue_driver.ts";
+import { DRIVER_OPT_IN_FEATURES, DriverQueue } from "../../testing/queue_driver.ts";
 
 const OK = DEVICE_ACKNOWLEDGE | DEVICE_DRIVER | DEVICE_FEATURES_OK | DEVICE_DRIVER_OK;
 
@@ -137,7 +136,7 @@ function rig(
 }
 
 // The tests lay out split rings.
-const splitFeatures = (r: Rig) => r.core.offeredFeatures() & ~featureBit(VIRTIO_F_RING_PACKED);
+const splitFeatures = (r: Rig) => r.core.offeredFeatures() & ~DRIVER_OPT_IN_FEATURES;
 
 function negotiate(r: Rig, features = splitFeatures(r)): void {
   r.core.setStatus(DEVICE_ACKNOWLEDGE | DEVICE_DRIVER);

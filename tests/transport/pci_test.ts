@@ -14,6 +14,8 @@ import {
   DEVICE_FEATURES_OK,
   DEVICE_NEEDS_RESET,
   featureBit,
+  VIRTIO_F_NOTIFICATION_DATA,
+  VIRTIO_F_RING_RESET,
   VIRTIO_F_VERSION_1,
   VIRTIO_INTR_CONFIG,
   VIRTIO_INTR_VRING,
@@ -455,5 +457,50 @@ describe("PciTransport shared memory", () => {
       [[PCI_SHM_BAR, 0, 0, 0x2000], [PCI_SHM_BAR, 1, 0x2000, 0x2000]],
     );
     assert.equal(r.pci.bars().find((b) => b.index === PCI_SHM_BAR)?.size, 0x4000);
+  });
+});
+
+describe("PciTransport per-queue reset and notification data", () => {
+  it("queue_reset resets one queue, which comes back with queue_enable while DRIVER_OK", () => {
+    const r = rig();
+    r.driver.assignBars();
+    const all = (() => {
+      r.driver.probe();
+      return r.driver.deviceFeatures();
+    })();
+    const [q] = r.driver.init({ features: all & ~(1n << 34n) });
+    assert.notEqual(r.driver.features & featureBit(VIRTIO_F_RING_RESET), 0n);
+    q.addChain([{ writable: 4 }]);
+    r.driver.kick(0, true);
+    assert.equal(q.takeUsed()?.len, 4);
+    r.driver.setCommon(C.queueSelect, 2, 0);
+    r.driver.setCommon(C.queueReset, 2, 1);
+    assert.equal(r.driver.common(C.queueReset, 2), 0, "done by the time it is read");
+    assert.equal(r.driver.common(C.queueEnable, 2), 0);
+    // Set up again at other addresses and enable.
+    r.driver.setCommon(C.queueSize, 2, 16);
+    r.driver.setCommon(C.queueDescLo, 4, 0x200000);
+    r.driver.setCommon(C.queueDriverLo, 4, 0x201000);
+    r.driver.setCommon(C.queueDeviceLo, 4, 0x202000);
+    r.driver.setCommon(C.queueEnable, 2, 1);
+    assert.equal(r.driver.common(C.queueEnable, 2), 1);
+    assert.equal(r.pci.queues[0].descTable, 0x200000);
+    assert.equal(r.pci.core.isActive, true);
+    assert.deepEqual(r.errors, []);
+  });
+
+  it("with NOTIFICATION_DATA a notification is 32 bits and carries next_off", () => {
+    const r = rig();
+    r.driver.assignBars();
+    r.driver.probe();
+    const [q] = r.driver.init({ features: r.driver.deviceFeatures() & ~(1n << 34n) });
+    assert.notEqual(r.driver.features & featureBit(VIRTIO_F_NOTIFICATION_DATA), 0n);
+    q.addChain([{ writable: 4 }]);
+    r.driver.kick(0, true);
+    assert.equal(q.takeUsed()?.len, 4);
+    assert.equal(r.pci.core.notificationData(0), 1);
+    expectErrors(r, ["InvalidAccess"], () => {
+      r.driver.barWrite(PCI_MODERN_BAR, PciModernLayout.notify, 2, 0);
+    });
   });
 });
