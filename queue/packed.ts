@@ -16,6 +16,7 @@ import {
   MAX_INDIRECT_ENTRIES,
   MAX_QUEUE_SIZE,
   VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_IN_ORDER,
   VIRTIO_F_INDIRECT_DESC,
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
@@ -71,7 +72,14 @@ export class PackedQueue implements Virtqueue {
   eventIdx = false;
   /** Whether VIRTIO_F_INDIRECT_DESC is in effect. */
   indirect = false;
+  /** Whether VIRTIO_F_IN_ORDER is in effect (used descriptors batched, see `flushUsed`). */
+  inOrder = false;
   #addr = new Uint32Array(6);
+  // Writable bytes of each id in flight, and the in-order batch not yet published.
+  readonly #writable: Uint32Array;
+  #batchDescs = 0;
+  #batchId = 0;
+  #batchLen = 0;
   #availIdx = 0;
   #availWrap = 1;
   #usedIdx = 0;
@@ -105,6 +113,7 @@ export class PackedQueue implements Virtqueue {
     this.maxSize = maxSize;
     this.size = maxSize;
     this.#listLen = new Uint16Array(maxSize);
+    this.#writable = new Uint32Array(maxSize);
   }
 
   /** Next available position: index in bits 0–14, wrap counter in bit 15. */
@@ -195,6 +204,7 @@ export class PackedQueue implements Virtqueue {
   setFeatures(features: bigint): void {
     this.eventIdx = (features & (1n << BigInt(VIRTIO_F_EVENT_IDX))) !== 0n;
     this.indirect = (features & (1n << BigInt(VIRTIO_F_INDIRECT_DESC))) !== 0n;
+    this.inOrder = (features & (1n << BigInt(VIRTIO_F_IN_ORDER))) !== 0n;
   }
 
   /** Return to the state after device reset: both wrap counters at 1 (virtio 1.2 §2.8.1). */
@@ -204,6 +214,8 @@ export class PackedQueue implements Virtqueue {
     this.#addr.fill(0);
     this.eventIdx = false;
     this.indirect = false;
+    this.inOrder = false;
+    this.#batchDescs = 0;
     this.#availIdx = 0;
     this.#availWrap = 1;
     this.#usedIdx = 0;
@@ -373,7 +385,14 @@ export class PackedQueue implements Virtqueue {
     this.#availIdx = idx;
     this.#availWrap = wrap;
     this.#listLen[id] = count;
-    return this.#parse(mem, start, count, id);
+    try {
+      const chain = this.#parse(mem, start, count, id);
+      this.#writable[id] = chain.writableBytes;
+      return chain;
+    } catch (err) {
+      this.#writable[id] = 0xffffffff; // returned with an explicit length, never batched
+      throw err;
+    }
   }
 
   #parse(mem: GuestMemory, start: number, count: number, id: number): DescriptorChain {
@@ -462,6 +481,33 @@ export class PackedQueue implements Virtqueue {
       throw new QueueError("InvalidUsedHead", `buffer id ${head} is not in flight`);
     }
     this.#listLen[head] = 0;
+    if (this.inOrder) {
+      // virtio 1.2 §2.8.12: one used descriptor (the last buffer's id) for a batch of buffers
+      // used in order, the others completely; the ring skips every list of the batch.
+      this.#batchDescs += count;
+      this.#batchId = head;
+      this.#batchLen = len;
+      if (len !== this.#writable[head]) this.flushUsed(mem);
+      return;
+    }
+    this.#writeUsed(head, len, count);
+  }
+
+  /**
+   * Publish the used descriptor held back by VIRTIO_F_IN_ORDER batching (a no-op otherwise).
+   * `needsNotification` and `enableNotification` flush first.
+   * @param mem Guest memory.
+   * @throws {QueueError} When the queue is not valid.
+   */
+  flushUsed(mem: GuestMemory): void {
+    if (this.#batchDescs === 0) return;
+    this.#ensure(mem);
+    const n = this.#batchDescs;
+    this.#batchDescs = 0;
+    this.#writeUsed(this.#batchId, this.#batchLen, n);
+  }
+
+  #writeUsed(head: number, len: number, count: number): void {
     const idx = this.#usedIdx;
     const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
     const view = this.#ring.view;
@@ -491,6 +537,7 @@ export class PackedQueue implements Virtqueue {
    */
   needsNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
+    this.flushUsed(mem);
     const u16 = this.#driverEvent.u16;
     const flags = Atomics.load(u16, this.#driverEventIndex + 1) & 0x3;
     const used = this.#usedIdx;
@@ -516,6 +563,7 @@ export class PackedQueue implements Virtqueue {
    */
   enableNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
+    this.flushUsed(mem);
     const u16 = this.#deviceEvent.u16;
     if (this.eventIdx) {
       Atomics.store(u16, this.#deviceEventIndex, this.#availIdx | (this.#availWrap << 15));

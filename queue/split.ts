@@ -29,6 +29,8 @@ export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 export const VIRTIO_F_INDIRECT_DESC = 28;
 /** Feature bit: `used_event` / `avail_event` notification suppression. */
 export const VIRTIO_F_EVENT_IDX = 29;
+/** Feature bit: the device uses buffers in the order they were made available. */
+export const VIRTIO_F_IN_ORDER = 35;
 /** Largest split queue size (virtio 1.2 §2.7). */
 export const MAX_QUEUE_SIZE = 32768;
 /** Bytes per descriptor. */
@@ -107,6 +109,13 @@ export class SplitQueue implements Virtqueue {
   eventIdx = false;
   /** Whether VIRTIO_F_INDIRECT_DESC is in effect. */
   indirect = false;
+  /** Whether VIRTIO_F_IN_ORDER is in effect (used entries batched, see `flushUsed`). */
+  inOrder = false;
+  // Writable bytes of each head handed out, and the in-order batch not yet published.
+  readonly #writable: Uint32Array;
+  #batch = 0;
+  #batchHead = 0;
+  #batchLen = 0;
   #nextAvail = 0;
   #nextUsed = 0;
   #signalledUsed: number | undefined;
@@ -135,6 +144,7 @@ export class SplitQueue implements Virtqueue {
     }
     this.maxSize = maxSize;
     this.size = maxSize;
+    this.#writable = new Uint32Array(maxSize);
   }
 
   /** Next available-ring index the device will read (wraps at 2^16). */
@@ -224,6 +234,7 @@ export class SplitQueue implements Virtqueue {
   setFeatures(features: bigint): void {
     this.eventIdx = (features & (1n << BigInt(VIRTIO_F_EVENT_IDX))) !== 0n;
     this.indirect = (features & (1n << BigInt(VIRTIO_F_INDIRECT_DESC))) !== 0n;
+    this.inOrder = (features & (1n << BigInt(VIRTIO_F_IN_ORDER))) !== 0n;
   }
 
   /** Return to the state after device reset (virtio 1.2 §2.4). */
@@ -233,6 +244,8 @@ export class SplitQueue implements Virtqueue {
     this.#addr.fill(0);
     this.eventIdx = false;
     this.indirect = false;
+    this.inOrder = false;
+    this.#batch = 0;
     this.#nextAvail = 0;
     this.#nextUsed = 0;
     this.#signalledUsed = undefined;
@@ -387,7 +400,16 @@ export class SplitQueue implements Virtqueue {
         new QueueError("HeadOutOfRange", `head ${head} >= queue size ${size}`, { fatal: true }),
       );
     }
-    return this.#parse(mem, head);
+    let chain: DescriptorChain;
+    try {
+      chain = this.#parse(mem, head);
+    } catch (err) {
+      // A refused chain goes back with an explicit length, never inside an in-order batch.
+      this.#writable[head] = 0xffffffff;
+      throw err;
+    }
+    this.#writable[head] = chain.writableBytes;
+    return chain;
   }
 
   #parse(mem: GuestMemory, head: number): DescriptorChain {
@@ -466,12 +488,41 @@ export class SplitQueue implements Virtqueue {
     if (!Number.isInteger(head) || head < 0 || head >= this.size) {
       throw new QueueError("InvalidUsedHead", `head ${head} >= queue size ${this.size}`);
     }
+    if (this.inOrder) {
+      // virtio 1.2 §2.7.9: buffers are used in order, so one used entry (the last buffer's)
+      // can stand for a batch whose other buffers were filled completely. A buffer filled
+      // less than completely ends its batch, with its own length.
+      this.#batch++;
+      this.#batchHead = head;
+      this.#batchLen = len;
+      if (len !== this.#writable[head]) this.flushUsed(mem);
+      return;
+    }
+    this.#writeUsed(head, len, 1);
+  }
+
+  /**
+   * Publish used entries held back by VIRTIO_F_IN_ORDER batching (a no-op otherwise).
+   * `needsNotification` and `enableNotification` flush first, so callers need not.
+   * @param mem Guest memory.
+   * @throws {QueueError} When the queue is not valid.
+   */
+  flushUsed(mem: GuestMemory): void {
+    if (this.#batch === 0) return;
+    this.#ensure(mem);
+    const n = this.#batch;
+    this.#batch = 0;
+    this.#writeUsed(this.#batchHead, this.#batchLen, n);
+  }
+
+  // One used element at the next used slot, then the index moved by `count` (release).
+  #writeUsed(head: number, len: number, count: number): void {
     const slot = this.#nextUsed & (this.size - 1);
     const off = this.#usedOff + 4 + 8 * slot;
     const view = this.#used.view;
     view.setUint32(off, head, true);
     view.setUint32(off + 4, len >>> 0, true);
-    this.#nextUsed = (this.#nextUsed + 1) & 0xffff;
+    this.#nextUsed = (this.#nextUsed + count) & 0xffff;
     // Release: the element above is visible before the new index.
     Atomics.store(this.#used.u16, this.#usedIdxIndex, this.#nextUsed);
   }
@@ -485,6 +536,7 @@ export class SplitQueue implements Virtqueue {
    */
   needsNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
+    this.flushUsed(mem);
     const used = this.#nextUsed;
     if (!this.eventIdx) {
       const flags = Atomics.load(this.#avail.u16, this.#availIdxIndex - 1);
@@ -507,6 +559,7 @@ export class SplitQueue implements Virtqueue {
    */
   enableNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
+    this.flushUsed(mem);
     const idx = this.#usedIdxIndex;
     if (this.eventIdx) {
       Atomics.store(this.#used.u16, idx + 1 + 4 * this.size, this.#nextAvail);

@@ -51,6 +51,8 @@ export interface Virtqueue {
   eventIdx: boolean;
   /** Whether VIRTIO_F_INDIRECT_DESC is in effect. */
   indirect: boolean;
+  /** Whether VIRTIO_F_IN_ORDER is in effect: used entries may be batched until `flushUsed`. */
+  inOrder: boolean;
   /** Guest address of the descriptor table (split) or descriptor ring (packed). */
   descTable: number;
   /** Guest address of the driver area (split: available ring; packed: driver event suppression). */
@@ -119,6 +121,12 @@ export interface Virtqueue {
    * @throws {QueueError} For a head that was never handed out.
    */
   addUsed(mem: GuestMemory, head: number, len: number): void;
+  /**
+   * Publish used entries an in-order batch held back (a no-op without VIRTIO_F_IN_ORDER);
+   * `needsNotification` and `enableNotification` do it first.
+   * @param mem Guest memory.
+   */
+  flushUsed(mem: GuestMemory): void;
   /**
    * Whether the driver wants a used-buffer notification now; call once after a batch.
    * @param mem Guest memory.

@@ -49,6 +49,8 @@ export interface PackedDriverQueueOptions {
   bufferEnd?: number;
   /** The driver negotiated VIRTIO_F_EVENT_IDX (default false). */
   eventIdx?: boolean;
+  /** The driver negotiated VIRTIO_F_IN_ORDER (default false). */
+  inOrder?: boolean;
 }
 
 interface InFlight {
@@ -91,6 +93,10 @@ export class PackedDriverQueue {
   eventIdx: boolean;
   /** With EVENT_IDX, ask for the next used descriptor in `takeUsed` (default true). */
   autoUsedEvent = true;
+  /** Whether the driver negotiated VIRTIO_F_IN_ORDER. */
+  inOrder: boolean;
+  #order: number[] = [];
+  #ready: UsedEntry[] = [];
   readonly #bufferBase: number;
   readonly #bufferEnd: number;
   #next: number;
@@ -132,6 +138,7 @@ export class PackedDriverQueue {
     this.#bufferEnd = options.bufferEnd ?? region.end;
     this.#next = this.#bufferBase;
     this.eventIdx = options.eventIdx ?? false;
+    this.inOrder = options.inOrder ?? false;
     this.#free = size;
     for (let i = size - 1; i >= 0; i--) this.#ids.push(i);
     this.#lastKick = this.#position();
@@ -252,6 +259,7 @@ export class PackedDriverQueue {
     Atomics.store(region.u16, offset >>> 1, firstFlags);
     this.#free -= ring.length;
     this.#inFlight.set(id, { count: ring.length, writable });
+    if (this.inOrder) this.#order.push(id);
     return id;
   }
 
@@ -356,6 +364,7 @@ export class PackedDriverQueue {
    * @returns The entry (`id` is the buffer id), or `null`.
    */
   takeUsed(): UsedEntry | null {
+    if (this.inOrder) return this.#takeInOrder();
     if (!this.#usedReady()) return null;
     const at = this.descTable + DESCRIPTOR_SIZE * this.#usedIdx;
     const len = this.memory.readU32(at + 8);
@@ -381,6 +390,46 @@ export class PackedDriverQueue {
       }
     }
     if (this.eventIdx && this.autoUsedEvent) this.setUsedEvent(this.usedPosition());
+    return { id, len, written };
+  }
+
+  // virtio 1.2 §2.8.12: a used descriptor names the last list of a batch; the lists made
+  // available before it are used completely, and the ring skips all of them.
+  #takeInOrder(): UsedEntry | null {
+    const queued = this.#ready.shift();
+    if (queued !== undefined) return queued;
+    if (!this.#usedReady()) return null;
+    const at = this.descTable + DESCRIPTOR_SIZE * this.#usedIdx;
+    const len = this.memory.readU32(at + 8);
+    const id = this.memory.readU16(at + 12);
+    while (this.#order.length > 0) {
+      const next = this.#order.shift()!;
+      const flight = this.#inFlight.get(next);
+      if (flight === undefined) continue;
+      const full = flight.writable.reduce((n, w) => n + w.len, 0);
+      this.#ready.push(this.#finish(next, next === id ? len : full, flight));
+      if (next === id) break;
+    }
+    if (this.eventIdx && this.autoUsedEvent) this.setUsedEvent(this.usedPosition());
+    return this.#ready.shift() ?? null;
+  }
+
+  #finish(id: number, len: number, flight: InFlight): UsedEntry {
+    this.#usedIdx += flight.count;
+    if (this.#usedIdx >= this.size) {
+      this.#usedIdx -= this.size;
+      this.#usedWrap ^= 1;
+    }
+    this.#inFlight.delete(id);
+    this.#ids.push(id);
+    this.#free += flight.count;
+    const total = flight.writable.reduce((n, w) => n + w.len, 0);
+    const written = new Uint8Array(total);
+    let off = 0;
+    for (const w of flight.writable) {
+      this.memory.read(w.addr, written.subarray(off, off + w.len));
+      off += w.len;
+    }
     return { id, len, written };
   }
 

@@ -14,7 +14,15 @@ import {
   VIRTQ_DESC_F_AVAIL,
   VIRTQ_DESC_F_USED,
 } from "../../queue/packed.ts";
-import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "../../queue/split.ts";
+import {
+  SplitQueue,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_IN_ORDER,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+} from "../../queue/split.ts";
+import { DriverQueue } from "../../testing/queue_driver.ts";
 import { QueueError, type QueueErrorCode } from "../../queue/error.ts";
 import { PackedDriverQueue } from "../../testing/packed_driver.ts";
 import { RngDevice } from "../../devices/rng.ts";
@@ -322,5 +330,90 @@ describe("packed ring through the transports", () => {
     // A reset brings split rings back for the next driver.
     driver.init();
     assert.equal(transport.queues[0].format, "split");
+  });
+});
+
+describe("VIRTIO_F_IN_ORDER", () => {
+  it("split: one used entry stands for a batch of complete buffers; a short one ends it", () => {
+    const mem = GuestMemory.create(2 << 20);
+    const driver = new DriverQueue(mem, { size: 8, inOrder: true });
+    const queue = new SplitQueue(8);
+    driver.program(queue);
+    queue.setFeatures(featureBit(VIRTIO_F_IN_ORDER));
+    const heads = [0, 1, 2, 3].map(() => driver.addChain([{ writable: 4 }]));
+    for (let i = 0; i < 4; i++) {
+      const c = queue.pop(mem)!;
+      // The third buffer is filled short: it must end its batch with its own length.
+      queue.addUsed(mem, c.head, i === 2 ? 1 : 4);
+    }
+    // The short buffer flushed the first batch (three buffers in one entry); one is held back.
+    assert.equal(mem.readU16(driver.usedRing + 2), 3);
+    assert.equal(mem.readU32(driver.usedRing + 4), heads[2], "the entry names the batch's last");
+    queue.flushUsed(mem);
+    assert.equal(mem.readU16(driver.usedRing + 2), 4);
+    assert.deepEqual(driver.takeAllUsed().map((u) => [u.id, u.len]), [
+      [heads[0], 4],
+      [heads[1], 4],
+      [heads[2], 1],
+      [heads[3], 4],
+    ]);
+  });
+
+  it("split: needsNotification publishes the batch first", () => {
+    const mem = GuestMemory.create(2 << 20);
+    const driver = new DriverQueue(mem, { size: 8, inOrder: true });
+    const queue = new SplitQueue(8);
+    driver.program(queue);
+    queue.setFeatures(featureBit(VIRTIO_F_IN_ORDER));
+    driver.addChain([{ writable: 2 }]);
+    driver.addChain([{ writable: 2 }]);
+    for (let i = 0; i < 2; i++) queue.addUsed(mem, queue.pop(mem)!.head, 2);
+    assert.equal(mem.readU16(driver.usedRing + 2), 0);
+    assert.equal(queue.needsNotification(mem), true);
+    assert.equal(mem.readU16(driver.usedRing + 2), 2);
+    assert.equal(driver.takeAllUsed().length, 2);
+  });
+
+  it("packed: one used descriptor for the batch, the ring skips every list of it", () => {
+    const r = rig({ size: 8 });
+    r.driver.inOrder = true;
+    r.queue.setFeatures(featureBit(VIRTIO_F_IN_ORDER));
+    const ids = [
+      r.driver.addChain([{ writable: 2 }, { writable: 2 }]),
+      r.driver.addChain([{ writable: 4 }]),
+      r.driver.addChain([{ writable: 1 }, { writable: 1 }, { writable: 1 }]),
+    ];
+    for (let i = 0; i < 3; i++) {
+      const c = r.queue.pop(r.mem)!;
+      r.queue.addUsed(r.mem, c.head, c.writableBytes);
+    }
+    assert.equal(r.queue.nextUsed, 1 << 15, "nothing published yet");
+    r.queue.flushUsed(r.mem);
+    assert.equal(r.queue.nextUsed, 6 | (1 << 15), "skipped 2 + 1 + 3 descriptors");
+    assert.equal(r.mem.readU16(r.driver.descTable + 12), ids[2]);
+    assert.deepEqual(r.driver.takeAllUsed().map((u) => [u.id, u.len]), [
+      [ids[0], 4],
+      [ids[1], 4],
+      [ids[2], 3],
+    ]);
+  });
+
+  it("an MMIO driver that accepts it reads entropy through batched used entries", () => {
+    const mem = GuestMemory.create(8 << 20);
+    const transport = new MmioTransport(new RngDevice(), mem);
+    const driver = new MmioDriver(transport, mem);
+    const offered = driver.deviceFeatures();
+    assert.notEqual(offered & featureBit(VIRTIO_F_IN_ORDER), 0n, "rng offers IN_ORDER");
+    const [q] = driver.init({ features: offered & ~(1n << 34n) & ~featureBit(VIRTIO_F_EVENT_IDX) });
+    q.inOrder = true;
+    for (let i = 0; i < 5; i++) q.addChain([{ writable: 16 }]);
+    driver.kick(0, true);
+    const used = q.takeAllUsed();
+    assert.equal(used.length, 5);
+    assert.ok(used.every((u) => u.len === 16));
+    // Five buffers in one batch: the used index moved by five, and the one entry written (slot
+    // 0) names the last buffer.
+    assert.equal(mem.readU16(q.usedRing + 2), 5);
+    assert.equal(mem.readU32(q.usedRing + 4), used[4].id);
   });
 });
