@@ -1300,7 +1300,8 @@ export class VsockDevice extends VirtioDeviceBase {
 
   #hasWork(conn: VsockConn): boolean {
     if (conn.pending !== 0) return true;
-    return conn.hostReadable && conn.mayCarryData && conn.peerFree > 0;
+    // With credit: more data; without: a CREDIT_REQUEST, once.
+    return conn.hostReadable && conn.mayCarryData && (conn.peerFree > 0 || !conn.creditRequested);
   }
 
   #writeReply(chain: DescriptorChain): number {
@@ -1387,6 +1388,7 @@ export class VsockDevice extends VirtioDeviceBase {
     conn.pending &= ~PENDING_CREDIT_UPDATE;
     switch (op) {
       case VIRTIO_VSOCK_OP_RST:
+        conn.pending = 0;
         this.#remove(conn, undefined);
         break;
       case VIRTIO_VSOCK_OP_REQUEST:

@@ -61,6 +61,7 @@ export class VsockDriver {
   readonly #tx: RingDriver;
   readonly #event: RingDriver | undefined;
   readonly #kick: (index: number) => void;
+  #rxOutstanding = 0;
   /** The CID put in `src_cid` unless a packet says otherwise. */
   guestCid: number;
 
@@ -89,8 +90,25 @@ export class VsockDriver {
         ? [{ writable: VSOCK_HEADER_SIZE }, { writable: payload }]
         : [{ writable: VSOCK_HEADER_SIZE + payload }];
       this.#rx.addChain(chain);
+      this.#rxOutstanding++;
     }
     this.#kick(0);
+  }
+
+  /** rx chains posted and not yet taken back by `receive`. */
+  get rxOutstanding(): number {
+    return this.#rxOutstanding;
+  }
+
+  /**
+   * Post rx buffers until `count` are outstanding.
+   * @param count The target.
+   * @param payload Payload room of each new one.
+   * @param layout As in {@linkcode VsockDriver.postRx}.
+   */
+  topUpRx(count: number, payload = 4096, layout: "split" | "single" = "split"): void {
+    const n = count - this.#rxOutstanding;
+    if (n > 0) this.postRx(n, payload, layout);
   }
 
   /**
@@ -99,6 +117,7 @@ export class VsockDriver {
    */
   postRxRaw(buffers: DriverBuffer[]): void {
     this.#rx.addChain(buffers);
+    this.#rxOutstanding++;
     this.#kick(0);
   }
 
@@ -146,6 +165,7 @@ export class VsockDriver {
   receive(): VsockRxPacket[] {
     const out: VsockRxPacket[] = [];
     for (const u of this.#rx.takeAllUsed()) {
+      this.#rxOutstanding--;
       if (u.len < VSOCK_HEADER_SIZE) continue;
       const header = decodeVsockHeader(
         new DataView(u.written.buffer, u.written.byteOffset, VSOCK_HEADER_SIZE),
