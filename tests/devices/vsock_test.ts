@@ -608,7 +608,7 @@ describe("VsockDevice: hostile packets", () => {
     assert.equal(r.dev.stats.resets.protocol, 1);
   });
 
-  it("caps connections: the one past maxConnections is refused", async () => {
+  it("caps connections: the one past maxConnections is refused", () => {
     const r = rig({ maxConnections: 3 });
     r.guest.postRx(8);
     r.dev.listen(1234, () => {});
