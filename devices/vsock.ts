@@ -115,6 +115,8 @@ import {
 } from "./_vsock_endpoint.ts";
 import { UnixMuxer } from "./_vsock_unix.ts";
 
+export { parseConnectLine } from "./_vsock_unix.ts";
+
 export * from "./_vsock_packet.ts";
 export {
   type VsockConnection,
