@@ -1063,19 +1063,26 @@ export class VsockDevice extends VirtioDeviceBase {
     );
   }
 
-  // Both sides are done: an RST ends the connection (virtio 1.2 §5.10.6.4); held guest data
-  // still reaches the host side.
+  // virtio 1.2 §5.10.6.4, as Linux does it: a guest that shut down both ways is answered with
+  // an RST at once (held guest data still reaches the host side). When both sides have only
+  // stopped sending, the device shuts down both ways too and waits for the guest's RST (or its
+  // close timer).
   #maybeClose(conn: VsockConn): void {
     if (conn.state !== "established") return;
-    const guestDone = (conn.peerShutdown & VIRTIO_VSOCK_SHUTDOWN_SEND) !== 0;
-    const guestGone = conn.peerShutdown === VIRTIO_VSOCK_SHUTDOWN_BOTH;
-    const hostDone = (conn.shutdownSent & VIRTIO_VSOCK_SHUTDOWN_SEND) !== 0;
-    if (guestGone || (guestDone && hostDone)) {
+    if (conn.peerShutdown === VIRTIO_VSOCK_SHUTDOWN_BOTH) {
       this.stats.resets.closed++;
       conn.state = "closing";
       conn.pending = PENDING_RST;
       conn.resetReason = "closed";
       this.#detachGracefully(conn);
+      this.#wantRx(conn);
+      return;
+    }
+    const guestDone = (conn.peerShutdown & VIRTIO_VSOCK_SHUTDOWN_SEND) !== 0;
+    const hostDone = (conn.shutdownSent & VIRTIO_VSOCK_SHUTDOWN_SEND) !== 0;
+    if (guestDone && hostDone && conn.shutdownSent !== VIRTIO_VSOCK_SHUTDOWN_BOTH) {
+      conn.shutdownToSend = VIRTIO_VSOCK_SHUTDOWN_BOTH;
+      conn.pending |= PENDING_SHUTDOWN;
       this.#wantRx(conn);
     }
   }
@@ -1410,8 +1417,8 @@ export class VsockDevice extends VirtioDeviceBase {
       case VIRTIO_VSOCK_OP_SHUTDOWN:
         conn.pending &= ~PENDING_SHUTDOWN;
         conn.shutdownSent |= flags;
-        if (flags === VIRTIO_VSOCK_SHUTDOWN_BOTH && conn.timer === undefined) {
-          // The host side is gone: the guest answers with an RST, or is reset.
+        if (conn.shutdownSent === VIRTIO_VSOCK_SHUTDOWN_BOTH && conn.timer === undefined) {
+          // The device is done both ways: the guest answers with an RST, or is reset.
           conn.timer = setTimeout(() => {
             conn.timer = undefined;
             this.#resetConn(conn, "closeTimeout");
@@ -1453,8 +1460,11 @@ export class VsockDevice extends VirtioDeviceBase {
       conn.hostEof = true;
       // End of the host's stream: the guest reads end of stream. A host that went away for
       // good will not receive either.
+      // When the guest stopped sending too, or the host went away, this is the close.
+      const closing = conn.endpoint.hungUp ||
+        (conn.peerShutdown & VIRTIO_VSOCK_SHUTDOWN_SEND) !== 0;
       conn.shutdownToSend |= VIRTIO_VSOCK_SHUTDOWN_SEND |
-        (conn.endpoint.hungUp ? VIRTIO_VSOCK_SHUTDOWN_RCV : 0);
+        (closing ? VIRTIO_VSOCK_SHUTDOWN_RCV : 0);
       conn.pending |= PENDING_SHUTDOWN;
     } else if (n === READ_AGAIN) {
       conn.endpoint.armRead();
