@@ -65,13 +65,11 @@ switch (mode) {
       close(fd);
       console.log(JSON.stringify({ bytes, seconds }));
     }
-    break;
   }
   case "closer": {
     const l = listenOn(path);
     console.log(JSON.stringify({ listening: path }));
     for (;;) close(accept(l));
-    break;
   }
   case "source": {
     const bytes = Number(a);
