@@ -14,7 +14,8 @@
  * the end of stream. Medians over the rounds.
  *
  * Run: `node_modules/.bin/deno run --allow-all bench/vsock_e2e.ts [--mib M] [--rounds N]
- * [--conns N]`
+ * [--conns N] [--buffer-size BYTES]` (`--buffer-size`: the device's buf_alloc per
+ * connection, `--vsock-buffer-size` of the CLI; default 256 KiB)
  *
  * @module
  */
@@ -40,16 +41,22 @@ const { values: opts } = parseArgs({
     mib: { type: "string", default: "256" },
     rounds: { type: "string", default: "3" },
     conns: { type: "string", default: "2000" },
+    "buffer-size": { type: "string" },
     help: { type: "boolean", default: false },
   },
 });
 if (opts.help) {
-  console.log("Usage: deno run -A bench/vsock_e2e.ts [--mib M] [--rounds N] [--conns N]");
+  console.log(
+    "Usage: deno run -A bench/vsock_e2e.ts [--mib M] [--rounds N] [--conns N] [--buffer-size B]",
+  );
   process.exit(0);
 }
 const BYTES = Number(opts.mib) << 20;
 const ROUNDS = Number(opts.rounds);
 const CONNS = Number(opts.conns);
+const BUFFER = opts["buffer-size"] === undefined
+  ? []
+  : ["--vsock-buffer-size", opts["buffer-size"]];
 
 /** A host program: its JSON result lines, in order. */
 class Peer {
@@ -90,6 +97,7 @@ const sock = join(dir, "vsock.sock");
 const uds = join(dir, "vsock.uds");
 const backend = await startBackend([
   ...["--socket", sock, "--device", "vsock", "--guest-cid", "3", "--uds-path", uds],
+  ...BUFFER,
 ]);
 const peers: Peer[] = [];
 const results: Record<string, number[]> = {};
@@ -155,7 +163,8 @@ const row = (name: string, host: number, ours: number, unit: string) =>
     ours.toFixed(0).padStart(8)
   } ${unit} | ${(ours / host).toFixed(2).padStart(5)} |`;
 console.log(
-  `\nvsock end to end: ${ROUNDS} rounds of ${BYTES >> 20} MiB, ${CONNS} connections; ` +
+  `\nvsock end to end: ${ROUNDS} rounds of ${BYTES >> 20} MiB, ${CONNS} connections, ` +
+    `buf_alloc ${opts["buffer-size"] ?? 262144}; ` +
     `${cpus().length} cores (${cpus()[0]?.model ?? "?"}), Deno ${process.versions.deno ?? "?"}\n`,
 );
 console.log(

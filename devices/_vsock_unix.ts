@@ -119,6 +119,9 @@ export class FdEndpoint implements VsockEndpoint {
   #inboxOff = 0;
   // Host → guest bytes read before the connection started (after the CONNECT line).
   #prefix: Uint8Array | undefined;
+  // A short read emptied the socket: the next read asks poll(2) rather than recv(2), which
+  // would only fail with EAGAIN (an exception per burst).
+  #drained = false;
   #readWatch: Watch | undefined;
   #writeWatch: Watch | undefined;
   #shutWrite = false;
@@ -257,17 +260,21 @@ export class FdEndpoint implements VsockEndpoint {
       this.#armWrite();
       return;
     }
+    this.#disarmWrite();
     if (this.#shutWrite) this.#shutdownWrite();
     if (this.#finishing) this.#release(true);
   }
 
+  // The watch stays while bytes are held: a socket that is still full after a flush does not
+  // report POLLOUT again until it has room, so nothing spins, and no re-arm is paid per flush.
   #armWrite(): void {
     if (this.#writeWatch !== undefined || this.#closed) return;
-    this.#writeWatch = this.#watcher.watch(this.#fd, () => {
-      this.#writeWatch?.close();
-      this.#writeWatch = undefined;
-      this.#flush();
-    }, POLLOUT);
+    this.#writeWatch = this.#watcher.watch(this.#fd, () => this.#flush(), POLLOUT);
+  }
+
+  #disarmWrite(): void {
+    this.#writeWatch?.close();
+    this.#writeWatch = undefined;
   }
 
   endWrite(): void {
@@ -304,6 +311,7 @@ export class FdEndpoint implements VsockEndpoint {
   }
 
   #readStream(views: readonly Uint8Array[], max: number): number {
+    if (this.#drained && this.#prefix === undefined) return READ_AGAIN;
     let n = 0;
     for (const v of views) {
       if (n >= max) break;
@@ -328,7 +336,10 @@ export class FdEndpoint implements VsockEndpoint {
         }
       }
       n += got;
-      if (got < want) break;
+      if (got < want) {
+        this.#drained = this.#prefix === undefined;
+        break;
+      }
     }
     return n;
   }
@@ -391,6 +402,7 @@ export class FdEndpoint implements VsockEndpoint {
     this.#readWatch = this.#watcher.watch(this.#fd, () => {
       this.#readWatch?.close();
       this.#readWatch = undefined;
+      this.#drained = false;
       this.events.readable();
     }, POLLIN);
   }

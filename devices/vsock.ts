@@ -22,30 +22,27 @@
  * ```ts
  * import assert from "node:assert/strict";
  * import { GuestMemory } from "../memory/guest_memory.ts";
- * import { SplitQueue } from "../queue/split.ts";
- * import { DriverQueue } from "../testing/queue_driver.ts";
- * import { VirtioDeviceConfig, VirtioQueueConfig } from "./device.ts";
- * import { VIRTIO_VSOCK_OP_REQUEST, VIRTIO_VSOCK_OP_RESPONSE, VsockDevice, vsockHeader } from "./vsock.ts";
+ * import { MmioTransport } from "../transport/mmio.ts";
+ * import { MmioDriver, VsockDriver } from "../testing/mod.ts";
+ * import { VIRTIO_VSOCK_OP_REQUEST, VIRTIO_VSOCK_OP_RESPONSE, VIRTIO_VSOCK_OP_RW, VsockDevice } from "./vsock.ts";
  * const vsock = new VsockDevice({ guestCid: 3 });
- * let accepted = 0;
- * vsock.listen(1234, () => accepted++);
- * const mem = GuestMemory.create(1 << 20);
- * const drivers = [0, 1, 2].map((i) => new DriverQueue(mem, { size: 16, ringBase: 0x1000 + i * 0x4000 }));
- * const queues = drivers.map((d) => { const q = new SplitQueue(256); d.program(q); return q; });
- * vsock.setAckedFeatures(1, 1); // VIRTIO_F_VERSION_1
- * vsock.activate(new VirtioDeviceConfig({
- *   memory: mem,
- *   queues: queues.map((q, i) => new VirtioQueueConfig(i, q, { notify() {} })),
- *   deviceChangeNotifier: { notify() {} },
- *   ackedFeatures: vsock.ackedFeatures(),
- * }));
- * drivers[0].addChain([{ writable: 4096 }]);
- * drivers[1].addChain([{ readable: vsockHeader({ srcCid: 3, dstCid: 2, srcPort: 5000, dstPort: 1234, type: 1, op: VIRTIO_VSOCK_OP_REQUEST, bufAlloc: 65536 }) }]);
- * vsock.processQueue(1);
- * const reply = drivers[0].takeUsed()!;
- * assert.equal(reply.written[30], VIRTIO_VSOCK_OP_RESPONSE);
- * await Promise.resolve();
- * assert.equal(accepted, 1);
+ * // The host side: a TypeScript listener on port 1234 that answers "pong".
+ * vsock.listen(1234, async ({ writable }) => {
+ *   const w = writable.getWriter();
+ *   await w.write(new TextEncoder().encode("pong"));
+ * });
+ * // The guest side: the driver harness through the MMIO transport.
+ * const mem = GuestMemory.create(4 << 20);
+ * const mmio = new MmioDriver(new MmioTransport(vsock, mem), mem);
+ * const [rx, tx, event] = mmio.init();
+ * const guest = new VsockDriver({ rx, tx, event, kick: (i) => mmio.kick(i, true), guestCid: 3 });
+ * guest.postRx(8);
+ * guest.send({ srcPort: 5000, dstPort: 1234, op: VIRTIO_VSOCK_OP_REQUEST, bufAlloc: 65536 });
+ * assert.equal(guest.receive()[0].header.op, VIRTIO_VSOCK_OP_RESPONSE);
+ * await new Promise((r) => setTimeout(r, 0)); // the handler runs, its write reaches the guest
+ * const [data] = guest.receive();
+ * assert.equal(data.header.op, VIRTIO_VSOCK_OP_RW);
+ * assert.equal(new TextDecoder().decode(data.payload), "pong");
  * vsock.remove();
  * ```
  *

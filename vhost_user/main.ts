@@ -44,6 +44,9 @@ Options:
   --uds-path PATH   vsock: host side as Unix sockets: host programs connect to PATH and
                     write "CONNECT <port>\\n" (answered "OK <host-port>\\n"); guest
                     connections to CID 2 port P reach the socket listening at PATH_P
+  --vsock-buffer-size N
+                    vsock: receive buffer per connection (buf_alloc), the most guest bytes
+                    held for a host socket that does not keep up (default 262144)
   --poll-us N       poll mode: keep checking the rings for N µs (up to 1000) after serving
                     a kick; lower latency for a busy guest, at the cost of CPU (default 0)
   --once            exit after the first frontend disconnects
@@ -98,6 +101,7 @@ export async function main(argv: string[]): Promise<number> {
         "block-size": { type: "string" },
         "guest-cid": { type: "string" },
         "uds-path": { type: "string" },
+        "vsock-buffer-size": { type: "string" },
         "physical-block-size": { type: "string" },
         writethrough: { type: "boolean", default: false },
         once: { type: "boolean", default: false },
@@ -133,9 +137,10 @@ export async function main(argv: string[]): Promise<number> {
   const rngMaxBytes = intOption(args["rng-max-bytes"], "rng-max-bytes", undefined, 1);
   const rngPeriodMs = intOption(args["rng-period-ms"], "rng-period-ms", 1000, 1, RNG_MAX_PERIOD_MS);
   if (rngMaxBytes === null || rngPeriodMs === null) return 2;
-  const vsockOptions = args["guest-cid"] !== undefined || args["uds-path"] !== undefined;
+  const vsockOptions = args["guest-cid"] !== undefined || args["uds-path"] !== undefined ||
+    args["vsock-buffer-size"] !== undefined;
   if (vsockOptions && args.device !== "vsock") {
-    console.error("--guest-cid and --uds-path are for --device vsock");
+    console.error("--guest-cid, --uds-path and --vsock-buffer-size are for --device vsock");
     return 2;
   }
   let device: VirtioDevice;
@@ -197,11 +202,19 @@ export async function main(argv: string[]): Promise<number> {
         return 2;
       }
       const cid = intOption(args["guest-cid"], "guest-cid", 0, 3, 0xfffffffe);
-      if (cid === null) return 2;
+      const bufferSize = intOption(
+        args["vsock-buffer-size"],
+        "vsock-buffer-size",
+        undefined,
+        1,
+        0xffffffff,
+      );
+      if (cid === null || bufferSize === null) return 2;
       try {
         device = new VsockDevice({
           guestCid: cid,
           udsPath: args["uds-path"],
+          bufferSize,
           onError: args.verbose ? (e) => console.error(`vsock: ${e.message}`) : undefined,
         });
       } catch (err) {
