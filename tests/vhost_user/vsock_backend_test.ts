@@ -26,11 +26,14 @@ const CID = 42;
 let dir = "";
 let server: net.Server;
 const received: string[] = [];
-before(async () => {
+
+async function setUp(): Promise<void> {
   dir = mkdtempSync(join(tmpdir(), "vt-vsock-vu-"));
   // A host service on vsock port 5000: records what each connection sent, answers "ack".
   server = net.createServer({ allowHalfOpen: true }, (s) => {
     let text = "";
+    // A connection the backend dropped (killed mid-test) ends with EPIPE on the answer.
+    s.on("error", () => {});
     s.on("data", (d) => (text += String(d)));
     s.on("end", () => {
       received.push(text);
@@ -38,11 +41,12 @@ before(async () => {
     });
   });
   await new Promise<void>((r) => server.listen(join(dir, "v.uds_5000"), () => r()));
-});
-after(() => {
+}
+
+function tearDown(): void {
   server.close();
   rmSync(dir, { recursive: true, force: true });
-});
+}
 
 function backend(): Promise<BackendProcess> {
   return startBackend([
@@ -105,6 +109,9 @@ async function roundTrip(
 }
 
 describe("vsock vhost-user backend", () => {
+  before(setUp);
+  after(tearDown);
+
   it("offers the CID through GET_CONFIG and three queues", T, async () => {
     const b = await backend();
     try {
