@@ -47,6 +47,13 @@ export interface VsockEndpoint {
    * @returns `false` when the host side is gone (the connection is reset).
    */
   write(views: readonly Uint8Array[], len: number, flags: number): boolean;
+  /**
+   * When present, `write` may keep the views it is given (without a copy) until `flush`, which
+   * the device calls at the end of each tx pass, before it returns those chains to the driver:
+   * the endpoint then moves a whole pass's bytes in one call, and copies only what the host
+   * side did not take.
+   */
+  flush?(): void;
   /** The guest will send no more: deliver what is held, then end the host side's input. */
   endWrite(): void;
   /** The guest will receive no more: stop reading the host side. */

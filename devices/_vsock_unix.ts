@@ -37,15 +37,20 @@ import {
   POLLIN,
   POLLOUT,
   recvmsg,
+  recvv,
   sendmsg,
+  sendv,
+  setSocketOption,
   SHUT_RD,
   SHUT_WR,
   shutdown,
+  SO_SNDBUF,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
   SOCK_SEQPACKET,
   SOCK_STREAM,
   socket,
+  SOL_SOCKET,
   SysError,
   type Watch,
 } from "../sys/mod.ts";
@@ -91,6 +96,12 @@ export function parseConnectLine(line: string): number | undefined {
 /** What the muxer needs from the device. */
 export interface UnixMuxerHooks {
   /**
+   * The send buffer to ask for on each connection's socket (`SO_SNDBUF`, capped by the
+   * system's wmem_max): the device's `buf_alloc`, so that what the guest may send un-consumed
+   * fits in the socket rather than being copied and held by the device.
+   */
+  sendBuffer: number;
+  /**
    * A host program asked for guest port `port`: open a host-initiated connection on
    * `endpoint`. Returns why not as a string, anything else when the request is on its way.
    */
@@ -107,7 +118,10 @@ export class FdEndpoint implements VsockEndpoint {
   readonly #fd: number;
   readonly #seqpacket: boolean;
   readonly #watcher: FdWatcher;
-  // Guest → host bytes the socket did not take yet (stream: pieces; seqpacket: messages).
+  // Guest → host bytes of this tx pass, as views of guest memory, until `flush` (stream).
+  readonly #batch: Uint8Array[] = [];
+  #batchBytes = 0;
+  // Guest → host bytes the socket did not take yet, copied (stream: pieces; seqpacket: messages).
   readonly #pending: Uint8Array[] = [];
   #pendingHead = 0; // bytes of #pending[0] already sent (stream)
   // Seqpacket: the message being assembled from RW packets.
@@ -156,24 +170,51 @@ export class FdEndpoint implements VsockEndpoint {
   }
 
   #writeStream(views: readonly Uint8Array[]): boolean {
-    let sent = 0;
-    let i = 0;
-    if (this.#pending.length === 0) {
-      for (; i < views.length; i++) {
-        const v = views[i];
-        const n = this.#send(v);
-        sent += n;
-        if (n < v.length) {
-          this.#pending.push(v.slice(n));
-          i++;
-          break;
-        }
-      }
+    if (this.#pending.length > 0) {
+      // The socket is full already: keep the order, behind what waits.
+      for (const v of views) if (v.length > 0) this.#pending.push(v.slice());
+      return true;
     }
-    for (; i < views.length; i++) this.#pending.push(views[i].slice());
-    if (sent > 0) this.events.forwarded(sent);
-    if (this.#pending.length > 0) this.#armWrite();
+    for (const v of views) {
+      if (v.length === 0) continue;
+      this.#batch.push(v);
+      this.#batchBytes += v.length;
+    }
     return true;
+  }
+
+  /** Send this pass's bytes in one call; copy what the socket did not take. */
+  flush(): void {
+    const batch = this.#batch;
+    if (batch.length === 0 || this.#closed) return;
+    let sent: number;
+    try {
+      sent = sendv(this.#fd, batch, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } catch (err) {
+      this.#dropBatch();
+      this.#fail(err);
+      return;
+    }
+    if (sent < this.#batchBytes) {
+      let skip = sent;
+      for (const v of batch) {
+        if (skip >= v.length) {
+          skip -= v.length;
+          continue;
+        }
+        this.#pending.push(v.slice(skip));
+        skip = 0;
+      }
+      this.#armWrite();
+    }
+    this.#dropBatch();
+    if (sent > 0) this.events.forwarded(sent);
+    if (this.#pending.length === 0 && this.#shutWrite && !this.#closed) this.#shutdownWrite();
+  }
+
+  #dropBatch(): void {
+    this.#batch.length = 0;
+    this.#batchBytes = 0;
   }
 
   #writeMessage(views: readonly Uint8Array[], len: number, flags: number): boolean {
@@ -279,7 +320,10 @@ export class FdEndpoint implements VsockEndpoint {
 
   endWrite(): void {
     this.#shutWrite = true;
-    if (this.#pending.length === 0 && !this.#closed) this.#shutdownWrite();
+    // Bytes of this pass go first: `flush` shuts the writing side once they are out.
+    if (this.#pending.length === 0 && this.#batch.length === 0 && !this.#closed) {
+      this.#shutdownWrite();
+    }
   }
 
   #shutdownWrite(): void {
@@ -311,36 +355,31 @@ export class FdEndpoint implements VsockEndpoint {
   }
 
   #readStream(views: readonly Uint8Array[], max: number): number {
-    if (this.#drained && this.#prefix === undefined) return READ_AGAIN;
+    if (this.#prefix !== undefined) return this.#readPrefix(views, max);
+    if (this.#drained) return READ_AGAIN;
+    // The device's views cover exactly `max` bytes: one recvmsg fills them all (for mapped
+    // guest memory; buffer by buffer otherwise).
+    const got = recvv(this.#fd, views, MSG_DONTWAIT);
+    if (got < 0) return READ_AGAIN;
+    if (got === 0) {
+      this.#noteHangup();
+      return 0;
+    }
+    if (got < max) this.#drained = true;
+    return got;
+  }
+
+  // Bytes that came after the CONNECT line, before anything from the socket.
+  #readPrefix(views: readonly Uint8Array[], max: number): number {
+    const prefix = this.#prefix!;
     let n = 0;
     for (const v of views) {
-      if (n >= max) break;
-      const want = Math.min(v.length, max - n);
-      const dst = want === v.length ? v : v.subarray(0, want);
-      let got: number;
-      if (this.#prefix !== undefined) {
-        got = Math.min(want, this.#prefix.length);
-        dst.set(this.#prefix.subarray(0, got));
-        this.#prefix = got === this.#prefix.length ? undefined : this.#prefix.subarray(got);
-      } else {
-        try {
-          got = recvmsg(this.#fd, dst, 0, MSG_DONTWAIT).bytes;
-        } catch (err) {
-          if (errnoOf(err) !== Errno.EAGAIN) throw err;
-          return n > 0 ? n : READ_AGAIN;
-        }
-        if (got === 0) {
-          if (n > 0) return n;
-          this.#noteHangup();
-          return 0;
-        }
-      }
-      n += got;
-      if (got < want) {
-        this.#drained = this.#prefix === undefined;
-        break;
-      }
+      const take = Math.min(v.length, max - n, prefix.length - n);
+      if (take <= 0) break;
+      v.set(prefix.subarray(n, n + take));
+      n += take;
     }
+    this.#prefix = n === prefix.length ? undefined : prefix.subarray(n);
     return n;
   }
 
@@ -424,6 +463,9 @@ export class FdEndpoint implements VsockEndpoint {
 
   finish(): void {
     if (this.#closed) return;
+    // The views of this pass are handed back to the guest after this: send or copy them now.
+    this.flush();
+    if (this.#closed) return;
     this.#finishing = true;
     this.#shutWrite = true;
     this.#readWatch?.close();
@@ -457,6 +499,7 @@ export class FdEndpoint implements VsockEndpoint {
     this.#readWatch = undefined;
     this.#writeWatch = undefined;
     this.#pending.length = 0;
+    this.#dropBatch();
     this.#parts = [];
     this.#inbox = undefined;
     try {
@@ -535,6 +578,7 @@ export class UnixMuxer {
       close(fd);
       return undefined;
     }
+    this.#tune(fd);
     return new FdEndpoint(fd, type, this.#watcher);
   }
 
@@ -562,6 +606,12 @@ export class UnixMuxer {
       this.#pending.add(p);
       p.watch = this.#watcher.watch(fd, () => this.#readLine(p));
     }
+  }
+
+  #tune(fd: number): void {
+    try {
+      setSocketOption(fd, SOL_SOCKET, SO_SNDBUF, Math.min(this.#hooks.sendBuffer, 1 << 30));
+    } catch { /* keep the default */ }
   }
 
   #drop(p: PendingHost): void {
@@ -601,6 +651,7 @@ export class UnixMuxer {
     this.#pending.delete(p);
     clearTimeout(p.timer);
     p.watch?.close();
+    this.#tune(p.fd);
     const endpoint = new FdEndpoint(
       p.fd,
       "stream",

@@ -51,6 +51,8 @@
 
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC } from "../queue/split.ts";
 import type { ChainWriter, DescriptorChain } from "../queue/chain.ts";
+import type { SplitQueue } from "../queue/split.ts";
+import type { GuestMemory } from "../memory/guest_memory.ts";
 import { QueueError } from "../queue/error.ts";
 import {
   DEFAULT_SERVE_BUDGET,
@@ -62,6 +64,7 @@ import {
   type VirtioDeviceConfig,
   VirtioDeviceInfo,
   VirtioError,
+  type VirtioQueueConfig,
 } from "./device.ts";
 import {
   checkVsockPacket,
@@ -137,6 +140,8 @@ export const VSOCK_BUFFER_SIZE = 256 << 10;
 export const VSOCK_MAX_PACKET = 64 << 10;
 /** Default connection cap (established, connecting and closing ones together). */
 export const VSOCK_MAX_CONNECTIONS = 1024;
+/** Most rx buffers one read of a host socket fills. */
+const RX_BATCH = 64;
 /** Default capacity of the queue of RSTs owed for packets without a connection. */
 export const VSOCK_REPLY_QUEUE = 256;
 /** Byte offset of `guest_cid` (le64) in the configuration space (virtio 1.2 §5.10.4). */
@@ -406,6 +411,13 @@ export class VsockDevice extends VirtioDeviceBase {
   readonly #rxView = new DataView(this.#rxBytes.buffer);
   readonly #eventBytes = new Uint8Array(VSOCK_EVENT_SIZE);
   readonly #views: Uint8Array[] = [];
+  // Endpoints holding views of the running tx pass, and the chains those views are in.
+  readonly #touched: VsockEndpoint[] = [];
+  readonly #deferred: number[] = [];
+  // The chains of one batched read, their payload room, where their header views end.
+  readonly #batchChains: DescriptorChain[] = [];
+  readonly #batchRooms = new Int32Array(RX_BATCH);
+  readonly #batchHeaderEnd = new Int32Array(RX_BATCH);
   readonly #headerViews: Uint8Array[] = [];
   // Scheduling.
   #rxScheduled = false;
@@ -479,6 +491,7 @@ export class VsockDevice extends VirtioDeviceBase {
     this.#nextLocalPort = 0;
     if (options.udsPath !== undefined) {
       this.#unix = new UnixMuxer(options.udsPath, {
+        sendBuffer: bufferSize,
         openFromHost: (port, endpoint) =>
           this.#openFromHost(port, VIRTIO_VSOCK_TYPE_STREAM, () => endpoint),
         onError: (err) => this.#error(VirtioError.from(err)),
@@ -819,10 +832,15 @@ export class VsockDevice extends VirtioDeviceBase {
       return;
     }
     this.#txBlocked = false;
-    const pass = serveQueue(config.memory, qc, this.#handleTx, (e) => this.#error(e), {
-      chains: Math.min(DEFAULT_SERVE_BUDGET.chains, room),
-      bytes: DEFAULT_SERVE_BUDGET.bytes,
-    });
+    let pass;
+    try {
+      pass = serveQueue(config.memory, qc, this.#handleTx, (e) => this.#error(e), {
+        chains: Math.min(DEFAULT_SERVE_BUDGET.chains, room),
+        bytes: DEFAULT_SERVE_BUDGET.bytes,
+      });
+    } finally {
+      this.#completeDeferred(config, qc);
+    }
     // Replies go out at once, before the driver sends more.
     this.#serveRx();
     if (pass.more) {
@@ -837,7 +855,25 @@ export class VsockDevice extends VirtioDeviceBase {
     }
   }
 
-  #handleTx = (chain: DescriptorChain): number => {
+  // The endpoints that kept views of this pass move their bytes, then the chains holding them
+  // go back to the driver (virtio 1.2 §2.7.8: the buffers are the device's until then).
+  #completeDeferred(config: VirtioDeviceConfig, qc: VirtioQueueConfig): void {
+    const touched = this.#touched;
+    for (let i = 0; i < touched.length; i++) touched[i].flush?.();
+    touched.length = 0;
+    const heads = this.#deferred;
+    if (heads.length === 0) return;
+    const q = qc.queue;
+    try {
+      for (let i = 0; i < heads.length; i++) q.addUsed(config.memory, heads[i], 0);
+      if (q.needsNotification(config.memory)) qc.notifier.notify();
+    } catch (err) {
+      this.#error(VirtioError.from(err));
+    }
+    heads.length = 0;
+  }
+
+  #handleTx = (chain: DescriptorChain): number | undefined => {
     this.stats.packetsFromGuest++;
     const h = this.#txHeader;
     if (chain.readableBytes >= VSOCK_HEADER_SIZE) {
@@ -901,7 +937,11 @@ export class VsockDevice extends VirtioDeviceBase {
         this.#guestShutdown(conn, h.flags & VIRTIO_VSOCK_SHUTDOWN_BOTH);
         break;
       case VIRTIO_VSOCK_OP_RW:
-        this.#guestData(conn, h, chain);
+        if (this.#guestData(conn, h, chain)) {
+          // The endpoint keeps views of this chain until the end of the pass.
+          this.#deferred.push(chain.head);
+          return undefined;
+        }
         break;
       case VIRTIO_VSOCK_OP_CREDIT_UPDATE:
         break;
@@ -1016,15 +1056,16 @@ export class VsockDevice extends VirtioDeviceBase {
     this.#maybeClose(conn);
   }
 
-  #guestData(conn: VsockConn, h: VsockHeader, chain: DescriptorChain): void {
+  // Returns whether the endpoint kept views of the chain (its completion waits for the flush).
+  #guestData(conn: VsockConn, h: VsockHeader, chain: DescriptorChain): boolean {
     if (conn.state !== "established" || conn.peerShutdown & VIRTIO_VSOCK_SHUTDOWN_SEND) {
       this.#resetConn(conn, "protocol");
-      return;
+      return false;
     }
     const len = h.len;
     if (!vsockWithinCredit(conn.bufAlloc, conn.rxCnt, conn.fwdCnt, len)) {
       this.#resetConn(conn, "creditViolation");
-      return;
+      return false;
     }
     conn.rxCnt = (conn.rxCnt + len) >>> 0;
     this.stats.bytesFromGuest += len;
@@ -1032,10 +1073,17 @@ export class VsockDevice extends VirtioDeviceBase {
     views.length = 0;
     if (len > 0) chain.reader.views(len, views);
     const flags = conn.type === VIRTIO_VSOCK_TYPE_SEQPACKET ? h.flags : 0;
-    const ok = conn.endpoint.write(views, len, flags);
+    const endpoint = conn.endpoint;
+    const ok = endpoint.write(views, len, flags);
     views.length = 0;
-    // The endpoint may have reset the connection itself meanwhile (its events run inside).
-    if (!ok && (conn.state as string) !== "closing") this.#resetConn(conn, "hostError");
+    if (!ok) {
+      // The endpoint may have reset the connection itself meanwhile (its events run inside).
+      if ((conn.state as string) !== "closing") this.#resetConn(conn, "hostError");
+      return false;
+    }
+    if (endpoint.flush === undefined || len === 0) return false;
+    if (!this.#touched.includes(endpoint)) this.#touched.push(endpoint);
+    return true;
   }
 
   #forwarded(conn: VsockConn, n: number): void {
@@ -1240,6 +1288,7 @@ export class VsockDevice extends VirtioDeviceBase {
     let used = 0;
     let bytes = 0;
     let more = false;
+    let single = false;
     try {
       for (;;) {
         if (this.#replyLen === 0 && this.#ready.size === 0) break;
@@ -1271,6 +1320,22 @@ export class VsockDevice extends VirtioDeviceBase {
           len = this.#writeReply(chain);
         } else {
           const conn = this.#ready.values().next().value as VsockConn;
+          if (!single && this.#batchable(conn)) {
+            const room = Math.min(RX_BATCH, DEFAULT_SERVE_BUDGET.chains - used);
+            const got = this.#produceBatch(conn, chain, memory, q, room);
+            if (got.chains === 0) {
+              single = true; // nothing read: this chain goes the one-packet way
+              continue;
+            }
+            this.#ready.delete(conn);
+            if (this.#hasWork(conn)) this.#ready.add(conn);
+            used += got.chains;
+            bytes += got.bytes;
+            this.stats.packetsToGuest += got.chains;
+            if (q.eventIdx && q.needsNotification(memory)) qc.notifier.notify();
+            continue;
+          }
+          single = false;
           len = this.#produce(conn, chain);
           this.#ready.delete(conn);
           if (len === 0) {
@@ -1302,6 +1367,110 @@ export class VsockDevice extends VirtioDeviceBase {
     if (this.#txBlocked && this.#replyLen < VSOCK_REPLY_QUEUE) {
       queueMicrotask(() => this.#serveTx());
     }
+  }
+
+  // Data for a stream connection with nothing else owed (a CREDIT_UPDATE rides along): it may
+  // fill several rx buffers with one read.
+  #batchable(conn: VsockConn): boolean {
+    return conn.type === VIRTIO_VSOCK_TYPE_STREAM &&
+      (conn.pending & ~PENDING_CREDIT_UPDATE) === 0 && conn.hostReadable && conn.mayCarryData &&
+      conn.peerFree > 0;
+  }
+
+  // Fill `first` and up to `limit - 1` more rx chains with one read of the host side: header
+  // room and payload room of each, one `read` into all the payload views, then a header for
+  // each chain that got bytes; the chains that got none go back to the ring (they are the last
+  // taken, so `undoPop` returns them in order). Returns the chains used and their bytes; none
+  // when the read gave nothing (every chain went back).
+  #produceBatch(
+    conn: VsockConn,
+    first: DescriptorChain,
+    memory: GuestMemory,
+    q: SplitQueue,
+    limit: number,
+  ): { chains: number; bytes: number } {
+    const chains = this.#batchChains;
+    const rooms = this.#batchRooms;
+    const hv = this.#headerViews;
+    const pv = this.#views;
+    const hvEnd = this.#batchHeaderEnd;
+    chains.length = 0;
+    hv.length = 0;
+    pv.length = 0;
+    const credit = Math.min(conn.peerFree, 0x7fffffff);
+    let want = 0;
+    let chain: DescriptorChain | null = first;
+    for (;;) {
+      const w = chain.writer;
+      w.views(VSOCK_HEADER_SIZE, hv);
+      hvEnd[chains.length] = hv.length;
+      const room = Math.min(w.remaining, this.#maxPacket, credit - want);
+      if (room > 0) w.views(room, pv);
+      rooms[chains.length] = room;
+      chains.push(chain);
+      want += room;
+      if (chains.length >= limit || want >= credit) break;
+      try {
+        chain = q.pop(memory);
+      } catch (err) {
+        // A bad chain goes back, to be handled (and reported) by the one-packet path after
+        // this batch; a broken ring is reported when that path finds it broken too.
+        if (!(err instanceof QueueError && err.fatal)) q.undoPop();
+        break;
+      }
+      if (chain === null) break;
+      if (chain.writableBytes < VSOCK_HEADER_SIZE) {
+        q.undoPop();
+        break;
+      }
+    }
+    const n = want > 0 ? conn.endpoint.read(pv, want, conn.peerBufAlloc) : 0;
+    pv.length = 0;
+    let used = 0;
+    let moved = 0;
+    if (n > 0) {
+      let left = n;
+      let hvStart = 0;
+      for (; used < chains.length && left > 0; used++) {
+        const len = Math.min(rooms[used], left);
+        left -= len;
+        this.#fillHeader(conn, VIRTIO_VSOCK_OP_RW, len, 0);
+        let off = 0;
+        for (let i = hvStart; i < hvEnd[used]; i++) {
+          hv[i].set(this.#rxBytes.subarray(off, off + hv[i].length));
+          off += hv[i].length;
+        }
+        hvStart = hvEnd[used];
+        q.addUsed(memory, chains[used].head, VSOCK_HEADER_SIZE + len);
+        conn.txCnt = (conn.txCnt + len) >>> 0;
+        moved += VSOCK_HEADER_SIZE + len;
+      }
+      this.stats.bytesToGuest += n;
+      conn.advertisedFwdCnt = conn.fwdCnt;
+      conn.pending &= ~PENDING_CREDIT_UPDATE;
+    }
+    for (let i = chains.length - 1; i >= used; i--) q.undoPop();
+    hv.length = 0;
+    chains.length = 0;
+    return { chains: used, bytes: moved };
+  }
+
+  // The header of a packet of `conn` in #rxBytes.
+  #fillHeader(conn: VsockConn, op: number, len: number, flags: number): void {
+    const h = this.#rxHeader;
+    h.srcCid = VSOCK_HOST_CID;
+    h.srcCidHigh = 0;
+    h.dstCid = this.#guestCid;
+    h.dstCidHigh = 0;
+    h.srcPort = conn.hostPort;
+    h.dstPort = conn.guestPort;
+    h.len = len;
+    h.type = conn.type;
+    h.op = op;
+    h.flags = flags;
+    h.bufAlloc = conn.bufAlloc;
+    h.fwdCnt = conn.fwdCnt;
+    encodeVsockHeader(this.#rxView, h);
   }
 
   #hasWork(conn: VsockConn): boolean {
@@ -1369,20 +1538,7 @@ export class VsockDevice extends VirtioDeviceBase {
       return 0;
     }
     if (op !== VIRTIO_VSOCK_OP_RW) len = 0;
-    const h = this.#rxHeader;
-    h.srcCid = VSOCK_HOST_CID;
-    h.srcCidHigh = 0;
-    h.dstCid = this.#guestCid;
-    h.dstCidHigh = 0;
-    h.srcPort = conn.hostPort;
-    h.dstPort = conn.guestPort;
-    h.len = len;
-    h.type = conn.type;
-    h.op = op;
-    h.flags = flags;
-    h.bufAlloc = conn.bufAlloc;
-    h.fwdCnt = conn.fwdCnt;
-    encodeVsockHeader(this.#rxView, h);
+    this.#fillHeader(conn, op, len, flags);
     let off = 0;
     for (const v of hv) {
       v.set(this.#rxBytes.subarray(off, off + v.length));
