@@ -301,6 +301,20 @@ describe("VsockDevice: connections from the guest", () => {
     assert.equal(r.dev.stats.connectionsClosed, 1);
   });
 
+  it("ignores SHUTDOWN flag bits past RCV and SEND", async () => {
+    const r = rig();
+    r.guest.postRx(4);
+    const c = await open(r);
+    r.guest.send({
+      ...REQ,
+      op: VIRTIO_VSOCK_OP_SHUTDOWN,
+      flags: 0xfffffff0 | VIRTIO_VSOCK_SHUTDOWN_SEND,
+    });
+    assert.equal((await readAll(c)).length, 0);
+    assert.deepEqual(r.guest.receive(), []); // SEND only: not a close
+    assert.equal(r.dev.connectionCount, 1);
+  });
+
   it("the host's reset() sends an RST", async () => {
     const r = rig();
     r.guest.postRx(4);
@@ -489,6 +503,24 @@ describe("VsockDevice: connections from the host", () => {
     await tick();
     assert.deepEqual(ops(r.guest.receive()), [VIRTIO_VSOCK_OP_REQUEST, VIRTIO_VSOCK_OP_RST]);
     assert.equal(r.dev.stats.resets.connectTimeout, 1);
+  });
+
+  it("a SHUTDOWN before the guest's RESPONSE is a protocol error: RST, refused", async () => {
+    const r = rig();
+    r.guest.postRx(4);
+    const pending = r.dev.connect(7000);
+    await tick();
+    const req = only(r.guest.receive());
+    r.guest.send({
+      srcPort: 7000,
+      dstPort: req.header.srcPort,
+      op: VIRTIO_VSOCK_OP_SHUTDOWN,
+      flags: VIRTIO_VSOCK_SHUTDOWN_BOTH,
+    });
+    await assert.rejects(pending, VsockConnectionError);
+    assert.equal(only(r.guest.receive()).header.op, VIRTIO_VSOCK_OP_RST);
+    assert.equal(r.dev.stats.resets.protocol, 1);
+    assert.equal(r.dev.stats.hostConnectionsRefused, 1);
   });
 
   it("connect() refuses at once when the device is not active", async () => {
