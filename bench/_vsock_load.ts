@@ -32,7 +32,7 @@ import {
 
 const RX_BUFFERS = 256;
 const TX_SLOTS = 128;
-/** The guest's receive buffer per connection (Linux's default). */
+/** The guest's default receive buffer per connection (Linux's default). */
 export const GUEST_BUF_ALLOC = 256 << 10;
 
 /** One connection as the benchmark guest sees it. */
@@ -67,6 +67,7 @@ export class VsockLoad {
   readonly #h: VsockHeader = emptyVsockHeader();
   readonly #out: VsockHeader = emptyVsockHeader();
   readonly #conns = new Map<number, Conn>();
+  readonly #bufAlloc: number;
   /** Called for each connection request from the host (the guest accepts them all). */
   onRequest: ((c: Conn) => void) | undefined;
 
@@ -75,8 +76,10 @@ export class VsockLoad {
     guestCid: number,
     rxPayload: number,
     txPayload: number,
+    bufAlloc: number,
   ) {
     this.frontend = frontend;
+    this.#bufAlloc = bufAlloc;
     this.#guestCid = guestCid;
     this.#rx = frontend.ring(0);
     this.#tx = frontend.ring(1);
@@ -106,12 +109,13 @@ export class VsockLoad {
   /**
    * Connect to our backend on `socket` and set up the three rings.
    * @param socket The backend's socket.
-   * @param options The guest CID and the payload room of rx buffers and tx packets.
+   * @param options The guest CID, the payload room of rx buffers and tx packets, and the
+   *   guest's receive buffer per connection (default {@linkcode GUEST_BUF_ALLOC}).
    * @returns The guest.
    */
   static async start(
     socket: string,
-    options: { guestCid: number; rxPayload: number; txPayload: number },
+    options: { guestCid: number; rxPayload: number; txPayload: number; bufAlloc?: number },
   ): Promise<VsockLoad> {
     const fe = await VhostUserFrontend.connect(socket, { memorySize: 48 << 20 });
     await fe.setOwner();
@@ -130,7 +134,13 @@ export class VsockLoad {
     await fe.setupRing(2, { size: 16, bufferSize: 4096 });
     // One call eventfd for rx and tx.
     await fe.request(Request.SET_VRING_CALL, u64Payload(1n), { fds: [fe.ring(0).call.fd] });
-    return new VsockLoad(fe, options.guestCid, options.rxPayload, options.txPayload);
+    return new VsockLoad(
+      fe,
+      options.guestCid,
+      options.rxPayload,
+      options.txPayload,
+      options.bufAlloc ?? GUEST_BUF_ALLOC,
+    );
   }
 
   /** Close the frontend. */
@@ -167,7 +177,7 @@ export class VsockLoad {
     o.type = VIRTIO_VSOCK_TYPE_STREAM;
     o.op = op;
     o.flags = flags;
-    o.bufAlloc = GUEST_BUF_ALLOC;
+    o.bufAlloc = this.#bufAlloc;
     o.fwdCnt = c.rxBytes >>> 0;
     c.advertised = c.rxBytes;
     encodeVsockHeader(this.#view, o);
@@ -307,7 +317,7 @@ export class VsockLoad {
       if (!this.#reap()) await this.#wait();
       if (c === undefined) continue;
       if (first === 0 && c.rxBytes > 0) first = performance.now();
-      if (c.rxBytes - c.advertised >= GUEST_BUF_ALLOC / 2 && this.#free.length > 0) {
+      if (c.rxBytes - c.advertised >= this.#bufAlloc / 2 && this.#free.length > 0) {
         this.#send(c, VIRTIO_VSOCK_OP_CREDIT_UPDATE);
         this.frontend.kick(1);
       }

@@ -14,8 +14,9 @@
  * the end of stream. Medians over the rounds; the ratio is the median of the rounds' ratios.
  *
  * Run: `node_modules/.bin/deno run --allow-all bench/vsock_e2e.ts [--mib M] [--rounds N]
- * [--conns N] [--buffer-size BYTES]` (`--buffer-size`: the device's buf_alloc per
- * connection, `--vsock-buffer-size` of the CLI; default 256 KiB)
+ * [--conns N] [--buffer-size BYTES]` (`--buffer-size`: buf_alloc per connection of both the
+ * device, `--vsock-buffer-size` of the CLI, and the benchmark guest; default 256 KiB, the
+ * defaults of both and of Linux)
  *
  * @module
  */
@@ -126,6 +127,7 @@ try {
         guestCid: 3,
         rxPayload: packet,
         txPayload: packet,
+        bufAlloc: opts["buffer-size"] === undefined ? undefined : Number(opts["buffer-size"]),
       });
       try {
         await load.streamToHost(5000, BYTES, packet);
