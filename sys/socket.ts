@@ -427,7 +427,7 @@ export function sendv(
   flags: number = MSG_NOSIGNAL,
 ): number {
   if (bufs.length === 0) return 0;
-  if (bufs.length > 1 && vectorHeader(bufs)) {
+  if (vectorHeader(bufs)) {
     const n = libc().sendmsg(fd, vHeader, flags);
     if (n >= 0) return n;
     return againOrThrow("sendmsg");
@@ -461,7 +461,7 @@ export function sendv(
  */
 export function recvv(fd: number, bufs: readonly Uint8Array[], flags = 0): number {
   if (bufs.length === 0) return 0;
-  if (bufs.length > 1 && vectorHeader(bufs)) {
+  if (vectorHeader(bufs)) {
     const n = libc().recvmsg(fd, vHeader, flags);
     if (n >= 0) return n;
     return againOrThrow("recvmsg");
