@@ -584,6 +584,11 @@ export class PackedQueue implements Virtqueue {
     Atomics.store(this.#deviceEvent.u16, this.#deviceEventIndex + 1, RING_EVENT_FLAGS_DISABLE);
   }
 
+  /** Whether the positions moved from their reset values (index 0, wrap counters 1). */
+  inUse(): boolean {
+    return this.nextAvail !== 1 << 15 || this.nextUsed !== 1 << 15;
+  }
+
   /**
    * Where the device stands, as vhost-user reports it (QEMU's encoding): `nextAvail` in bits
    * 0–15, `nextUsed` in bits 16–31.

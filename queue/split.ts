@@ -582,6 +582,11 @@ export class SplitQueue implements Virtqueue {
     }
   }
 
+  /** Whether the indices moved from 0 (the rings were used before). */
+  inUse(): boolean {
+    return this.#nextAvail !== 0 || this.#nextUsed !== 0;
+  }
+
   /** The next available index, as vhost-user's GET_VRING_BASE reports it. */
   vringBase(): number {
     return this.#nextAvail;

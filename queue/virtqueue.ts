@@ -149,6 +149,11 @@ export interface Virtqueue {
    */
   hasPending(mem: GuestMemory): boolean;
   /**
+   * Whether the indices are away from their reset values: the rings were used before (a
+   * frontend that reconnected, a backend that restarted and resumed them).
+   */
+  inUse(): boolean;
+  /**
    * Where the device stands, as vhost-user's GET_VRING_BASE reports it: split, the next
    * available index; packed, `nextAvail` in bits 0–15 and `nextUsed` in bits 16–31.
    */

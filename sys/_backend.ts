@@ -45,6 +45,8 @@ export interface RawLibc {
   shutdown(fd: number, how: number): number;
   sendmsg(fd: number, msg: Uint8Array, flags: number): number;
   recvmsg(fd: number, msg: Uint8Array, flags: number): number;
+  setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
+  getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: Uint8Array): number;
 }
 
 /** What a blocking poll(2) run off the JS thread reports back. */

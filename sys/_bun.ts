@@ -65,6 +65,8 @@ const SYMBOLS: Record<string, BunSymbol> = {
   shutdown: { args: ["i32", "i32"], returns: "i32" },
   sendmsg: { args: ["i32", "ptr", "i32"], returns: "i64" },
   recvmsg: { args: ["i32", "ptr", "i32"], returns: "i64" },
+  setsockopt: { args: ["i32", "i32", "i32", "ptr", "u32"], returns: "i32" },
+  getsockopt: { args: ["i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
 };
 
 // The Worker that blocks in poll(2). It is plain JavaScript started from a Blob URL, so it works
@@ -174,6 +176,8 @@ export function createBunBackend(): Backend {
     shutdown: sym.shutdown,
     sendmsg: (fd, msg, flags) => Number(sym.sendmsg(fd, msg, flags)),
     recvmsg: (fd, msg, flags) => Number(sym.recvmsg(fd, msg, flags)),
+    setsockopt: sym.setsockopt,
+    getsockopt: sym.getsockopt,
   };
 
   return {

@@ -48,6 +48,8 @@ const SYMBOLS = {
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
 } as const;
 
 type DenoLibc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
@@ -122,6 +124,8 @@ export function createDenoBackend(): Backend {
     shutdown: sym.shutdown,
     sendmsg: (fd, msg, flags) => Number(sym.sendmsg(fd, msg, flags)),
     recvmsg: (fd, msg, flags) => Number(sym.recvmsg(fd, msg, flags)),
+    setsockopt: sym.setsockopt,
+    getsockopt: sym.getsockopt,
   };
 
   return {

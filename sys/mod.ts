@@ -13,7 +13,8 @@
  *   (an eventfd or not), {@link eventFdSemaphore}.
  * - Waiting: {@link poll}, {@link FdWatcher}, {@link watchReadable}, {@link waitReady}.
  * - Unix sockets with descriptor passing: {@link socketpair}, {@link bind}, {@link listen},
- *   {@link accept}, {@link connect}, {@link sendmsg}, {@link recvmsg}, {@link recvExact}.
+ *   {@link accept}, {@link connect}, {@link sendmsg}, {@link recvmsg}, {@link recvExact}, and
+ *   vectored {@link sendv}, {@link recvv}.
  * - Failures throw {@link SysError} with the call name and errno.
  *
  * libc is opened on first use; Deno needs `--allow-ffi`. Linux only (glibc, LP64).
@@ -176,6 +177,7 @@ export {
   AF_UNIX,
   bind,
   connect,
+  getSocketOption,
   listen,
   MSG_CMSG_CLOEXEC,
   MSG_CTRUNC,
@@ -187,14 +189,19 @@ export {
   recvExact,
   recvmsg,
   type RecvResult,
+  recvv,
   SCM_MAX_FD,
   SCM_RIGHTS,
   sendAll,
   sendmsg,
+  sendv,
+  setSocketOption,
   SHUT_RD,
   SHUT_RDWR,
   SHUT_WR,
   shutdown,
+  SO_RCVBUF,
+  SO_SNDBUF,
   SOCK_CLOEXEC,
   SOCK_DGRAM,
   SOCK_NONBLOCK,

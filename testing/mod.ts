@@ -7,6 +7,8 @@
  * - {@linkcode MmioDriver}: drives the virtio-mmio register file through initialisation.
  * - {@linkcode VhostUserFrontend}: the VMM's side of vhost-user, driving a backend over its
  *   socket with memfd guest memory.
+ * - {@linkcode VsockDriver}: a virtio-vsock driver on any of those rings: raw packets in,
+ *   decoded packets out.
  * - {@linkcode firstDifference} / {@linkcode assertBytes}: byte comparisons that name the first
  *   difference instead of diffing.
  *
@@ -20,4 +22,5 @@ export * from "./packed_driver.ts";
 export * from "./mmio_driver.ts";
 export * from "./pci_driver.ts";
 export * from "./vhost_user_frontend.ts";
+export * from "./vsock_driver.ts";
 export * from "./bytes.ts";

@@ -243,6 +243,12 @@ export interface StartOptions {
    * {@linkcode VhostUserFrontend.setMemTable}); for hostile tests.
    */
   memoryRegions?: readonly MemoryRegionDesc[];
+  /**
+   * Program the rings already set up again where their driver left off (`resumeRing`)
+   * instead of laying out fresh ones: after {@linkcode VhostUserFrontend.reconnect} (default
+   * false).
+   */
+  resume?: boolean;
 }
 
 /** What {@linkcode VhostUserFrontend.start} negotiated. */
@@ -1063,10 +1069,49 @@ export class VhostUserFrontend {
     await this.setMemTable(options.memoryRegions);
     const rings: number[] = [];
     for (let i = 0; i < queues; i++) {
-      await this.setupRing(i, { size: options.queueSize });
+      if (options.resume && this.#rings.has(i)) await this.resumeRing(i);
+      else await this.setupRing(i, { size: options.queueSize });
       rings.push(i);
     }
     return { offeredFeatures: offered, features, protocolFeatures, queueNum, rings };
+  }
+
+  /**
+   * Connect to a backend again (a restarted one) on `path`, keeping the guest memory, the
+   * rings and their eventfds, as a VMM does when its backend comes back: continue with
+   * `start({ resume: true })`, which programs the rings where their driver left off.
+   * @param path The backend's socket.
+   * @throws {SysError} When the socket cannot be connected.
+   */
+  async reconnect(path: string): Promise<void> {
+    await this.#exclusive(async () => {
+      this.#checkOpen();
+      const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+      try {
+        setNonBlocking(fd);
+        const deadline = performance.now() + this.#timeoutMs;
+        for (;;) {
+          try {
+            connectFd(fd, path);
+            break;
+          } catch (err) {
+            if (!(err instanceof SysError && err.errno === Errno.EAGAIN)) throw err;
+            if (performance.now() > deadline) throw err;
+            await new Promise((resolve) => setTimeout(resolve, 5));
+          }
+        }
+      } catch (err) {
+        closeFd(fd);
+        throw err;
+      }
+      if (this.#fd >= 0) closeFd(this.#fd);
+      this.#fd = fd;
+      this.#peerClosed = false;
+      if (this.#backendReq >= 0) closeFd(this.#backendReq);
+      this.#backendReq = -1;
+      this.#features = 0n;
+      this.#protocolFeatures = 0n;
+    });
   }
 
   /**

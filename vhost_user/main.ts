@@ -4,6 +4,8 @@
  * ```sh
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vblk.sock --device blk --file disk.img
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vrng.sock --device rng
+ * deno run --allow-all vhost_user/main.ts --socket /tmp/vsock.sock --device vsock \
+ *   --guest-cid 3 --uds-path /tmp/vsock.uds
  * ```
  *
  * @module
@@ -15,14 +17,15 @@ import type { VirtioDevice } from "../devices/device.ts";
 import { RNG_MAX_PERIOD_MS, RngDevice } from "../devices/rng.ts";
 import { BlockDevice, FileBackend, OverlayBackend } from "../devices/block.ts";
 import { MAX_POLL_US, UnsealedMemoryWarning, VhostUserBackend } from "./backend.ts";
+import { VsockDevice } from "../devices/vsock.ts";
 
-const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk [options]
+const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk|vsock [options]
 
 Serves a virtio device to a vhost-user frontend (QEMU, Cloud Hypervisor, ...).
 
 Options:
   --socket PATH     Unix socket to listen on (required)
-  --device NAME     rng or blk (required)
+  --device NAME     rng, blk or vsock (required)
   --file PATH       blk: the raw disk image or block device
   --readonly        blk: refuse writes (VIRTIO_BLK_F_RO)
   --overlay PATH    blk: copy-on-write overlay file over --file, which is then opened
@@ -37,6 +40,13 @@ Options:
   --rng-max-bytes N rng: rate limit, at most N random bytes per period (default: no limit;
                     a request then waits in the ring for the next period)
   --rng-period-ms N rng: the rate limit's period in milliseconds (default 1000)
+  --guest-cid N     vsock: the guest's CID, 3 to 4294967294 (required)
+  --uds-path PATH   vsock: host side as Unix sockets: host programs connect to PATH and
+                    write "CONNECT <port>\\n" (answered "OK <host-port>\\n"); guest
+                    connections to CID 2 port P reach the socket listening at PATH_P
+  --vsock-buffer-size N
+                    vsock: receive buffer per connection (buf_alloc), the most guest bytes
+                    held for a host socket that does not keep up (default 262144)
   --poll-us N       poll mode: keep checking the rings for N µs (up to 1000) after serving
                     a kick; lower latency for a busy guest, at the cost of CPU (default 0)
   --require-sealed-memory
@@ -93,6 +103,9 @@ export async function main(argv: string[]): Promise<number> {
         "rng-max-bytes": { type: "string" },
         "rng-period-ms": { type: "string" },
         "block-size": { type: "string" },
+        "guest-cid": { type: "string" },
+        "uds-path": { type: "string" },
+        "vsock-buffer-size": { type: "string" },
         "physical-block-size": { type: "string" },
         writethrough: { type: "boolean", default: false },
         "require-sealed-memory": { type: "boolean", default: false },
@@ -129,6 +142,12 @@ export async function main(argv: string[]): Promise<number> {
   const rngMaxBytes = intOption(args["rng-max-bytes"], "rng-max-bytes", undefined, 1);
   const rngPeriodMs = intOption(args["rng-period-ms"], "rng-period-ms", 1000, 1, RNG_MAX_PERIOD_MS);
   if (rngMaxBytes === null || rngPeriodMs === null) return 2;
+  const vsockOptions = args["guest-cid"] !== undefined || args["uds-path"] !== undefined ||
+    args["vsock-buffer-size"] !== undefined;
+  if (vsockOptions && args.device !== "vsock") {
+    console.error("--guest-cid, --uds-path and --vsock-buffer-size are for --device vsock");
+    return 2;
+  }
   let device: VirtioDevice;
   let overlay: OverlayBackend | undefined;
   switch (args.device) {
@@ -182,6 +201,33 @@ export async function main(argv: string[]): Promise<number> {
       }
       break;
     }
+    case "vsock": {
+      if (args["guest-cid"] === undefined) {
+        console.error("--device vsock needs --guest-cid");
+        return 2;
+      }
+      const cid = intOption(args["guest-cid"], "guest-cid", 0, 3, 0xfffffffe);
+      const bufferSize = intOption(
+        args["vsock-buffer-size"],
+        "vsock-buffer-size",
+        undefined,
+        1,
+        0xffffffff,
+      );
+      if (cid === null || bufferSize === null) return 2;
+      try {
+        device = new VsockDevice({
+          guestCid: cid,
+          udsPath: args["uds-path"],
+          bufferSize,
+          onError: args.verbose ? (e) => console.error(`vsock: ${e.message}`) : undefined,
+        });
+      } catch (err) {
+        console.error(`--device vsock: ${(err as Error).message}`);
+        return 1;
+      }
+      break;
+    }
     default:
       console.error(`unknown device ${args.device}\n\n${USAGE}`);
       return 2;
@@ -213,6 +259,8 @@ export async function main(argv: string[]): Promise<number> {
     }, 50);
   }
   await backend.closed;
+  // Close the vsock Unix socket and its connections.
+  if (device instanceof VsockDevice) device.remove();
   // Persist the overlay's bitmap (a SIGKILL keeps what the last FLUSH made durable).
   overlay?.close();
   return 0;
