@@ -60,6 +60,7 @@ here="$(pwd -P)"
 for s in "${SHARES[@]}"; do [[ "$here" == "$s" || "$here" == "$s"/* ]] && CWD="$here"; done
 {
   echo "export PATH=$(printf %q "$PATH") HOME=$(printf %q "$HOME") TERM=dumb"
+  [[ -t 1 ]] || echo "export NO_COLOR=1"
   while IFS= read -r name; do
     echo "export $name=$(printf %q "${!name}")"
   done < <(compgen -e | grep -E '^(VT_[A-Za-z0-9_]*|NO_COLOR|CI)$' || true)

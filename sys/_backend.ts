@@ -42,6 +42,10 @@ export interface RawLibc {
   shutdown(fd: number, how: number): number;
   sendmsg(fd: number, msg: Uint8Array, flags: number): number;
   recvmsg(fd: number, msg: Uint8Array, flags: number): number;
+  getpid(): number;
+  gettid(): number;
+  tgkill(tgid: number, tid: number, sig: number): number;
+  pthread_sigmask(how: number, set: Uint8Array, oldset: Uint8Array): number;
 }
 
 /** What a blocking poll(2) run off the JS thread reports back. */

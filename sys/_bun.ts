@@ -62,6 +62,10 @@ const SYMBOLS: Record<string, BunSymbol> = {
   shutdown: { args: ["i32", "i32"], returns: "i32" },
   sendmsg: { args: ["i32", "ptr", "i32"], returns: "i64" },
   recvmsg: { args: ["i32", "ptr", "i32"], returns: "i64" },
+  getpid: { args: [], returns: "i32" },
+  gettid: { args: [], returns: "i32" },
+  tgkill: { args: ["i32", "i32", "i32"], returns: "i32" },
+  pthread_sigmask: { args: ["i32", "ptr", "ptr"], returns: "i32" },
 };
 
 // The Worker that blocks in poll(2). It is plain JavaScript started from a Blob URL, so it works
@@ -168,6 +172,10 @@ export function createBunBackend(): Backend {
     shutdown: sym.shutdown,
     sendmsg: (fd, msg, flags) => Number(sym.sendmsg(fd, msg, flags)),
     recvmsg: (fd, msg, flags) => Number(sym.recvmsg(fd, msg, flags)),
+    getpid: sym.getpid,
+    gettid: sym.gettid,
+    tgkill: sym.tgkill,
+    pthread_sigmask: sym.pthread_sigmask,
   };
 
   return {

@@ -45,6 +45,10 @@ const SYMBOLS = {
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  getpid: { parameters: [], result: "i32" },
+  gettid: { parameters: [], result: "i32" },
+  tgkill: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  pthread_sigmask: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
 } as const;
 
 type DenoLibc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
@@ -116,6 +120,10 @@ export function createDenoBackend(): Backend {
     shutdown: sym.shutdown,
     sendmsg: (fd, msg, flags) => Number(sym.sendmsg(fd, msg, flags)),
     recvmsg: (fd, msg, flags) => Number(sym.recvmsg(fd, msg, flags)),
+    getpid: sym.getpid,
+    gettid: sym.gettid,
+    tgkill: sym.tgkill,
+    pthread_sigmask: sym.pthread_sigmask,
   };
 
   return {

@@ -11,6 +11,7 @@
  * - Waiting: {@link poll}, {@link FdWatcher}, {@link watchReadable}, {@link waitReady}.
  * - Unix sockets with descriptor passing: {@link socketpair}, {@link bind}, {@link listen},
  *   {@link accept}, {@link connect}, {@link sendmsg}, {@link recvmsg}, {@link recvExact}.
+ * - Threads and signals: {@link threadId}, {@link blockSignalInThread}, {@link signalThread}.
  * - Failures throw {@link SysError} with the call name and errno.
  *
  * libc is opened on first use; Deno needs `--allow-ffi`. Linux only (glibc, LP64).
@@ -180,3 +181,11 @@ export {
   socketpair,
   SOL_SOCKET,
 } from "./socket.ts";
+export {
+  blockSignalInThread,
+  SIG_BLOCK,
+  SIG_UNBLOCK,
+  signalThread,
+  SIGWINCH,
+  threadId,
+} from "./signal.ts";

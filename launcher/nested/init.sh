@@ -54,8 +54,12 @@ done <$R/run/vt/shares
 
 stty -F /dev/ttyS1 raw -echo
 echo "VT-NESTED-READY uptime=$(uptime_s)"
-chroot $R /bin/sh /run/vt/cmd.sh </dev/null >/dev/ttyS1 2>&1
-rc=$?
+# Through a pipe, so that the command's output is not a terminal (no colours, no redrawing).
+{
+  chroot $R /bin/sh /run/vt/cmd.sh </dev/null 2>&1
+  echo "$?" >/run-rc
+} | cat >/dev/ttyS1
+rc="$(cat /run-rc 2>/dev/null || echo 125)"
 echo "$rc" >$R/run/vt/rc
 sync
 echo "VT-NESTED-DONE rc=$rc uptime=$(uptime_s)"
