@@ -59,16 +59,18 @@ printf '%s\n' "${SHARES[@]}" >"$RUN/shares"
 CWD="$ROOT"
 here="$(pwd -P)"
 for s in "${SHARES[@]}"; do [[ "$here" == "$s" || "$here" == "$s"/* ]] && CWD="$here"; done
+# cmd.sh runs under the host's /bin/sh (maybe dash): quote for POSIX sh, not with bash's %q.
+shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 {
-  echo "export PATH=$(printf %q "$PATH") HOME=$(printf %q "$HOME") TERM=dumb"
+  echo "export PATH=$(shq "$PATH") HOME=$(shq "$HOME") TERM=dumb"
   [[ -t 1 ]] || echo "export NO_COLOR=1"
   echo "export VT_IN_NESTED_KVM=1" # /dev/kvm is emulated here: benchmarks say so
   while IFS= read -r name; do
-    echo "export $name=$(printf %q "${!name}")"
+    echo "export $name=$(shq "${!name}")"
   done < <(compgen -e | grep -E '^(VT_[A-Za-z0-9_]*|NO_COLOR|CI)$' || true)
-  echo "cd $(printf %q "$CWD") || exit 125"
+  echo "cd $(shq "$CWD") || exit 125"
   printf 'exec'
-  printf ' %q' "$@"
+  for arg in "$@"; do printf ' %s' "$(shq "$arg")"; done
   echo
 } >"$RUN/cmd.sh"
 
