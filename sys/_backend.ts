@@ -47,6 +47,10 @@ export interface RawLibc {
   recvmsg(fd: number, msg: Uint8Array, flags: number): number;
   setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
   getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: Uint8Array): number;
+  getpid(): number;
+  gettid(): number;
+  tgkill(tgid: number, tid: number, sig: number): number;
+  pthread_sigmask(how: number, set: Uint8Array, oldset: Uint8Array): number;
 }
 
 /** What a blocking poll(2) run off the JS thread reports back. */

@@ -67,6 +67,10 @@ const SYMBOLS: Record<string, BunSymbol> = {
   recvmsg: { args: ["i32", "ptr", "i32"], returns: "i64" },
   setsockopt: { args: ["i32", "i32", "i32", "ptr", "u32"], returns: "i32" },
   getsockopt: { args: ["i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
+  getpid: { args: [], returns: "i32" },
+  gettid: { args: [], returns: "i32" },
+  tgkill: { args: ["i32", "i32", "i32"], returns: "i32" },
+  pthread_sigmask: { args: ["i32", "ptr", "ptr"], returns: "i32" },
 };
 
 // The Worker that blocks in poll(2). It is plain JavaScript started from a Blob URL, so it works
@@ -178,6 +182,10 @@ export function createBunBackend(): Backend {
     recvmsg: (fd, msg, flags) => Number(sym.recvmsg(fd, msg, flags)),
     setsockopt: sym.setsockopt,
     getsockopt: sym.getsockopt,
+    getpid: sym.getpid,
+    gettid: sym.gettid,
+    tgkill: sym.tgkill,
+    pthread_sigmask: sym.pthread_sigmask,
   };
 
   return {

@@ -50,6 +50,10 @@ const SYMBOLS = {
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  getpid: { parameters: [], result: "i32" },
+  gettid: { parameters: [], result: "i32" },
+  tgkill: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  pthread_sigmask: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
 } as const;
 
 type DenoLibc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
@@ -126,6 +130,10 @@ export function createDenoBackend(): Backend {
     recvmsg: (fd, msg, flags) => Number(sym.recvmsg(fd, msg, flags)),
     setsockopt: sym.setsockopt,
     getsockopt: sym.getsockopt,
+    getpid: sym.getpid,
+    gettid: sym.gettid,
+    tgkill: sym.tgkill,
+    pthread_sigmask: sym.pthread_sigmask,
   };
 
   return {

@@ -15,6 +15,7 @@
  * - Unix sockets with descriptor passing: {@link socketpair}, {@link bind}, {@link listen},
  *   {@link accept}, {@link connect}, {@link sendmsg}, {@link recvmsg}, {@link recvExact}, and
  *   vectored {@link sendv}, {@link recvv}.
+ * - Threads and signals: {@link threadId}, {@link blockSignalInThread}, {@link signalThread}.
  * - Failures throw {@link SysError} with the call name and errno.
  *
  * libc is opened on first use; Deno needs `--allow-ffi`. Linux only (glibc, LP64).
@@ -211,3 +212,11 @@ export {
   socketpair,
   SOL_SOCKET,
 } from "./socket.ts";
+export {
+  blockSignalInThread,
+  SIG_BLOCK,
+  SIG_UNBLOCK,
+  signalThread,
+  SIGWINCH,
+  threadId,
+} from "./signal.ts";
