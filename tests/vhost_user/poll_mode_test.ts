@@ -62,6 +62,9 @@ async function unkickedServed(
         while (driver.pendingUsed() === 0 && Date.now() < end) await delay(1);
         if (driver.pendingUsed() > 0) {
           served++;
+          // Its call follows the used index: take it now, or the next request would take it
+          // for its own.
+          await fe.waitCall(0, 1000);
         } else {
           fe.kick(0, { force: true });
           let called = false;
