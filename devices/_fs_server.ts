@@ -240,6 +240,11 @@ export interface FsServerOptions {
    * permission bits the host's would strip are put back right after each creation.
    */
   umask: number;
+  /**
+   * Resolve names with openat2(RESOLVE_BENEATH…) (default: when the kernel has it); false
+   * forces the openat(O_NOFOLLOW) fallback of older kernels.
+   */
+  openat2?: boolean;
 }
 
 /** Completes a chain whose reply was deferred (a waiting lock). */
@@ -359,7 +364,7 @@ export class FsServer {
     }
     this.options = options;
     this.#timeout = ENTRY_TIMEOUT[options.cache];
-    this.#openat2 = hasOpenat2();
+    this.#openat2 = options.openat2 ?? hasOpenat2();
     const rootPath = open(sharedDir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     let procFd = -1;
     let rootDir = -1;

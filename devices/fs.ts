@@ -130,6 +130,11 @@ export interface FsDeviceOptions {
    * vhost-user-fs has none).
    */
   daxWindowSize?: number;
+  /**
+   * Resolve names with openat2(RESOLVE_BENEATH…) (default: when the kernel has it); false
+   * forces the openat(O_NOFOLLOW) fallback of kernels before 5.6.
+   */
+  openat2?: boolean;
   /** Called for each malformed request or internal failure (default: ignore). */
   onError?: (err: VirtioError) => void;
 }
@@ -240,6 +245,7 @@ export class FsDevice extends VirtioDeviceBase {
       maxInodes: options.maxInodes ?? limits.inodes,
       maxHandles: options.maxHandles ?? limits.handles,
       umask: readUmask(),
+      openat2: options.openat2,
     });
     this.tag = options.tag;
     this.numRequestQueues = n;

@@ -33,6 +33,9 @@ export interface FsRig {
   session: FuseSession;
   errors: VirtioError[];
   notified: number[];
+  /** Stop the device and release its descriptors and memory (the directory stays). */
+  stop(): void;
+  /** Stop, then remove the directory. */
   close(): void;
 }
 
@@ -97,10 +100,14 @@ export function fsRig(
     session,
     errors,
     notified,
-    close() {
+    stop() {
+      if (!mapping.mapped) return;
       device.reset();
       device.remove();
       mapping.unmap();
+    },
+    close() {
+      this.stop();
       rmSync(dir, { recursive: true, force: true });
     },
   };
