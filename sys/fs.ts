@@ -49,7 +49,7 @@ export const RESOLVE_IN_ROOT = 0x10;
 /** statx(2): type, mode, nlink, uid, gid, times, ino, size and blocks. */
 export const STATX_BASIC_STATS = 0x7ff;
 /** Size of `struct statx`. */
-export const STATX_SIZE = 256;
+export const STATX_BUFFER_SIZE = 256;
 
 /** File type mask of a mode. */
 export const S_IFMT = 0o170000;
@@ -299,7 +299,7 @@ export function hasOpenat2(): boolean {
  * @param path The path.
  * @param flags `AT_*` flags.
  * @param mask `STATX_*` fields wanted (default {@link STATX_BASIC_STATS}).
- * @param out A buffer of at least {@link STATX_SIZE} bytes (default: a new one).
+ * @param out A buffer of at least {@link STATX_BUFFER_SIZE} bytes (default: a new one).
  * @returns `out`.
  * @throws {SysError} When statx(2) fails.
  * @throws {RangeError} When `out` is too small.
@@ -309,10 +309,10 @@ export function statx(
   path: PathArg,
   flags: number,
   mask: number = STATX_BASIC_STATS,
-  out: Uint8Array = new Uint8Array(STATX_SIZE),
+  out: Uint8Array = new Uint8Array(STATX_BUFFER_SIZE),
 ): Uint8Array {
   checkFd(dirfd);
-  if (out.byteLength < STATX_SIZE) throw new RangeError("statx needs a 256-byte buffer");
+  if (out.byteLength < STATX_BUFFER_SIZE) throw new RangeError("statx needs a 256-byte buffer");
   const p = pathBytes(path);
   retry("statx", () => libc().statx(dirfd, p, flags, mask, out));
   return out;
@@ -355,7 +355,7 @@ export interface Statx {
  * @returns The fields.
  */
 export function decodeStatx(buf: Uint8Array): Statx {
-  const v = new DataView(buf.buffer, buf.byteOffset, STATX_SIZE);
+  const v = new DataView(buf.buffer, buf.byteOffset, STATX_BUFFER_SIZE);
   const O = StatxOffset;
   const time = (at: number) => ({
     sec: Number(v.getBigInt64(at, true)),

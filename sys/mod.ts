@@ -183,7 +183,7 @@ export {
   type Statx,
   statx,
   STATX_BASIC_STATS,
-  STATX_SIZE,
+  STATX_BUFFER_SIZE,
   StatxOffset,
   symlinkat,
   syncfs,

@@ -126,6 +126,7 @@ function refused(r: ParsedFuseRequest, error: number, reply = true): void {
 describe("parseFuseRequest: well-formed requests", () => {
   const rd = (fh: number, off: bigint | number, size: number, flags = 0) =>
     cat(u64s(fh, off), u32s(size, flags), u64s(0), u32s(0o2, 0));
+  // deno-lint-ignore no-explicit-any
   const cases: { name: string; bytes: Uint8Array[]; writable?: number[]; check(r: any): void }[] = [
     {
       name: "INIT with INIT_EXT carries flags2",

@@ -123,9 +123,8 @@ describe("FsDevice: device and configuration (virtio 1.2 §5.11.2–4)", () => {
       () => new FsDevice({ sharedDir: share, tag: "a", daxWindowSize: 4096 }),
       RangeError,
     );
-    // deno-lint-ignore no-explicit-any
     assert.throws(
-      () => new FsDevice({ sharedDir: share, tag: "a", cache: "sometimes" as any }),
+      () => new FsDevice({ sharedDir: share, tag: "a", cache: "sometimes" as "auto" }),
       RangeError,
     );
     assert.throws(() => new FsDevice({ sharedDir: "/nonexistent/dir", tag: "a" }));
