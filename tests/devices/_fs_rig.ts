@@ -6,7 +6,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { GuestMemory } from "../../memory/guest_memory.ts";
+import { GuestMemory, GuestRegion } from "../../memory/guest_memory.ts";
 import { SplitQueue } from "../../queue/split.ts";
 import { DriverQueue } from "../../testing/queue_driver.ts";
 import { DeviceQueueTransport, FuseSession } from "../../testing/fuse_client.ts";
@@ -46,6 +46,7 @@ const REGION = 4 * MiB;
 export function fsRig(
   options: Partial<FsDeviceOptions> = {},
   setup?: (share: string, outside: string) => void,
+  beforeActivate?: (device: FsDevice) => GuestRegion[] | void,
 ): FsRig {
   const dir = mkdtempSync(join(tmpdir(), "virtio-ts-fs-"));
   const share = join(dir, "share");
@@ -63,7 +64,11 @@ export function fsRig(
   });
   const queues = 1 + device.numRequestQueues;
   const mapping: Mapping = mmapAnonymous(REGION * (queues + 1));
-  const memory = new GuestMemory([{ base: 0, buffer: mapping.buffer }]);
+  const extra = beforeActivate?.(device) ?? [];
+  const memory = new GuestMemory([
+    new GuestRegion({ base: 0, buffer: mapping.buffer }),
+    ...extra,
+  ]);
   const drivers: DriverQueue[] = [];
   const qcs: VirtioQueueConfig[] = [];
   const notified: number[] = new Array(queues).fill(0);
