@@ -26,6 +26,7 @@ log() { echo "[guest/build] $*" >&2; }
 # ---------------------------------------------------------------------------------------------
 # 1. Host packages (dpkg -s first: a second run needs no network and no apt lock).
 HOST_PKGS=(busybox-static kmod cpio e2fsprogs)
+HOST_PKGS+=(gcc libc6-dev) # static guest tools: tools/*.c
 if [[ "${VT_GUEST_NO_QEMU:-0}" != 1 ]]; then
   HOST_PKGS+=(qemu-system-x86 qemu-utils qemu-system-common)
 fi
@@ -60,7 +61,7 @@ flock 9
 KPKG_FILE="$CACHE/kernel-package"
 STAMP="$CACHE/stamp"
 inputs_hash() {
-  cat "$HERE/build.sh" "$HERE/init.sh" "$KPKG_FILE" 2>/dev/null | sha256sum | cut -d' ' -f1
+  cat "$HERE/build.sh" "$HERE/init.sh" "$KPKG_FILE" "$HERE"/tools/*.c 2>/dev/null | sha256sum | cut -d' ' -f1
 }
 print_paths() {
   echo "VT_GUEST_KERNEL=$CACHE/vmlinuz"
@@ -204,6 +205,11 @@ install -m 755 "$HERE/init.sh" "$STAGE/init"
 # The kernel opens /dev/console for init before devtmpfs is mounted.
 mknod -m 600 "$STAGE/dev/console" c 5 1 2>/dev/null || log "mknod failed (not root?): init reopens the console itself"
 mknod -m 666 "$STAGE/dev/null" c 1 3 2>/dev/null || true
+# Small static tools the busybox lacks (tools/NAME.c -> /bin/NAME).
+for c in "$HERE"/tools/*.c; do
+  [[ -e "$c" ]] || continue
+  gcc -static -O2 -o "$STAGE/bin/$(basename "$c" .c)" "$c"
+done
 
 (cd "$STAGE" && find . -print0 | LC_ALL=C sort -z |
   cpio --null -o -H newc --owner=0:0 --quiet | gzip -6 -n) >"$CACHE/initramfs.cpio.gz.tmp"
