@@ -47,7 +47,7 @@ export const FUSE_LSEEK_OUT_SIZE = 8;
 /** Size of the fixed part of `struct fuse_dirent` (ino, off, namelen, type). */
 export const FUSE_DIRENT_SIZE = 24;
 /** Size of the fixed part of `struct fuse_direntplus` (an entry_out, then a dirent). */
-export const FUSE_DIRENTPLUS_SIZE = FUSE_ENTRY_OUT_SIZE + FUSE_DIRENT_SIZE;
+export const FUSE_DIRENTPLUS_SIZE: number = FUSE_ENTRY_OUT_SIZE + FUSE_DIRENT_SIZE;
 
 /** Longest file name (NAME_MAX), in bytes, without its NUL. */
 export const FUSE_NAME_MAX = 255;
