@@ -303,6 +303,11 @@ export const FATTR_CTIME = 1 << 10;
 /** SETATTR `valid`: clear set-user-id and set-group-id. */
 export const FATTR_KILL_SUIDGID = 1 << 11;
 
+/** WRITE `write_flags`: clear set-user-id and set-group-id (FUSE_HANDLE_KILLPRIV_V2). */
+export const FUSE_WRITE_KILL_SUIDGID = 1 << 2;
+/** OPEN / CREATE `open_flags`: clear set-user-id and set-group-id (with O_TRUNC). */
+export const FUSE_OPEN_KILL_SUIDGID = 1 << 0;
+
 /** GETATTR: `fh` is valid. */
 export const FUSE_GETATTR_FH = 1 << 0;
 /** RELEASE: flush too. */

@@ -114,6 +114,7 @@ import {
   FATTR_ATIME_NOW,
   FATTR_FH,
   FATTR_GID,
+  FATTR_KILL_SUIDGID,
   FATTR_MODE,
   FATTR_MTIME,
   FATTR_MTIME_NOW,
@@ -147,6 +148,7 @@ import {
   FUSE_GETLK,
   FUSE_GETXATTR,
   FUSE_GETXATTR_OUT_SIZE,
+  FUSE_HANDLE_KILLPRIV_V2,
   FUSE_INIT,
   FUSE_INIT_EXT,
   FUSE_INIT_OUT_SIZE,
@@ -166,6 +168,7 @@ import {
   FUSE_MKDIR,
   FUSE_MKNOD,
   FUSE_OPEN,
+  FUSE_OPEN_KILL_SUIDGID,
   FUSE_OPEN_OUT_SIZE,
   FUSE_OPENDIR,
   FUSE_OUT_HEADER_SIZE,
@@ -198,6 +201,7 @@ import {
   FUSE_SYNCFS,
   FUSE_UNLINK,
   FUSE_WRITE,
+  FUSE_WRITE_KILL_SUIDGID,
   FUSE_WRITE_OUT_SIZE,
   FUSE_WRITEBACK_CACHE,
   FUSE_XATTR_SIZE_MAX,
@@ -623,6 +627,19 @@ export class FsServer {
     return inode;
   }
 
+  /**
+   * Clear set-user-id, and set-group-id when the group may execute (the VFS's rule), as a
+   * write or truncation by an unprivileged user does (FUSE_HANDLE_KILLPRIV_V2).
+   */
+  #killSuidgid(inode: FsInode): void {
+    if (inode.type !== S_IFREG) return;
+    this.#stat(inode.fd);
+    const mode = this.#sv.getUint16(StatxOffset.mode, true) & 0o7777;
+    let kill = mode & 0o4000;
+    if ((mode & 0o2010) === 0o2010) kill |= 0o2000;
+    if (kill !== 0) fchmodat(this.#procFd, inode.procName, mode & ~kill);
+  }
+
   #forget(inode: FsInode, n: number): void {
     this.inodes.forget(inode, n);
   }
@@ -710,7 +727,7 @@ export class FsServer {
       case FUSE_LINK:
         return this.#link(req.oldnodeid, req.nodeid, req.name);
       case FUSE_OPEN:
-        return this.#open(req.nodeid, req.flags);
+        return this.#open(req.nodeid, req.flags, req.openFlags);
       case FUSE_WRITE:
         return this.#write(req, chain);
       case FUSE_STATFS:
@@ -852,6 +869,10 @@ export class FsServer {
     if (opt.posixLocks) want |= FUSE_POSIX_LOCKS;
     if (opt.flock) want |= FUSE_FLOCK_LOCKS;
     if (opt.writeback && !opt.readOnly) want |= FUSE_WRITEBACK_CACHE;
+    // The server clears set-user-id bits itself (it runs with CAP_FSETID when it is root, so
+    // the host kernel would not); the driver then skips a GETXATTR of security.capability
+    // before every write.
+    if (!opt.readOnly) want |= FUSE_HANDLE_KILLPRIV_V2;
     if (this.dax !== undefined) want |= FUSE_MAP_ALIGNMENT;
     const flags = (req.flags & want) >>> 0;
     o.setUint32(at, FUSE_KERNEL_VERSION, true);
@@ -937,6 +958,7 @@ export class FsServer {
         }
       }
     }
+    if ((v & FATTR_KILL_SUIDGID) !== 0 && (v & FATTR_MODE) === 0) this.#killSuidgid(inode);
     this.#stat(inode.fd);
     return this.#attrReply();
   }
@@ -1008,7 +1030,7 @@ export class FsServer {
     }
   }
 
-  #open(nodeid: number, flags: number): number {
+  #open(nodeid: number, flags: number, openFlags: number): number {
     const inode = this.#inode(nodeid);
     if (inode.type === S_IFDIR) fail(Errno.EISDIR);
     // Only regular files are opened: a FIFO would block, a device node would reach hardware.
@@ -1016,7 +1038,10 @@ export class FsServer {
     const host = this.#hostOpenFlags(flags);
     if (this.handles.full) fail(Errno.EMFILE);
     const fd = this.#reopen(inode, host);
-    if ((host & O_TRUNC) !== 0 && this.dax?.has(inode.key)) this.dax.refresh(inode.key);
+    if ((host & O_TRUNC) !== 0) {
+      if ((openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0) this.#killSuidgid(inode);
+      if (this.dax?.has(inode.key)) this.dax.refresh(inode.key);
+    }
     const h = this.handles.add(fd, inode, false, (host & 3) !== O_RDONLY);
     return this.#openReply(h.fh, this.#fileOpenFlags());
   }
@@ -1046,6 +1071,9 @@ export class FsServer {
           throw e;
         }
         try {
+          if ((host & O_TRUNC) !== 0 && (req.openFlags & FUSE_OPEN_KILL_SUIDGID) !== 0) {
+            this.#killSuidgid(inode);
+          }
           return this.#openExisting(inode, host);
         } catch (e) {
           this.#forget(inode, 1);
@@ -1171,6 +1199,7 @@ export class FsServer {
       views.length = 0;
     }
     this.stats.bytesWritten += n;
+    if ((req.writeFlags & FUSE_WRITE_KILL_SUIDGID) !== 0) this.#killSuidgid(h.inode);
     if (this.dax?.has(h.inode.key)) this.dax.refresh(h.inode.key);
     this.#ov.setUint32(FUSE_OUT_HEADER_SIZE, n, true);
     this.#ov.setUint32(FUSE_OUT_HEADER_SIZE + 4, 0, true);

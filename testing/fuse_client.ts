@@ -732,9 +732,16 @@ export class FuseSession {
     return decodeFuseEntry(view(p));
   }
 
-  /** FUSE_OPEN. */
-  async open(nodeid: number, flags: number): Promise<{ fh: number; openFlags: number }> {
-    const arg = le(8, (v) => v.setUint32(0, flags, true));
+  /** FUSE_OPEN (`openFlags`: `FUSE_OPEN_*`). */
+  async open(
+    nodeid: number,
+    flags: number,
+    openFlags = 0,
+  ): Promise<{ fh: number; openFlags: number }> {
+    const arg = le(8, (v) => {
+      v.setUint32(0, flags, true);
+      v.setUint32(4, openFlags, true);
+    });
     const v = view(await this.call(FUSE_OPEN, nodeid, [arg], FUSE_OPEN_OUT_SIZE));
     return { fh: Number(v.getBigUint64(0, true)), openFlags: v.getUint32(8, true) };
   }
@@ -762,11 +769,15 @@ export class FuseSession {
   }
 
   /** FUSE_WRITE: header, `fuse_write_in` and data each in their own buffer. */
-  async write(nodeid: number, fh: number, offset: number, data: Uint8Array): Promise<number> {
-    const p = await this.call(FUSE_WRITE, nodeid, [
-      FuseSession.ioArg(fh, offset, data.length),
-      data,
-    ], 8);
+  async write(
+    nodeid: number,
+    fh: number,
+    offset: number,
+    data: Uint8Array,
+    writeFlags = 0,
+  ): Promise<number> {
+    const arg = FuseSession.ioArg(fh, offset, data.length, writeFlags);
+    const p = await this.call(FUSE_WRITE, nodeid, [arg, data], 8);
     return view(p).getUint32(0, true);
   }
 

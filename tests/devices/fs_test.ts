@@ -24,6 +24,7 @@ import {
   FATTR_ATIME,
   FATTR_FH,
   FATTR_GID,
+  FATTR_KILL_SUIDGID,
   FATTR_MODE,
   FATTR_MTIME,
   FATTR_MTIME_NOW,
@@ -40,14 +41,17 @@ import {
   FUSE_DO_READDIRPLUS,
   FUSE_FLOCK_LOCKS,
   FUSE_GETATTR,
+  FUSE_HANDLE_KILLPRIV_V2,
   FUSE_INIT_EXT,
   FUSE_LOOKUP,
   FUSE_MAP_ALIGNMENT,
   FUSE_MAX_PAGES,
+  FUSE_OPEN_KILL_SUIDGID,
   FUSE_POSIX_LOCKS,
   FUSE_READ,
   FUSE_SETXATTR_EXT,
   FUSE_STATFS,
+  FUSE_WRITE_KILL_SUIDGID,
   FUSE_WRITEBACK_CACHE,
   fuseRequest,
 } from "../../devices/fs.ts";
@@ -449,6 +453,36 @@ describe("FsDevice: OPEN, CREATE, READ, WRITE, RELEASE", () => {
         mkdirSync(join(share, "d"));
         symlinkSync(join(outside, "secret"), join(share, "l"));
         mknodat(AT_FDCWD, join(share, "fifo"), S_IFIFO | 0o600);
+      },
+    );
+  });
+
+  it("FUSE_HANDLE_KILLPRIV_V2: writes, truncations and chowns that ask clear set-user-id", async () => {
+    await withRig(
+      async (s, rig) => {
+        const init = await s.init();
+        assert.notEqual(init.flags & FUSE_HANDLE_KILLPRIV_V2, 0);
+        const p = (n: string) => join(rig.share, n);
+        const mode = (n: string) => statSync(p(n)).mode & 0o7777;
+        const a = await s.lookup(1, "a");
+        const { fh } = await s.open(a.nodeid, O_RDWR);
+        await s.write(a.nodeid, fh, 0, enc.encode("x"));
+        assert.equal(mode("a"), 0o6755, "a plain write keeps the bits");
+        await s.write(a.nodeid, fh, 0, enc.encode("x"), FUSE_WRITE_KILL_SUIDGID);
+        assert.equal(mode("a"), 0o755, "set-group-id goes too: the group may execute");
+        const b = await s.lookup(1, "b");
+        await s.open(b.nodeid, O_WRONLY | O_TRUNC, FUSE_OPEN_KILL_SUIDGID);
+        assert.equal(mode("b"), 0o2744, "set-group-id stays without group execute");
+        const c = await s.lookup(1, "c");
+        await s.setattr(c.nodeid, { valid: FATTR_SIZE | FATTR_KILL_SUIDGID, size: 0 });
+        assert.equal(mode("c"), 0o755);
+      },
+      {},
+      (share) => {
+        for (const [n, m] of [["a", 0o6755], ["b", 0o6744], ["c", 0o4755]] as const) {
+          writeFileSync(join(share, n), "data");
+          chmodSync(join(share, n), m);
+        }
       },
     );
   });
