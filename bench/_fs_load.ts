@@ -236,17 +236,18 @@ export async function connectFs(socket: string, warmFile?: string): Promise<FsCo
  * Our backend: `vhost_user/main.ts --device fs` in its own process.
  * @param dir The shared directory.
  * @param socket The socket.
- * @param runtime Deno (default) or Bun.
+ * @param options `runtime`: Deno (default) or Bun; `pollUs`: poll mode (`--poll-us`).
  * @returns The process.
  */
 export function startOursFs(
   dir: string,
   socket: string,
-  runtime: "deno" | "bun" = "deno",
+  options: { runtime?: "deno" | "bun"; pollUs?: number } = {},
 ): Promise<BackendProcess> {
+  const poll = options.pollUs ? ["--poll-us", String(options.pollUs)] : [];
   return startBackend(
-    ["--socket", socket, "--device", "fs", "--shared-dir", dir, "--tag", "bench"],
-    { runtime },
+    ["--socket", socket, "--device", "fs", "--shared-dir", dir, "--tag", "bench", ...poll],
+    { runtime: options.runtime },
   );
 }
 
