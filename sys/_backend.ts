@@ -51,6 +51,63 @@ export interface RawLibc {
   gettid(): number;
   tgkill(tgid: number, tid: number, sig: number): number;
   pthread_sigmask(how: number, set: Uint8Array, oldset: Uint8Array): number;
+  // File systems (sys/fs.ts): calls relative to directory descriptors, attributes, xattrs.
+  openat(dirfd: number, path: Uint8Array, flags: number, mode: number): number;
+  syscall5(nr: bigint, a1: bigint, a2: bigint, a3: bigint, a4: bigint, a5: bigint): number;
+  mkdirat(dirfd: number, path: Uint8Array, mode: number): number;
+  mknodat(dirfd: number, path: Uint8Array, mode: number, dev: bigint): number;
+  symlinkat(target: Uint8Array, dirfd: number, path: Uint8Array): number;
+  readlinkat(dirfd: number, path: Uint8Array, buf: Uint8Array, size: bigint): number;
+  linkat(
+    olddirfd: number,
+    oldpath: Uint8Array,
+    newdirfd: number,
+    newpath: Uint8Array,
+    flags: number,
+  ): number;
+  unlinkat(dirfd: number, path: Uint8Array, flags: number): number;
+  renameat2(
+    olddirfd: number,
+    oldpath: Uint8Array,
+    newdirfd: number,
+    newpath: Uint8Array,
+    flags: number,
+  ): number;
+  fchmodat(dirfd: number, path: Uint8Array, mode: number, flags: number): number;
+  fchmod(fd: number, mode: number): number;
+  fchownat(dirfd: number, path: Uint8Array, uid: number, gid: number, flags: number): number;
+  utimensat(dirfd: number, path: Uint8Array, times: Uint8Array, flags: number): number;
+  futimens(fd: number, times: Uint8Array): number;
+  faccessat(dirfd: number, path: Uint8Array, mode: number, flags: number): number;
+  getdents64(fd: number, buf: Uint8Array, size: bigint): number;
+  getxattr(path: Uint8Array, name: Uint8Array, value: Uint8Array, size: bigint): number;
+  setxattr(
+    path: Uint8Array,
+    name: Uint8Array,
+    value: Uint8Array,
+    size: bigint,
+    flags: number,
+  ): number;
+  listxattr(path: Uint8Array, list: Uint8Array, size: bigint): number;
+  removexattr(path: Uint8Array, name: Uint8Array): number;
+  fgetxattr(fd: number, name: Uint8Array, value: Uint8Array, size: bigint): number;
+  fsetxattr(fd: number, name: Uint8Array, value: Uint8Array, size: bigint, flags: number): number;
+  flistxattr(fd: number, list: Uint8Array, size: bigint): number;
+  fremovexattr(fd: number, name: Uint8Array): number;
+  lseek(fd: number, offset: bigint, whence: number): bigint;
+  copy_file_range(
+    fdIn: number,
+    offIn: Uint8Array,
+    fdOut: number,
+    offOut: Uint8Array,
+    len: bigint,
+    flags: number,
+  ): number;
+  fstatfs(fd: number, buf: Uint8Array): number;
+  syncfs(fd: number): number;
+  flock(fd: number, op: number): number;
+  prlimit(pid: number, resource: number, newLimit: Uint8Array | null, oldLimit: Uint8Array): number;
+  umask(mask: number): number;
 }
 
 /** What a blocking poll(2) run off the JS thread reports back. */

@@ -208,6 +208,48 @@ export function mmapAnonymous(length: number, options: MmapOptions = {}): Mappin
 }
 
 /**
+ * Maps `length` bytes of `fd` from `offset` exactly at `address`, replacing whatever was
+ * mapped there (mmap(2) with `MAP_FIXED`); with `fd` -1, zero-filled anonymous memory.
+ * This is how a device places file ranges into a window it reserved (a virtio-fs DAX
+ * window): the window keeps its address and buffer, only the pages behind it change.
+ *
+ * @example Replace the first page of an anonymous reservation with a file's first page
+ * ```ts ignore
+ * const window = mmapAnonymous(1 << 21);
+ * mmapFixed(window.address, 4096, fd, 0, { flags: MAP_SHARED });
+ * ```
+ *
+ * @param address Page-aligned start, inside a mapping the caller owns.
+ * @param length Length in bytes (a multiple of the page size).
+ * @param fd The file, or -1 for anonymous memory.
+ * @param offset Page-aligned file offset.
+ * @param options Protection (default read and write) and flags (default `MAP_SHARED` for a
+ *   file, `MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE` for -1); `MAP_FIXED` is always added.
+ * @throws {SysError} When mmap(2) fails.
+ * @throws {RangeError} If `length` or `offset` is out of range.
+ */
+export function mmapFixed(
+  address: bigint,
+  length: number,
+  fd: number,
+  offset = 0,
+  options: MmapOptions = {},
+): void {
+  checkLength(length);
+  if (!Number.isSafeInteger(offset) || offset < 0) {
+    throw new RangeError(`Invalid mapping offset: ${offset}`);
+  }
+  const anonymous = fd < 0;
+  const {
+    prot = PROT_READ | PROT_WRITE,
+    flags = anonymous ? MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE : MAP_SHARED,
+  } = options;
+  const f = flags | MAP_FIXED | (anonymous ? MAP_ANONYMOUS : 0);
+  const got = libc().mmap(address, BigInt(length), prot, f, anonymous ? -1 : fd, BigInt(offset));
+  if (got === -1n) fail("mmap");
+}
+
+/**
  * Unmaps a range (munmap(2)). Prefer {@link Mapping.unmap}, which also detaches the buffer;
  * any `ArrayBuffer` still viewing the range crashes the process when touched.
  *

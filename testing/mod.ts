@@ -9,6 +9,8 @@
  *   socket with memfd guest memory.
  * - {@linkcode VsockDriver}: a virtio-vsock driver on any of those rings: raw packets in,
  *   decoded packets out.
+ * - {@linkcode FuseSession}: a FUSE client (virtio-fs driver side) over a device's queues
+ *   ({@linkcode DeviceQueueTransport}) or a vhost-user backend ({@linkcode FrontendTransport}).
  * - {@linkcode firstDifference} / {@linkcode assertBytes}: byte comparisons that name the first
  *   difference instead of diffing.
  *
@@ -24,3 +26,4 @@ export * from "./pci_driver.ts";
 export * from "./vhost_user_frontend.ts";
 export * from "./vsock_driver.ts";
 export * from "./bytes.ts";
+export * from "./fuse_client.ts";

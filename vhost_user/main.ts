@@ -6,6 +6,7 @@
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vrng.sock --device rng
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vsock.sock --device vsock \
  *   --guest-cid 3 --uds-path /tmp/vsock.uds
+ * deno run --allow-all vhost_user/main.ts --socket /tmp/vfs.sock --device fs --shared-dir /srv --tag share
  * ```
  *
  * @module
@@ -18,25 +19,34 @@ import { RNG_MAX_PERIOD_MS, RngDevice } from "../devices/rng.ts";
 import { BlockDevice, FileBackend, OverlayBackend } from "../devices/block.ts";
 import { MAX_POLL_US, UnsealedMemoryWarning, VhostUserBackend } from "./backend.ts";
 import { VsockDevice } from "../devices/vsock.ts";
+import { FsDevice } from "../devices/fs.ts";
+import { getrlimit, RLIMIT_NOFILE, setrlimit } from "../sys/mod.ts";
 
-const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk|vsock [options]
+const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk|vsock|fs [options]
 
 Serves a virtio device to a vhost-user frontend (QEMU, Cloud Hypervisor, ...).
 
 Options:
   --socket PATH     Unix socket to listen on (required)
-  --device NAME     rng, blk or vsock (required)
+  --device NAME     rng, blk, vsock or fs (required)
   --file PATH       blk: the raw disk image or block device
-  --readonly        blk: refuse writes (VIRTIO_BLK_F_RO)
+  --readonly        blk: refuse writes (VIRTIO_BLK_F_RO); fs: a read-only share (EROFS)
   --overlay PATH    blk: copy-on-write overlay file over --file, which is then opened
                     read-only and never written (the overlay is created when missing)
   --serial TEXT     blk: serial number reported by GET_ID (up to 20 bytes)
-  --queues N        blk: number of request queues (default 1)
+  --queues N        blk, fs: number of request queues (default 1; fs: at least QEMU's
+                    num-request-queues)
   --block-size N    blk: logical block size in bytes, a power of two from 512 (default 512)
   --physical-block-size N
                     blk: physical block size, a power-of-two multiple of --block-size
   --writethrough    blk: start in writethrough mode (every write made durable before it
                     completes; the driver may switch with CONFIG_WCE); default writeback
+  --shared-dir DIR  fs: the directory shared with the guest; the guest reaches nothing
+                    outside it (no .., no symbolic link followed on the host)
+  --tag TAG         fs: the mount tag (mount -t virtiofs TAG /mnt); QEMU's vhost-user-fs-pci
+                    takes its own tag=, which must match
+  --cache MODE      fs: never (no caching, direct I/O), auto (default: 1 s of caching),
+                    always (a day; data and directory caches kept)
   --rng-max-bytes N rng: rate limit, at most N random bytes per period (default: no limit;
                     a request then waits in the ring for the next period)
   --rng-period-ms N rng: the rate limit's period in milliseconds (default 1000)
@@ -60,7 +70,9 @@ Options:
 Example with QEMU:
   qemu-system-x86_64 -M q35 -m 512M \\
     -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \\
-    -chardev socket,id=c0,path=PATH -device vhost-user-blk-pci,chardev=c0`;
+    -chardev socket,id=c0,path=PATH -device vhost-user-blk-pci,chardev=c0
+  (fs: -device vhost-user-fs-pci,chardev=c0,tag=TAG; files are created as this process's
+   user and group)`;
 
 /**
  * An integer option: `fallback` when absent, `null` (after saying why) when it is not an
@@ -107,6 +119,9 @@ export async function main(argv: string[]): Promise<number> {
         "uds-path": { type: "string" },
         "vsock-buffer-size": { type: "string" },
         "physical-block-size": { type: "string" },
+        "shared-dir": { type: "string" },
+        tag: { type: "string" },
+        cache: { type: "string" },
         writethrough: { type: "boolean", default: false },
         "require-sealed-memory": { type: "boolean", default: false },
         once: { type: "boolean", default: false },
@@ -133,6 +148,12 @@ export async function main(argv: string[]): Promise<number> {
   const rngOptions = args["rng-max-bytes"] !== undefined || args["rng-period-ms"] !== undefined;
   if (rngOptions && args.device !== "rng") {
     console.error("--rng-max-bytes and --rng-period-ms are for --device rng");
+    return 2;
+  }
+  const fsOptions = args["shared-dir"] !== undefined || args.tag !== undefined ||
+    args.cache !== undefined;
+  if (fsOptions && args.device !== "fs") {
+    console.error("--shared-dir, --tag and --cache are for --device fs");
     return 2;
   }
   if (args["rng-period-ms"] !== undefined && args["rng-max-bytes"] === undefined) {
@@ -228,6 +249,34 @@ export async function main(argv: string[]): Promise<number> {
       }
       break;
     }
+    case "fs": {
+      if (args["shared-dir"] === undefined || args.tag === undefined) {
+        console.error("--device fs needs --shared-dir and --tag");
+        return 2;
+      }
+      const cache = args.cache ?? "auto";
+      if (cache !== "never" && cache !== "auto" && cache !== "always") {
+        console.error(`--cache must be never, auto or always, got ${cache}`);
+        return 2;
+      }
+      const queues = intOption(args.queues, "queues", 1, 1, 64);
+      if (queues === null) return 2;
+      raiseOpenFileLimit();
+      try {
+        device = new FsDevice({
+          sharedDir: args["shared-dir"],
+          tag: args.tag,
+          readOnly: args.readonly,
+          cache,
+          numRequestQueues: queues,
+          onError: args.verbose ? (e) => console.error(`virtio-fs: ${e.message}`) : undefined,
+        });
+      } catch (err) {
+        console.error(`--device fs: ${(err as Error).message}`);
+        return 1;
+      }
+      break;
+    }
     default:
       console.error(`unknown device ${args.device}\n\n${USAGE}`);
       return 2;
@@ -264,6 +313,19 @@ export async function main(argv: string[]): Promise<number> {
   // Persist the overlay's bitmap (a SIGKILL keeps what the last FLUSH made durable).
   overlay?.close();
   return 0;
+}
+
+/**
+ * The file server holds one descriptor per inode the guest knows: raise the soft limit on
+ * open files to the hard one (as virtiofsd does), so the device's default caps grow with it.
+ */
+function raiseOpenFileLimit(): void {
+  try {
+    const lim = getrlimit(RLIMIT_NOFILE);
+    if (lim.soft < lim.hard) {
+      setrlimit(RLIMIT_NOFILE, { soft: Math.min(lim.hard, 1 << 20), hard: lim.hard });
+    }
+  } catch { /* keep the limit */ }
 }
 
 if (import.meta.main) {

@@ -25,7 +25,7 @@ log() { echo "[guest/build] $*" >&2; }
 
 # ---------------------------------------------------------------------------------------------
 # 1. Host packages (dpkg -s first: a second run needs no network and no apt lock).
-HOST_PKGS=(busybox-static kmod cpio e2fsprogs gcc libc6-dev)
+HOST_PKGS=(busybox-static kmod cpio e2fsprogs gcc libc6-dev) # gcc: static guest tools, tools/*.c
 if [[ "${VT_GUEST_NO_QEMU:-0}" != 1 ]]; then
   HOST_PKGS+=(qemu-system-x86 qemu-utils qemu-system-common)
 fi
