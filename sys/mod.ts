@@ -88,9 +88,11 @@ export {
   pwrite,
   pwritev,
   read,
+  readv,
   setCloexec,
   setNonBlocking,
   write,
+  writev,
 } from "./fd.ts";
 export {
   MADV_DONTDUMP,
@@ -160,6 +162,7 @@ export {
   MSG_PEEK,
   MSG_TRUNC,
   MSG_WAITALL,
+  recvDatagram,
   recvExact,
   recvmsg,
   type RecvResult,
