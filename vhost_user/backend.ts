@@ -88,6 +88,13 @@ export interface VhostUserBackendOptions {
    * {@link BUSY_POLL_BUDGET_MS} at a time.
    */
   pollUs?: number;
+  /**
+   * Offer VHOST_USER_PROTOCOL_F_CONFIG and the backend request channel (GET_CONFIG,
+   * SET_CONFIG, configuration change messages). Default: when the device has a configuration
+   * space. QEMU keeps a net device's configuration itself and warns when a net backend offers
+   * it: pass `false` there.
+   */
+  configSpace?: boolean;
 }
 
 /** The longest a busy poll holds the event loop before yielding, in milliseconds. */
@@ -147,6 +154,9 @@ export class VhostUserBackend {
   #backendReq = -1;
   #features = 0n;
   #protocolFeatures = 0n;
+  // SET_PROTOCOL_FEATURES was received: the frontend speaks protocol features even before
+  // SET_FEATURES acks bit 30 (QEMU's net sends SET_VRING_ENABLE that early).
+  #protocolNegotiated = false;
   #regions: MappedRegion[] = [];
   #memory: GuestMemory | undefined;
   #rings: Ring[];
@@ -188,7 +198,7 @@ export class VhostUserBackend {
     });
     this.#rings = this.core.queues.map((q) => newRing(q.maxSize));
     // Offer CONFIG only to devices that have a configuration space (QEMU warns otherwise).
-    let hasConfig = true;
+    let hasConfig = options.configSpace ?? true;
     try {
       device.readConfig(0, new Uint8Array(1));
     } catch {
@@ -398,6 +408,7 @@ export class VhostUserBackend {
           );
         }
         this.#protocolFeatures = f;
+        this.#protocolNegotiated = true;
         return undefined;
       }
       case R.GET_QUEUE_NUM:
@@ -497,7 +508,10 @@ export class VhostUserBackend {
         this.#requireOwner(rq);
         const { index, num } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
-        if ((this.#features & featureBit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
+        if (
+          (this.#features & featureBit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n &&
+          !this.#protocolNegotiated
+        ) {
           throw new VhostUserError("OutOfOrder", "SET_VRING_ENABLE without protocol features", rq);
         }
         if (num > 1) throw new VhostUserError("InvalidValue", `enable ${num}`, rq);
@@ -761,6 +775,7 @@ export class VhostUserBackend {
     }
     this.#features = 0n;
     this.#protocolFeatures = 0n;
+    this.#protocolNegotiated = false;
     this.#closeBackendReq();
   }
 
