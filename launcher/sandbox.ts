@@ -37,6 +37,13 @@ export interface SandboxDevice {
   runtime?: "deno" | "bun";
   /** Extra `-device` properties for QEMU (e.g. `"num-queues=2"`, `"tag=share"`). */
   qemuProperties?: string;
+  /** net: extra `-netdev vhost-user` properties (e.g. `"queues=2"`). */
+  netdevProperties?: string;
+  /**
+   * A command a CLI backend runs under, e.g. `["ip", "netns", "exec", "ns1"]` for a tap in a
+   * network namespace (see {@linkcode startBackend}).
+   */
+  prefix?: string[];
 }
 
 /** Options of {@linkcode Sandbox.start}. */
@@ -56,6 +63,7 @@ export interface SandboxOptions {
  * @param id The chardev (and netdev) id.
  * @param socket The backend's socket.
  * @param properties Extra `-device` properties, comma-separated.
+ * @param netdevProperties net: extra `-netdev` properties, comma-separated (e.g. `queues=2`).
  * @returns The arguments.
  * @example
  * ```ts
@@ -70,8 +78,10 @@ export function vhostUserQemuArgs(
   id: string,
   socket: string,
   properties?: string,
+  netdevProperties?: string,
 ): string[] {
   const extra = properties ? `,${properties}` : "";
+  const netdevExtra = netdevProperties ? `,${netdevProperties}` : "";
   const chardev = ["-chardev", `socket,id=${id},path=${socket}`];
   switch (kind) {
     case "net":
@@ -79,7 +89,7 @@ export function vhostUserQemuArgs(
       // (FACTS.md): INTx (vectors=0) avoids it.
       return [
         ...chardev,
-        ...["-netdev", `vhost-user,chardev=${id},id=${id}`],
+        ...["-netdev", `vhost-user,chardev=${id},id=${id}${netdevExtra}`],
         ...["-device", `virtio-net-pci,netdev=${id},vectors=0${extra}`],
       ];
     case "blk":
@@ -162,6 +172,7 @@ export class Sandbox {
           const p = await startBackend(["--socket", socket, "--device", d.kind, ...d.cli!], {
             stdout: options.backendStdout,
             runtime: d.runtime,
+            prefix: d.prefix,
           });
           processes.set(d.id, p);
         }
@@ -185,7 +196,7 @@ export class Sandbox {
   /** The QEMU arguments attaching every device, in order. */
   qemuArgs(): string[] {
     return this.#devices.flatMap((d) =>
-      vhostUserQemuArgs(d.kind, d.id, this.socketPath(d.id), d.qemuProperties)
+      vhostUserQemuArgs(d.kind, d.id, this.socketPath(d.id), d.qemuProperties, d.netdevProperties)
     );
   }
 
