@@ -54,11 +54,8 @@ import {
 } from "./device.ts";
 import {
   completeChecksum,
-  destinationClass,
   ETH_HLEN,
   flowHash,
-  MAC_BROADCAST,
-  MAC_MULTICAST,
   NET_DROP_REASONS,
   NET_HDR_SIZE,
   NET_MAX_GSO_FRAME,
@@ -72,14 +69,12 @@ import {
   VIRTIO_NET_HDR_GSO_TCPV6,
   VIRTIO_NET_HDR_GSO_UDP,
   VLAN_HLEN,
-  vlanId,
   writeNetHeader,
 } from "./_net_header.ts";
 import {
   NET_CTRL_MAX_DATA,
   type NetCtrlCommand,
   type NetCtrlLimits,
-  type NetMacTable,
   parseCtrlCommand,
   VIRTIO_NET_ERR,
   VIRTIO_NET_OK,
@@ -92,105 +87,57 @@ import {
   NO_OFFLOADS,
 } from "./_net_backend.ts";
 import { FrameBacklog } from "./_net_backlog.ts";
+import { NetRxFilter } from "./_net_filter.ts";
+import {
+  effectiveGuestOffloads,
+  formatMac,
+  GUEST_OFFLOAD_BITS,
+  NET_CONFIG_SIZE,
+  NET_DEFAULT_MTU,
+  NET_DEFAULT_SPEED,
+  NET_MAC_TABLE_ENTRIES,
+  NET_MAX_QUEUE_PAIRS,
+  NET_QUEUE_SIZE,
+  NET_RX_BACKLOG_BYTES,
+  NET_RX_BUDGET,
+  NetConfigOffset,
+  parseMac,
+  randomMac,
+  VIRTIO_NET_F_CSUM,
+  VIRTIO_NET_F_CTRL_GUEST_OFFLOADS,
+  VIRTIO_NET_F_CTRL_MAC_ADDR,
+  VIRTIO_NET_F_CTRL_RX,
+  VIRTIO_NET_F_CTRL_RX_EXTRA,
+  VIRTIO_NET_F_CTRL_VLAN,
+  VIRTIO_NET_F_CTRL_VQ,
+  VIRTIO_NET_F_GUEST_ANNOUNCE,
+  VIRTIO_NET_F_GUEST_CSUM,
+  VIRTIO_NET_F_GUEST_ECN,
+  VIRTIO_NET_F_GUEST_TSO4,
+  VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_GUEST_UFO,
+  VIRTIO_NET_F_HOST_ECN,
+  VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_HOST_TSO6,
+  VIRTIO_NET_F_HOST_UFO,
+  VIRTIO_NET_F_MAC,
+  VIRTIO_NET_F_MQ,
+  VIRTIO_NET_F_MRG_RXBUF,
+  VIRTIO_NET_F_MTU,
+  VIRTIO_NET_F_SPEED_DUPLEX,
+  VIRTIO_NET_F_STATUS,
+  VIRTIO_NET_S_ANNOUNCE,
+  VIRTIO_NET_S_LINK_UP,
+} from "./_net_features.ts";
 
+export * from "./_net_features.ts";
 export * from "./_net_header.ts";
 export * from "./_net_ctrl.ts";
 export * from "./_net_backend.ts";
 export { FrameBacklog } from "./_net_backlog.ts";
+export { NetRxFilter } from "./_net_filter.ts";
 export { SocketNetBackend, type SocketNetBackendOptions } from "./_net_socket.ts";
 export { TapNetBackend, type TapNetBackendOptions } from "./_net_tap.ts";
-
-// ---------------------------------------------------------------------------
-// Feature bits (virtio 1.2 §5.1.3)
-
-/** Feature bit: the device handles partial checksums (NEEDS_CSUM on transmit). */
-export const VIRTIO_NET_F_CSUM = 0;
-/** Feature bit: the driver handles partial checksums on receive. */
-export const VIRTIO_NET_F_GUEST_CSUM = 1;
-/** Feature bit: the driver may change receive offloads through the control queue. */
-export const VIRTIO_NET_F_CTRL_GUEST_OFFLOADS = 2;
-/** Feature bit: `mtu` is valid. */
-export const VIRTIO_NET_F_MTU = 3;
-/** Feature bit: `mac` is valid. */
-export const VIRTIO_NET_F_MAC = 5;
-/** Feature bit: the driver receives TCPv4 segmentation. */
-export const VIRTIO_NET_F_GUEST_TSO4 = 7;
-/** Feature bit: the driver receives TCPv6 segmentation. */
-export const VIRTIO_NET_F_GUEST_TSO6 = 8;
-/** Feature bit: the driver receives TCP segmentation with ECN. */
-export const VIRTIO_NET_F_GUEST_ECN = 9;
-/** Feature bit: the driver receives UDP fragmentation. */
-export const VIRTIO_NET_F_GUEST_UFO = 10;
-/** Feature bit: the device takes TCPv4 segmentation. */
-export const VIRTIO_NET_F_HOST_TSO4 = 11;
-/** Feature bit: the device takes TCPv6 segmentation. */
-export const VIRTIO_NET_F_HOST_TSO6 = 12;
-/** Feature bit: the device takes TCP segmentation with ECN. */
-export const VIRTIO_NET_F_HOST_ECN = 13;
-/** Feature bit: the device takes UDP fragmentation. */
-export const VIRTIO_NET_F_HOST_UFO = 14;
-/** Feature bit: the driver can merge receive buffers. */
-export const VIRTIO_NET_F_MRG_RXBUF = 15;
-/** Feature bit: `status` is valid (link state, announce). */
-export const VIRTIO_NET_F_STATUS = 16;
-/** Feature bit: there is a control queue. */
-export const VIRTIO_NET_F_CTRL_VQ = 17;
-/** Feature bit: control queue RX modes and MAC table. */
-export const VIRTIO_NET_F_CTRL_RX = 18;
-/** Feature bit: control queue VLAN filter. */
-export const VIRTIO_NET_F_CTRL_VLAN = 19;
-/** Feature bit: control queue extra RX modes. */
-export const VIRTIO_NET_F_CTRL_RX_EXTRA = 20;
-/** Feature bit: the driver can send gratuitous packets when asked. */
-export const VIRTIO_NET_F_GUEST_ANNOUNCE = 21;
-/** Feature bit: multiqueue with automatic receive steering. */
-export const VIRTIO_NET_F_MQ = 22;
-/** Feature bit: set the MAC address through the control queue. */
-export const VIRTIO_NET_F_CTRL_MAC_ADDR = 23;
-/** Feature bit: `speed` and `duplex` are valid. */
-export const VIRTIO_NET_F_SPEED_DUPLEX = 63;
-
-/** Status bit: the link is up. */
-export const VIRTIO_NET_S_LINK_UP = 1;
-/** Status bit: the device asks the driver to announce itself. */
-export const VIRTIO_NET_S_ANNOUNCE = 2;
-
-/** Byte offsets of `struct virtio_net_config` (virtio 1.2 §5.1.4). */
-export const NetConfigOffset = {
-  /** u8[6]. */
-  mac: 0,
-  /** le16: `VIRTIO_NET_S_*`. */
-  status: 6,
-  /** le16. */
-  maxVirtqueuePairs: 8,
-  /** le16. */
-  mtu: 10,
-  /** le32, Mbit/s (0xffffffff unknown). */
-  speed: 12,
-  /** u8: 1 full, 0 half, 0xff unknown. */
-  duplex: 16,
-} as const;
-
-/** Size of the configuration space (up to the RSS fields, which stay zero). */
-export const NET_CONFIG_SIZE = 24;
-/** Default size of each queue. */
-export const NET_QUEUE_SIZE = 256;
-/** Default MTU offered. */
-export const NET_DEFAULT_MTU = 1500;
-/** Default speed reported, in Mbit/s. */
-export const NET_DEFAULT_SPEED = 10000;
-/** Default receive backlog per queue pair, in bytes. */
-export const NET_RX_BACKLOG_BYTES: number = 1 << 20;
-/** Default number of addresses kept per MAC filter table. */
-export const NET_MAC_TABLE_ENTRIES = 64;
-/** Frames taken from the backend in one pass before the event loop is given back. */
-export const NET_RX_BUDGET = 256;
-/** Most queue pairs the device accepts (the spec's 0x8000, bounded by the queue indices). */
-export const NET_MAX_QUEUE_PAIRS = 0x8000;
-
-const GUEST_OFFLOAD_BITS = featureBit(VIRTIO_NET_F_GUEST_CSUM) |
-  featureBit(VIRTIO_NET_F_GUEST_TSO4) | featureBit(VIRTIO_NET_F_GUEST_TSO6) |
-  featureBit(VIRTIO_NET_F_GUEST_ECN) | featureBit(VIRTIO_NET_F_GUEST_UFO);
 
 /** Options of {@linkcode NetDevice}. */
 export interface NetOptions {
@@ -275,46 +222,6 @@ function dropCounters(): Record<NetDropReason, number> {
 }
 
 /**
- * Parse a MAC address.
- * @param mac `"aa:bb:cc:dd:ee:ff"` (or `-` separated) or 6 bytes.
- * @returns The 6 bytes.
- * @throws {RangeError} For anything else, a multicast or an all-zero address.
- */
-export function parseMac(mac: string | Uint8Array): Uint8Array {
-  let bytes: Uint8Array;
-  if (typeof mac === "string") {
-    const parts = mac.split(/[:-]/);
-    if (parts.length !== 6 || !parts.every((p) => /^[0-9a-fA-F]{2}$/.test(p))) {
-      throw new RangeError(`Bad MAC address ${mac}`);
-    }
-    bytes = new Uint8Array(parts.map((p) => parseInt(p, 16)));
-  } else {
-    if (mac.length !== 6) throw new RangeError(`A MAC address has 6 bytes, got ${mac.length}`);
-    bytes = mac.slice();
-  }
-  if ((bytes[0] & 1) !== 0 || bytes.every((b) => b === 0)) {
-    throw new RangeError(`MAC address ${formatMac(bytes)} is not a unicast address`);
-  }
-  return bytes;
-}
-
-/**
- * Format a MAC address as `aa:bb:cc:dd:ee:ff`.
- * @param mac 6 bytes.
- * @returns The text.
- */
-export function formatMac(mac: Uint8Array): string {
-  return [...mac.subarray(0, 6)].map((b) => b.toString(16).padStart(2, "0")).join(":");
-}
-
-function randomMac(): Uint8Array {
-  const m = new Uint8Array(6);
-  crypto.getRandomValues(m);
-  m[0] = (m[0] & 0xfe) | 0x02; // unicast, locally administered
-  return m;
-}
-
-/**
  * The virtio network device.
  *
  * - Transmit: each chain's header is checked ({@linkcode parseNetHeader}) against what was
@@ -382,17 +289,7 @@ export class NetDevice extends VirtioDeviceBase {
   #guest: NetOffloads = { ...NO_OFFLOADS };
   #rxMaxFrame = NET_MAX_GSO_FRAME;
   #limits: NetCtrlLimits | undefined;
-  // Receive filter (virtio 1.2 §5.1.6.5.1–3). Promiscuous after reset, as QEMU: until the
-  // driver says otherwise, nothing is filtered.
-  #promisc = true;
-  #allmulti = false;
-  #alluni = false;
-  #nomulti = false;
-  #nouni = false;
-  #nobcast = false;
-  #macTable: NetMacTable = emptyMacTable();
-  #vlanFilter = false;
-  readonly #vlans = new Uint32Array(128);
+  readonly #filter: NetRxFilter;
   // Queue pairs.
   #vqPairs = 1;
   #rxPairs: number[] = [];
@@ -496,6 +393,7 @@ export class NetDevice extends VirtioDeviceBase {
     this.#defaultMac = mac;
     this.#mac = space.subarray(NetConfigOffset.mac, NetConfigOffset.mac + 6);
     this.#mac.set(mac);
+    this.#filter = new NetRxFilter(this.#mac);
     this.#linkUp = options.linkUp ?? true;
     const c = new DataView(space.buffer);
     this.#config = c;
@@ -690,11 +588,11 @@ export class NetDevice extends VirtioDeviceBase {
     this.#rxMaxFrame = has(VIRTIO_NET_F_MTU) ? this.mtu + ETH_HLEN + VLAN_HLEN : NET_MAX_GSO_FRAME;
     this.#guestNegotiated = acked & GUEST_OFFLOAD_BITS;
     this.#guest = effectiveGuestOffloads(this.#guestNegotiated);
-    this.#vlanFilter = this.#ctrlVq && has(VIRTIO_NET_F_CTRL_VLAN);
+    this.#filter.vlanFilter = this.#ctrlVq && has(VIRTIO_NET_F_CTRL_VLAN);
     this.#limits = {
       ctrlRx: this.#ctrlVq && has(VIRTIO_NET_F_CTRL_RX),
       ctrlRxExtra: this.#ctrlVq && has(VIRTIO_NET_F_CTRL_RX_EXTRA),
-      ctrlVlan: this.#vlanFilter,
+      ctrlVlan: this.#filter.vlanFilter,
       announce: this.#announceNegotiated,
       mq: this.#ctrlVq && this.#mq,
       maxPairs: this.maxQueuePairs,
@@ -732,16 +630,7 @@ export class NetDevice extends VirtioDeviceBase {
     this.#mac.set(this.#defaultMac);
     this.#announcing = false;
     this.#writeStatus();
-    this.#promisc = true;
-    this.#allmulti =
-      this.#alluni =
-      this.#nomulti =
-      this.#nouni =
-      this.#nobcast =
-        false;
-    this.#macTable = emptyMacTable();
-    this.#vlans.fill(0);
-    this.#vlanFilter = false;
+    this.#filter.reset();
     this.#vqPairs = 1;
     this.#rxPairs = [];
     this.#rxPairIndex.fill(-1);
@@ -1058,7 +947,7 @@ export class NetDevice extends VirtioDeviceBase {
       hdr.flags = 0;
     }
     writeNetHeader(hdr, buf, 0, 1);
-    if (!this.#accept(buf, NET_HDR_SIZE, frameLen)) {
+    if (!this.#filter.accepts(buf, NET_HDR_SIZE, frameLen)) {
       rxd.filtered++;
       return;
     }
@@ -1067,31 +956,6 @@ export class NetDevice extends VirtioDeviceBase {
     if (backlog.length > 0 || !this.#deliver(pair, buf, len)) {
       if (!backlog.push(buf, len)) rxd.noBuffer++;
     }
-  }
-
-  // The receive filter (virtio 1.2 §5.1.6.5.1–3).
-  #accept(buf: Uint8Array, at: number, len: number): boolean {
-    if (this.#promisc) return true;
-    if (this.#vlanFilter) {
-      const vid = vlanId(buf, at, len);
-      if (vid >= 0 && (this.#vlans[vid >>> 5] & (1 << (vid & 31))) === 0) return false;
-    }
-    const kind = destinationClass(buf, at);
-    const t = this.#macTable;
-    if (kind === MAC_BROADCAST) return !this.#nobcast;
-    if (kind === MAC_MULTICAST) {
-      if (this.#nomulti) return false;
-      if (this.#allmulti || t.multicastOverflow) return true;
-      return inTable(t.multicast, buf, at);
-    }
-    if (this.#nouni) return false;
-    if (this.#alluni || t.unicastOverflow) return true;
-    const mac = this.#mac;
-    if (
-      buf[at] === mac[0] && buf[at + 1] === mac[1] && buf[at + 2] === mac[2] &&
-      buf[at + 3] === mac[3] && buf[at + 4] === mac[4] && buf[at + 5] === mac[5]
-    ) return true;
-    return inTable(t.unicast, buf, at);
   }
 
   // The driver added receive buffers: deliver what waits for this pair.
@@ -1291,37 +1155,17 @@ export class NetDevice extends VirtioDeviceBase {
   #apply(c: NetCtrlCommand): number {
     switch (c.kind) {
       case "rxMode":
-        switch (c.mode) {
-          case "promisc":
-            this.#promisc = c.on;
-            break;
-          case "allmulti":
-            this.#allmulti = c.on;
-            break;
-          case "alluni":
-            this.#alluni = c.on;
-            break;
-          case "nomulti":
-            this.#nomulti = c.on;
-            break;
-          case "nouni":
-            this.#nouni = c.on;
-            break;
-          case "nobcast":
-            this.#nobcast = c.on;
-            break;
-        }
+        this.#filter.setMode(c.mode, c.on);
         return VIRTIO_NET_OK;
       case "macTable":
-        this.#macTable = c.table;
+        this.#filter.setTable(c.table);
         return VIRTIO_NET_OK;
       case "macAddr":
         // §5.1.6.5.2.1: config space shows the new address before the command completes.
         this.#mac.set(c.mac);
         return VIRTIO_NET_OK;
       case "vlan":
-        if (c.add) this.#vlans[c.vid >>> 5] |= 1 << (c.vid & 31);
-        else this.#vlans[c.vid >>> 5] &= ~(1 << (c.vid & 31));
+        this.#filter.setVlan(c.vid, c.add);
         return VIRTIO_NET_OK;
       case "announceAck":
         this.#announcing = false;
@@ -1343,39 +1187,4 @@ export class NetDevice extends VirtioDeviceBase {
         return VIRTIO_NET_OK;
     }
   }
-}
-
-function emptyMacTable(): NetMacTable {
-  return {
-    unicast: new Uint8Array(0),
-    unicastOverflow: false,
-    multicast: new Uint8Array(0),
-    multicastOverflow: false,
-  };
-}
-
-function inTable(table: Uint8Array, buf: Uint8Array, at: number): boolean {
-  for (let i = 0; i + 6 <= table.length; i += 6) {
-    if (
-      table[i] === buf[at] && table[i + 1] === buf[at + 1] && table[i + 2] === buf[at + 2] &&
-      table[i + 3] === buf[at + 3] && table[i + 4] === buf[at + 4] && table[i + 5] === buf[at + 5]
-    ) return true;
-  }
-  return false;
-}
-
-// The receive offloads in effect for a set of GUEST_* feature bits: segmentation needs the
-// checksum offload it depends on (virtio 1.2 §5.1.3.1).
-function effectiveGuestOffloads(bits: bigint): NetOffloads {
-  const has = (b: number) => (bits & featureBit(b)) !== 0n;
-  const csum = has(VIRTIO_NET_F_GUEST_CSUM);
-  const tso4 = csum && has(VIRTIO_NET_F_GUEST_TSO4);
-  const tso6 = csum && has(VIRTIO_NET_F_GUEST_TSO6);
-  return {
-    csum,
-    tso4,
-    tso6,
-    ecn: (tso4 || tso6) && has(VIRTIO_NET_F_GUEST_ECN),
-    ufo: csum && has(VIRTIO_NET_F_GUEST_UFO),
-  };
 }

@@ -7,6 +7,8 @@
  * - {@linkcode MmioDriver}: drives the virtio-mmio register file through initialisation.
  * - {@linkcode VhostUserFrontend}: the VMM's side of vhost-user, driving a backend over its
  *   socket with memfd guest memory.
+ * - {@linkcode takeFrames}, {@linkcode netHeader}, {@linkcode ipv4Frame}: the virtio-net driver's
+ *   side of the queues, and frames with correct checksums.
  * - {@linkcode firstDifference} / {@linkcode assertBytes}: byte comparisons that name the first
  *   difference instead of diffing.
  *
@@ -19,3 +21,4 @@ export * from "./queue_driver.ts";
 export * from "./mmio_driver.ts";
 export * from "./vhost_user_frontend.ts";
 export * from "./bytes.ts";
+export * from "./net_driver.ts";
