@@ -137,7 +137,7 @@ export * from "./_net_backend.ts";
 export { FrameBacklog } from "./_net_backlog.ts";
 export { NetRxFilter } from "./_net_filter.ts";
 export { SocketNetBackend, type SocketNetBackendOptions } from "./_net_socket.ts";
-export { TapNetBackend, type TapNetBackendOptions } from "./_net_tap.ts";
+export * from "./_net_tap.ts";
 
 /** Options of {@linkcode NetDevice}. */
 export interface NetOptions {

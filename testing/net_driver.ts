@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { DriverQueue, UsedEntry } from "./queue_driver.ts";
+import type { UsedEntry } from "./queue_driver.ts";
 
 /** Fields of a `virtio_net_hdr` (all default to 0). */
 export interface NetHeaderFields {
@@ -241,13 +241,16 @@ export interface ReceivedFrame {
 /**
  * Collect received frames from a receive queue: each used entry starts with a header whose
  * `num_buffers` says how many entries the frame spans (1 without MRG_RXBUF).
- * @param queue The receive queue.
+ * @param queue The receive queue (a `DriverQueue`, or a vhost-user frontend's ring).
  * @param hdrSize 12, or 10 for a legacy driver without MRG_RXBUF.
  * @returns The frames, oldest first.
  * @throws {Error} When `num_buffers` asks for more entries than are used (the device must
  *   publish them together).
  */
-export function takeFrames(queue: DriverQueue, hdrSize = 12): ReceivedFrame[] {
+export function takeFrames(
+  queue: { takeUsed(): UsedEntry | null },
+  hdrSize = 12,
+): ReceivedFrame[] {
   const out: ReceivedFrame[] = [];
   let first: UsedEntry | null;
   while ((first = queue.takeUsed()) !== null) {
