@@ -516,7 +516,8 @@ export class VhostUserBackend {
         }
         if (num > 1) throw new VhostUserError("InvalidValue", `enable ${num}`, rq);
         ring.enabled = num === 1;
-        if (ring.enabled) ring.parked = false;
+        // Enabling is not starting: a ring stopped by GET_VRING_BASE stays stopped until the
+        // frontend programs it again (QEMU's net enables its rings before it reprograms them).
         if (ring.enabled) this.#maybeStart(index);
         else this.#stopRing(index);
         return undefined;
@@ -688,18 +689,19 @@ export class VhostUserBackend {
     q.availRing = this.#translate(ring.addr.avail, Request.SET_VRING_ADDR);
     q.usedRing = this.#translate(ring.addr.used, Request.SET_VRING_ADDR);
     try {
+      // Resume where the frontend says; a used index behind it means requests were in
+      // flight when the previous backend went away: serve them again. The indices are set
+      // before the device sees the queue: it may use it at once (a net device delivers the
+      // frames that waited while the ring was stopped).
+      const used = this.#memory.readU16(q.usedRing + 2);
+      q.nextAvail = used !== ring.base ? used : ring.base;
+      q.nextUsed = used;
       this.core.startQueue(index);
     } catch (err) {
       throw new VhostUserError("InvalidValue", `vring ${index}: ${asError(err).message}`, 0, {
         cause: err,
       });
     }
-    // Resume where the frontend says; a used index behind it means requests were in
-    // flight when the previous backend went away: serve them again.
-    q.nextAvail = ring.base;
-    const used = q.usedIdx(this.#memory);
-    q.nextUsed = used;
-    if (used !== ring.base) q.nextAvail = used;
     ring.started = true;
     this.#log(`vring ${index} started (size ${ring.num}, base ${ring.base})`);
     const kick = ring.kick;

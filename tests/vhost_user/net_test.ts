@@ -92,6 +92,61 @@ describe("virtio-net over vhost-user", () => {
     },
   );
 
+  it(
+    "sends what the driver queued while the rings were stopped, once they restart",
+    T,
+    async () => {
+      const backend = new MemoryNetBackend();
+      const net = new NetDevice({ backend });
+      await withBackend(net, async (h) => {
+        const fe = await h.connect({ memorySize: 8 << 20 });
+        await fe.start({ queueSize: 32 });
+        const tx = fe.ring(1).driver;
+        tx.addChain([{ readable: concatBytes(netHeader(), ethFrame()) }]);
+        fe.kick(1, { force: true });
+        await fe.waitCall(1, 5000);
+        assert.equal(backend.takeSent().length, 1);
+        // Link down in QEMU: both rings stop. The driver queues a frame; its kick goes nowhere.
+        await fe.getVringBase(0);
+        await fe.getVringBase(1);
+        tx.addChain([{ readable: concatBytes(netHeader(), ethFrame()) }]);
+        // Link up: both rings restart in the same turn, and nobody kicks.
+        await fe.resumeRing(0);
+        await fe.resumeRing(1);
+        assert.ok(await fe.waitCall(1, 5000), "the queued frame was never sent");
+        assert.equal(backend.takeSent().length, 1);
+      });
+    },
+  );
+
+  it(
+    "frames that waited while the receive ring was stopped land after the used index",
+    T,
+    async () => {
+      const backend = new MemoryNetBackend();
+      const net = new NetDevice({ backend, mac: "02:00:00:00:00:01" });
+      await withBackend(net, async (h) => {
+        const fe = await h.connect({ memorySize: 8 << 20 });
+        await fe.start({ queueSize: 32 });
+        const rx = fe.ring(0).driver;
+        for (let i = 0; i < 8; i++) rx.addChain([{ writable: 2048 }]);
+        fe.kick(0, { force: true });
+        const frame = (v: number) => ethFrame({ payload: new Uint8Array(60).fill(v) });
+        const hdr = netHeader();
+        for (const v of [1, 2, 3]) backend.inject(concatBytes(hdr, frame(v)));
+        assert.deepEqual(takeFrames(rx).map((f) => f.frame[14]), [1, 2, 3]);
+        // The ring stops (QEMU's link down); frames wait in the device's backlog.
+        await fe.getVringBase(0);
+        for (const v of [4, 5]) backend.inject(concatBytes(hdr, frame(v)));
+        assert.equal(net.backlogFrames, 2);
+        // It restarts: the backlog goes in at used index 3, not over the first entries.
+        await fe.resumeRing(0);
+        assert.equal(rx.usedIdx(), 5);
+        assert.deepEqual(takeFrames(rx).map((f) => f.frame[14]), [4, 5]);
+      });
+    },
+  );
+
   it("the CLI's net backend does not offer CONFIG to QEMU", T, async () => {
     const dir = mkdtempSync(join(tmpdir(), "vt-net-vu-"));
     const backend = new VhostUserBackend(new NetDevice({ backend: new MemoryNetBackend() }), {
