@@ -301,7 +301,6 @@ export class NetDevice extends VirtioDeviceBase {
   readonly #txTimers: (ReturnType<typeof setTimeout> | undefined)[];
   readonly #rxTimers: (ReturnType<typeof setTimeout> | undefined)[];
   #backendStarted = false;
-  #epoch = 0;
   // Scratch, allocated once.
   readonly #staging = new Uint8Array(NET_MAX_BACKEND_FRAME);
   readonly #txHead = new Uint8Array(NET_HDR_SIZE + 64);
@@ -546,7 +545,6 @@ export class NetDevice extends VirtioDeviceBase {
     const wasActive = this.active !== undefined;
     super.reconfigure(config);
     if (!wasActive) return;
-    this.#epoch++;
     this.#updatePairs();
     for (const p of this.#rxPairs) {
       if (this.#backlogs[p].length > 0) this.#serveRx(p);
@@ -610,7 +608,6 @@ export class NetDevice extends VirtioDeviceBase {
    * @param _wasActive The config the device was active with, if any.
    */
   protected override onReset(_wasActive: VirtioDeviceConfig | undefined): void {
-    this.#epoch++;
     if (this.#backendStarted) {
       this.#backendStarted = false;
       this.backend.stop();
@@ -860,14 +857,14 @@ export class NetDevice extends VirtioDeviceBase {
     }
   }
 
-  // Serve a transmit queue outside a driver notification, and keep going on later turns
-  // while the pass stops at its budget.
+  // Serve a transmit queue outside a driver notification (the backend became writable, or
+  // the queue restarted: the driver may have kicked while nobody listened), and keep going on
+  // later turns while the pass stops at its budget. A reset cancels the timer; a queue that
+  // stopped meanwhile is simply not there when it fires.
   #continueTx(pair: number): void {
     if (this.#txTimers[pair] !== undefined || this.active === undefined) return;
-    const epoch = this.#epoch;
     this.#txTimers[pair] = setTimeout(() => {
       this.#txTimers[pair] = undefined;
-      if (this.#epoch !== epoch) return;
       if (this.#serveTx(pair)) this.#continueTx(pair);
     }, 0);
   }
@@ -894,10 +891,9 @@ export class NetDevice extends VirtioDeviceBase {
     this.#flushRx();
     if (n === NET_RX_BUDGET && this.#rxTimers[bq] === undefined) {
       // More may be waiting: come back after the event loop had its turn.
-      const epoch = this.#epoch;
       this.#rxTimers[bq] = setTimeout(() => {
         this.#rxTimers[bq] = undefined;
-        if (this.#epoch === epoch) this.#onReadable(bq);
+        this.#onReadable(bq);
       }, 0);
     }
   }
