@@ -119,6 +119,25 @@ describe("virtio-net over vhost-user", () => {
     },
   );
 
+  it("QEMU's link-up order: enable, then reprogram the stopped rings", T, async () => {
+    const net = new NetDevice({ backend: new MemoryNetBackend() });
+    await withBackend(net, async (h) => {
+      const fe = await h.connect({ memorySize: 8 << 20 });
+      const r = await fe.start({ queueSize: 32 });
+      await fe.getVringBase(0);
+      await fe.getVringBase(1);
+      // Enabling does not restart a stopped ring; reprogramming it (SET_VRING_NUM first) does.
+      await fe.setVringEnable(0, true);
+      await fe.setVringEnable(1, true);
+      await fe.setFeatures(r.features);
+      await fe.resumeRing(0);
+      await fe.resumeRing(1);
+      assert.ok(h.backend.connected);
+      assert.ok(h.backend.active);
+      assert.deepEqual(h.errors, []);
+    });
+  });
+
   it(
     "frames that waited while the receive ring was stopped land after the used index",
     T,
