@@ -343,7 +343,7 @@ export class LoopbackNetBackend implements NetBackend {
   readonly #count: Int32Array;
   readonly #full: Uint8Array;
   #events: NetBackendEvents | undefined;
-  #signalled = false;
+  #signalling = false;
 
   /**
    * Create it.
@@ -426,15 +426,15 @@ export class LoopbackNetBackend implements NetBackend {
     }
     this.#lens[queue][at] = n;
     this.#count[queue]++;
-    // Report once per burst: the device drains everything when it is told.
-    if (!this.#signalled && this.#events !== undefined) {
-      this.#signalled = true;
-      queueMicrotask(() => {
-        this.#signalled = false;
-        for (let q = 0; q < this.queuePairs; q++) {
-          if (this.#count[q] > 0) this.#events?.readable(q);
-        }
-      });
+    // Report at once (a poll-mode backend never yields to let a later callback run), but
+    // not from inside the device's own receive pass.
+    if (!this.#signalling && this.#events !== undefined) {
+      this.#signalling = true;
+      try {
+        this.#events.readable(queue);
+      } finally {
+        this.#signalling = false;
+      }
     }
     return "sent";
   }

@@ -35,6 +35,7 @@
  * @module
  */
 
+import { clearImmediate, setImmediate } from "node:timers";
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC } from "../queue/split.ts";
 import type { SplitQueue } from "../queue/split.ts";
 import type { DescriptorChain } from "../queue/chain.ts";
@@ -298,15 +299,17 @@ export class NetDevice extends VirtioDeviceBase {
   readonly #backlogs: FrameBacklog[];
   readonly #txBlocked: Uint8Array;
   readonly #rxDirty: Uint8Array;
-  readonly #txTimers: (ReturnType<typeof setTimeout> | undefined)[];
-  readonly #rxTimers: (ReturnType<typeof setTimeout> | undefined)[];
+  readonly #txTimers: (ReturnType<typeof setImmediate> | undefined)[];
+  readonly #rxTimers: (ReturnType<typeof setImmediate> | undefined)[];
   #backendStarted = false;
   // Scratch, allocated once.
   readonly #staging = new Uint8Array(NET_MAX_BACKEND_FRAME);
   readonly #txHead = new Uint8Array(NET_HDR_SIZE + 64);
   readonly #prefixes: Uint8Array[] = [];
   readonly #sendHdr = new Uint8Array(NET_HDR_SIZE);
-  readonly #hdr = newNetHeader();
+  // One header per direction: a backend may deliver a frame while a transmit is under way.
+  readonly #txHdr = newNetHeader();
+  readonly #rxHdr = newNetHeader();
   readonly #parts: Uint8Array[] = [];
   readonly #rxChains: DescriptorChain[] = [];
   readonly #rxHeads: number[] = [];
@@ -614,11 +617,11 @@ export class NetDevice extends VirtioDeviceBase {
     }
     for (const b of this.#backlogs) b.clear();
     for (let p = 0; p < this.maxQueuePairs; p++) {
-      if (this.#txTimers[p] !== undefined) clearTimeout(this.#txTimers[p]);
+      if (this.#txTimers[p] !== undefined) clearImmediate(this.#txTimers[p]);
       this.#txTimers[p] = undefined;
     }
     for (let q = 0; q < this.#rxTimers.length; q++) {
-      if (this.#rxTimers[q] !== undefined) clearTimeout(this.#rxTimers[q]);
+      if (this.#rxTimers[q] !== undefined) clearImmediate(this.#rxTimers[q]);
       this.#rxTimers[q] = undefined;
     }
     this.#txBlocked.fill(0);
@@ -798,7 +801,7 @@ export class NetDevice extends VirtioDeviceBase {
     head.fill(0, 0, NET_HDR_SIZE);
     r.readExact(head.subarray(0, hdrSize + prefix));
     if (hdrSize !== NET_HDR_SIZE) head.copyWithin(NET_HDR_SIZE, hdrSize, hdrSize + prefix);
-    const hdr = this.#hdr;
+    const hdr = this.#txHdr;
     const reason = parseNetHeader(head, NET_HDR_SIZE, frameLen, this.#txRules, hdr);
     if (reason !== undefined) {
       txd[reason]++;
@@ -863,10 +866,10 @@ export class NetDevice extends VirtioDeviceBase {
   // stopped meanwhile is simply not there when it fires.
   #continueTx(pair: number): void {
     if (this.#txTimers[pair] !== undefined || this.active === undefined) return;
-    this.#txTimers[pair] = setTimeout(() => {
+    this.#txTimers[pair] = setImmediate(() => {
       this.#txTimers[pair] = undefined;
       if (this.#serveTx(pair)) this.#continueTx(pair);
-    }, 0);
+    });
   }
 
   // -------------------------------------------------------------------------------------------
@@ -891,10 +894,10 @@ export class NetDevice extends VirtioDeviceBase {
     this.#flushRx();
     if (n === NET_RX_BUDGET && this.#rxTimers[bq] === undefined) {
       // More may be waiting: come back after the event loop had its turn.
-      this.#rxTimers[bq] = setTimeout(() => {
+      this.#rxTimers[bq] = setImmediate(() => {
         this.#rxTimers[bq] = undefined;
         this.#onReadable(bq);
-      }, 0);
+      });
     }
   }
 
@@ -906,7 +909,7 @@ export class NetDevice extends VirtioDeviceBase {
       return;
     }
     const frameLen = len - NET_HDR_SIZE;
-    const hdr = this.#hdr;
+    const hdr = this.#rxHdr;
     const reason = frameLen < ETH_HLEN
       ? "runt"
       : parseNetHeader(buf, NET_HDR_SIZE, frameLen, this.#rxRules, hdr);

@@ -59,6 +59,8 @@ Options:
   --loopback        net: every frame sent comes back (for benchmarks)
   --mac MAC         net: MAC address for our own VMM (QEMU supplies its own; default random)
   --mtu N           net: MTU offered, 68..65535 (default 1500)
+  --queue-size N    net: size of each queue, a power of two up to 32768 (default 256; QEMU's
+                    rx_queue_size/tx_queue_size go up to 1024)
   --stats PATH      net: write the device counters there as JSON when the backend exits
   --poll-us N       poll mode: keep checking the rings for N µs (up to 1000) after serving
                     a kick; lower latency for a busy guest, at the cost of CPU (default 0)
@@ -123,6 +125,7 @@ export async function main(argv: string[]): Promise<number> {
         loopback: { type: "boolean", default: false },
         mac: { type: "string" },
         mtu: { type: "string" },
+        "queue-size": { type: "string" },
         stats: { type: "string" },
         once: { type: "boolean", default: false },
         verbose: { type: "boolean", default: false },
@@ -263,6 +266,7 @@ interface NetArgs {
   mac?: string;
   mtu?: string;
   queues?: string;
+  "queue-size"?: string;
 }
 
 /** Build the net device from the CLI arguments, or say why not (an exit code). */
@@ -280,12 +284,14 @@ function netDevice(args: NetArgs): NetDevice | number {
   }
   const queues = intOption(args.queues, "queues", 1, 1, 256);
   const mtu = intOption(args.mtu, "mtu", 1500, 68, 65535);
-  if (queues === null || mtu === null) return 2;
+  const queueSize = intOption(args["queue-size"], "queue-size", 256, 2, 32768);
+  if (queues === null || mtu === null || queueSize === null) return 2;
   let backend: NetBackend;
   try {
     if (args.tap !== undefined) backend = new TapNetBackend({ name: args.tap, queues });
-    else if (args.loopback) backend = new LoopbackNetBackend({ queuePairs: queues });
-    else {
+    else if (args.loopback) {
+      backend = new LoopbackNetBackend({ queuePairs: queues, capacity: 1024 });
+    } else {
       backend = new SocketNetBackend({
         peer: args["socket-peer"]!,
         bind: args["socket-bind"],
@@ -297,7 +303,7 @@ function netDevice(args: NetArgs): NetDevice | number {
     return 1;
   }
   try {
-    return new NetDevice({ backend, mac: args.mac, queuePairs: queues, mtu });
+    return new NetDevice({ backend, mac: args.mac, queuePairs: queues, mtu, queueSize });
   } catch (err) {
     backend.close();
     console.error(`--device net: ${(err as Error).message}`);
