@@ -28,4 +28,5 @@ export * from "./queue/mod.ts";
 export * from "./devices/device.ts";
 export * from "./devices/rng.ts";
 export * from "./devices/block.ts";
+export * from "./devices/net.ts";
 export * from "./transport/mod.ts";
