@@ -43,6 +43,7 @@ import {
   type Watch,
 } from "../sys/mod.ts";
 import { existsSync, lstatSync, unlinkSync } from "node:fs";
+import { clearImmediate, setImmediate } from "node:timers";
 import {
   BackendRequest,
   encode,
@@ -161,6 +162,7 @@ export class VhostUserBackend {
   #memory: GuestMemory | undefined;
   #rings: Ring[];
   readonly #pollMs: number;
+  #pollResume: ReturnType<typeof setImmediate> | undefined;
   #closedResolve!: () => void;
   /** Connections accepted so far. */
   connections = 0;
@@ -246,6 +248,8 @@ export class VhostUserBackend {
 
   /** Stop listening, drop the connection and release everything. */
   async close(): Promise<void> {
+    if (this.#pollResume !== undefined) clearImmediate(this.#pollResume);
+    this.#pollResume = undefined;
     this.#disconnect("backend closing");
     this.#listenWatch?.close();
     if (this.#listenFd >= 0) close(this.#listenFd);
@@ -737,8 +741,12 @@ export class VhostUserBackend {
         const q = this.core.queues[i];
         // A broken ring was reported when it broke; only a reset brings it back.
         if (!this.#rings[i].started || q.broken !== undefined) continue;
-        // A pass waiting for its turn will serve these buffers; polling them would not yield.
-        if (this.core.hasContinuation(i)) continue;
+        // A pass waiting for its turn will serve these buffers: let it run (it is queued
+        // behind this loop), then poll on.
+        if (this.core.hasContinuation(i)) {
+          this.#resumePoll();
+          return;
+        }
         let pending: boolean;
         try {
           pending = q.hasPending(memory);
@@ -751,6 +759,14 @@ export class VhostUserBackend {
       }
       now = performance.now();
     }
+  }
+
+  #resumePoll(): void {
+    if (this.#pollResume !== undefined) return;
+    this.#pollResume = setImmediate(() => {
+      this.#pollResume = undefined;
+      if (this.#conn >= 0) this.#busyPoll();
+    });
   }
 
   #stopRing(index: number): void {
