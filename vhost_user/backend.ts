@@ -724,7 +724,7 @@ export class VhostUserBackend {
 
   /**
    * Keep serving every started ring that has new buffers until the poll window passes with
-   * none (each find restarts the window), or the budget is spent: the event loop, and with
+   * none used (each ring the device used restarts the window), or the budget is spent: the event loop, and with
    * it the frontend's messages, is never held for longer than {@link BUSY_POLL_BUDGET_MS}.
    * Stopping early loses nothing: serving re-enables notifications, so the driver kicks for
    * whatever it adds next, and a pass that stopped at its own budget is continued by the core.
@@ -754,8 +754,11 @@ export class VhostUserBackend {
           continue; // rings outside memory were refused when they started
         }
         if (!pending) continue;
+        // Buffers waiting are not always work (a net device's receive buffers wait for
+        // frames): only a ring the device used keeps the poll window open.
+        const used = q.nextUsed;
         this.core.notify(i);
-        deadline = performance.now() + window;
+        if (q.nextUsed !== used) deadline = performance.now() + window;
       }
       now = performance.now();
     }
