@@ -29,4 +29,5 @@ export * from "./devices/device.ts";
 export * from "./devices/rng.ts";
 export * from "./devices/block.ts";
 export * from "./devices/net.ts";
+export * from "./devices/vsock.ts";
 export * from "./transport/mod.ts";

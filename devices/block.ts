@@ -17,7 +17,7 @@
  * @module
  */
 
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC } from "../queue/split.ts";
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_INDIRECT_DESC } from "../queue/split.ts";
 import type { DescriptorChain } from "../queue/chain.ts";
 import {
   featureBit,
@@ -363,8 +363,10 @@ export class BlockDevice extends VirtioDeviceBase {
     const writeZeroes = !readOnly && (options.writeZeroes ?? true) &&
       maxWriteZeroesSegments > 0;
 
+    // Requests complete in the pass that takes them, in order (VIRTIO_F_IN_ORDER).
     let features = featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_F_INDIRECT_DESC) |
-      featureBit(VIRTIO_F_EVENT_IDX) | featureBit(VIRTIO_BLK_F_SEG_MAX) |
+      featureBit(VIRTIO_F_EVENT_IDX) | featureBit(VIRTIO_F_IN_ORDER) |
+      featureBit(VIRTIO_BLK_F_SEG_MAX) |
       featureBit(VIRTIO_BLK_F_BLK_SIZE) | featureBit(VIRTIO_BLK_F_TOPOLOGY) |
       // virtio 1.2 §5.2.5.2: FLUSH should always be offered, and must be with CONFIG_WCE.
       featureBit(VIRTIO_BLK_F_FLUSH) | featureBit(VIRTIO_BLK_F_CONFIG_WCE);

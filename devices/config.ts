@@ -6,7 +6,7 @@
  */
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import type { SplitQueue } from "../queue/split.ts";
+import type { Virtqueue } from "../queue/virtqueue.ts";
 import type { VirtioError } from "./errors.ts";
 import type { InterruptNotifier } from "./notifier.ts";
 import { DeviceResources, type VirtioSharedMemoryList } from "./shared_memory.ts";
@@ -16,7 +16,7 @@ export class VirtioQueueConfig {
   /** Queue index. */
   readonly index: number;
   /** The queue, configured by the driver. */
-  readonly queue: SplitQueue;
+  readonly queue: Virtqueue;
   /** Signals used buffers to the driver. */
   readonly notifier: InterruptNotifier;
 
@@ -26,7 +26,7 @@ export class VirtioQueueConfig {
    * @param queue The configured queue.
    * @param notifier Used-buffer notifier.
    */
-  constructor(index: number, queue: SplitQueue, notifier: InterruptNotifier) {
+  constructor(index: number, queue: Virtqueue, notifier: InterruptNotifier) {
     this.index = index;
     this.queue = queue;
     this.notifier = notifier;

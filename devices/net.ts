@@ -37,7 +37,7 @@
 
 import { clearImmediate, setImmediate } from "node:timers";
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC } from "../queue/split.ts";
-import type { SplitQueue } from "../queue/split.ts";
+import type { Virtqueue } from "../queue/virtqueue.ts";
 import type { DescriptorChain } from "../queue/chain.ts";
 import { QueueError } from "../queue/error.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
@@ -221,6 +221,9 @@ function dropCounters(): Record<NetDropReason, number> {
   for (const k of NET_DROP_REASONS) r[k] = 0;
   return r;
 }
+
+// What #popRx returns for a malformed chain it already gave back.
+const BAD_CHAIN: unique symbol = Symbol("bad chain");
 
 /**
  * The virtio network device.
@@ -971,22 +974,20 @@ export class NetDevice extends VirtioDeviceBase {
   }
 
   // Take the next receive chain; when there is none, ask the driver for a notification
-  // (virtio 1.2 §2.7.10) and look once more, so a buffer added meanwhile is not missed.
-  #popRx(q: SplitQueue, mem: GuestMemory): DescriptorChain | null {
-    for (;;) {
-      let c: DescriptorChain | null;
-      try {
-        c = q.pop(mem);
-        if (c === null && q.enableNotification(mem)) c = q.pop(mem);
-      } catch (err) {
-        if (err instanceof QueueError && !err.fatal && err.head !== undefined) {
-          q.addUsed(mem, err.head, 0);
-          this.#error(VirtioError.from(err));
-          continue;
-        }
-        throw err;
+  // (virtio 1.2 §2.7.10) and look once more, so a buffer added meanwhile is not missed. A
+  // malformed chain is returned to the driver empty and reported as BAD_CHAIN.
+  #popRx(q: Virtqueue, mem: GuestMemory): DescriptorChain | null | typeof BAD_CHAIN {
+    try {
+      const c = q.pop(mem);
+      if (c !== null || !q.enableNotification(mem)) return c;
+      return q.pop(mem);
+    } catch (err) {
+      if (err instanceof QueueError && !err.fatal && err.head !== undefined) {
+        q.addUsed(mem, err.head, 0);
+        this.#error(VirtioError.from(err));
+        return BAD_CHAIN;
       }
-      return c;
+      throw err;
     }
   }
 
@@ -1008,26 +1009,33 @@ export class NetDevice extends VirtioDeviceBase {
     if (start > 0) src.copyWithin(start, 0, hdrSize);
     const chains = this.#rxChains;
     let k = 0;
+    // Where the packet's first buffer is: popped buffers go back by rewinding to it (a packed
+    // ring undoes one pop only).
+    let mark = q.nextAvail;
     try {
       let room = 0;
       while (room < need) {
         const c = this.#popRx(q, mem);
         if (c === null) {
-          for (let i = 0; i < k; i++) q.undoPop();
+          q.nextAvail = mark;
           this.#restoreHeader(src, start, hdrSize);
           return false;
         }
-        if (c.writableBytes < hdrSize) {
-          // §5.1.6.3.1: every receive buffer holds at least a header. This one cannot.
-          this.#error(
-            new VirtioError("InvalidInput", `virtio-net rx chain ${c.head} has no room`),
-          );
+        if (c === BAD_CHAIN || c.writableBytes < hdrSize) {
+          // §5.1.6.3.1: every receive buffer holds at least a header. This one cannot (or was
+          // malformed, and already went back empty).
+          if (c !== BAD_CHAIN) {
+            this.#error(
+              new VirtioError("InvalidInput", `virtio-net rx chain ${c.head} has no room`),
+            );
+          }
           if (k === 0) {
-            q.addUsed(mem, c.head, 0);
+            if (c !== BAD_CHAIN) q.addUsed(mem, c.head, 0);
+            mark = q.nextAvail;
             continue;
           }
           // Mid-packet: give everything taken back empty and drop the frame.
-          chains[k++] = c;
+          if (c !== BAD_CHAIN) chains[k++] = c;
           this.#complete(q, mem, k, 0);
           rxd.rxBuffer++;
           return true;
@@ -1041,7 +1049,7 @@ export class NetDevice extends VirtioDeviceBase {
         chains[k++] = c;
         room += c.writableBytes;
         if (room < need && k >= q.size) {
-          for (let i = 0; i < k; i++) q.undoPop();
+          q.nextAvail = mark;
           rxd.tooBig++;
           return true;
         }
@@ -1091,7 +1099,7 @@ export class NetDevice extends VirtioDeviceBase {
     if (start > 0) src.copyWithin(0, start, start + hdrSize);
   }
 
-  #complete(q: SplitQueue, mem: GuestMemory, k: number, len: number): void {
+  #complete(q: Virtqueue, mem: GuestMemory, k: number, len: number): void {
     const heads = this.#rxHeads;
     const lens = this.#rxLens;
     for (let i = 0; i < k; i++) {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC } from "../queue/split.ts";
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_INDIRECT_DESC } from "../queue/split.ts";
 import type { DescriptorChain } from "../queue/chain.ts";
 import {
   DEFAULT_SERVE_BUDGET,
@@ -169,8 +169,9 @@ export class RngDevice extends VirtioDeviceBase {
       }
       limit = { bytes, periodMs };
     }
+    // Requests complete as they are taken, so buffers are used in order (VIRTIO_F_IN_ORDER).
     const features = featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_F_INDIRECT_DESC) |
-      featureBit(VIRTIO_F_EVENT_IDX);
+      featureBit(VIRTIO_F_EVENT_IDX) | featureBit(VIRTIO_F_IN_ORDER);
     super(
       TYPE_RNG,
       new VirtioDeviceInfo(

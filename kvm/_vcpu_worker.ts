@@ -1,34 +1,55 @@
-// The vCPU thread: a Worker that loops on KVM_RUN (which blocks) and handles the exits that need
-// no device state of the main thread itself: port I/O (COM1, i8042 reset, inert legacy ports)
-// and the stop conditions. MMIO exits belong to the MmioTransports on the main thread: the worker
-// writes the access into a SharedArrayBuffer, rings the main thread with postMessage and sleeps
-// in Atomics.wait until the main thread has served it (see MmioMailbox in vmm.ts). Queue
-// notifications and device interrupts never come here: they travel through ioeventfd/irqfd.
+// A vCPU thread: a Worker that loops on KVM_RUN (which blocks) and handles the exits that need no
+// device state of the main thread: port I/O (COM1, the ACPI sleep and reset registers, i8042 reset,
+// inert legacy ports) and the stop conditions. Every vCPU of a VM has its own worker; they share
+// COM1 through a ConsoleChannel (its lock serializes their UART accesses, its ring keeps the output
+// in order). MMIO exits belong to the transports on the main thread: the worker writes the access
+// into its Mailbox, rings the main thread with postMessage and sleeps in Atomics.wait until the
+// main thread has served it. Queue notifications and device interrupts never come here: they
+// travel through ioeventfd/irqfd.
 //
-// Protocol (main → worker): one "start" message. (worker → main): "console" chunks, "mmio"
-// doorbells, then exactly one "exit" or "error".
+// Stopping: SIGWINCH is blocked in this thread except while KVM_RUN runs (KVM_SET_SIGNAL_MASK), so
+// the main thread's tgkill makes a running or halted vCPU leave KVM_RUN with EINTR, after which the
+// loop sees the stop flag. The signal is never delivered to a handler.
+//
+// Protocol (main → worker): one "start" message. (worker → main): "running" (with the thread id)
+// right before the first KVM_RUN, "console" and "mmio" doorbells, then exactly one "exit" or
+// "error".
 
-import { ioctl, mmapFd } from "../sys/mod.ts";
-import { encodeIrqLevel, KvmIoctl, KvmRunOffset } from "./abi.ts";
+import { blockSignalInThread, ioctl, mmapFd, SIGWINCH, threadId } from "../sys/mod.ts";
+import { encodeIrqLevel, encodeSignalMask, KvmIoctl, KvmRunOffset } from "./abi.ts";
 import { decodeExit, dispatchExit, LegacyIo, type StopReason, VcpuError } from "./exits.ts";
 import { kvmRun } from "./vm.ts";
+import { ConsoleChannel } from "./_console.ts";
 import { Mailbox } from "./_mailbox.ts";
 
 /** The start message. */
 export interface VcpuStart {
   type: "start";
+  /** The vCPU's index (and APIC id). */
+  index: number;
   vcpuFd: number;
   vmFd: number;
   runSize: number;
+  /** This vCPU's {@link Mailbox}. */
   mailbox: SharedArrayBuffer;
+  /** The VM's {@link ConsoleChannel}. */
+  console: SharedArrayBuffer;
 }
 
 /** Messages the worker posts. */
 export type VcpuMessage =
-  | { type: "console"; bytes: Uint8Array }
-  | { type: "mmio" }
-  | { type: "exit"; reason: StopReason | "stopped"; exits: number }
-  | { type: "error"; code: string; message: string };
+  | {
+    type: "running";
+    index: number;
+    /** Kernel thread id, for the stop signal. */
+    tid: number;
+    /** `performance.timeOrigin + performance.now()` right before the first KVM_RUN. */
+    at: number;
+  }
+  | { type: "console"; index: number }
+  | { type: "mmio"; index: number }
+  | { type: "exit"; index: number; reason: StopReason | "stopped"; exits: number }
+  | { type: "error"; index: number; code: string; message: string };
 
 // deno-lint-ignore no-explicit-any
 const scope = globalThis as any;
@@ -38,37 +59,47 @@ function post(msg: VcpuMessage): void {
 }
 
 function runVcpu(start: VcpuStart): void {
+  const { index } = start;
   const run = new Uint8Array(mmapFd(start.vcpuFd, start.runSize).buffer);
   const mailbox = new Mailbox(start.mailbox);
-  let out: number[] = [];
-  const flush = () => {
-    if (out.length === 0) return;
-    post({ type: "console", bytes: Uint8Array.from(out) });
-    out = [];
-  };
+  const channel = new ConsoleChannel(start.console);
+  const doorbell = () => post({ type: "console", index });
+  const stopped = () => mailbox.stopRequested;
+  let sinceDoorbell = 0;
   const io = new LegacyIo({
     output: (b) => {
-      out.push(b);
-      if (b === 0x0a || out.length >= 4096) flush();
+      channel.push(b, doorbell, stopped);
+      if (b === 0x0a || ++sinceDoorbell >= 4096) {
+        sinceDoorbell = 0;
+        doorbell();
+      }
     },
     setIrq: (irq, level) => {
       ioctl(start.vmFd, KvmIoctl.IRQ_LINE, encodeIrqLevel(irq, level ? 1 : 0));
     },
+    uartState: channel.uartState,
+    lock: channel,
   });
   const handlers = {
     io,
     mmio: (addr: number, write: boolean, data: Uint8Array) => {
-      flush();
-      mailbox.request(addr, write, data, () => post({ type: "mmio" }));
+      mailbox.request(addr, write, data, () => post({ type: "mmio", index }));
     },
   };
+  const blocked = blockSignalInThread(SIGWINCH);
+  ioctl(
+    start.vcpuFd,
+    KvmIoctl.SET_SIGNAL_MASK,
+    encodeSignalMask(blocked & ~(1n << BigInt(SIGWINCH - 1))),
+  );
+  post({ type: "running", index, tid: threadId(), at: performance.timeOrigin + performance.now() });
   let exits = 0;
+  const finish = (reason: StopReason | "stopped") => {
+    if (sinceDoorbell > 0 || channel.pending > 0) doorbell();
+    post({ type: "exit", index, reason, exits });
+  };
   for (;;) {
-    if (mailbox.stopRequested) {
-      flush();
-      post({ type: "exit", reason: "stopped", exits });
-      return;
-    }
+    if (mailbox.stopRequested) return finish("stopped");
     const r = kvmRun(start.vcpuFd);
     if (r !== 0) {
       run[KvmRunOffset.immediateExit] = 0;
@@ -76,11 +107,7 @@ function runVcpu(start: VcpuStart): void {
     }
     exits++;
     const reason = dispatchExit(decodeExit(run), handlers);
-    if (reason !== undefined) {
-      flush();
-      post({ type: "exit", reason, exits });
-      return;
-    }
+    if (reason !== undefined) return finish(reason);
   }
 }
 
@@ -90,6 +117,7 @@ scope.onmessage = (e: MessageEvent<VcpuStart>) => {
     runVcpu(e.data);
   } catch (err) {
     const code = err instanceof VcpuError ? err.code : "RunFailed";
-    post({ type: "error", code, message: err instanceof Error ? err.message : String(err) });
+    const message = err instanceof Error ? err.message : String(err);
+    post({ type: "error", index: e.data.index, code, message });
   }
 };

@@ -129,6 +129,8 @@ export const KvmSize = {
   cpuidEntry2: 40,
   /** `struct kvm_lapic_state` */
   lapicState: 1024,
+  /** `struct kvm_signal_mask` header (`len`; the sigset follows) */
+  signalMask: 4,
   /** `__u64` (the argument of `KVM_SET_IDENTITY_MAP_ADDR`) */
   u64: 8,
 } as const;
@@ -157,7 +159,8 @@ export const KvmIoctl: Readonly<
     | "SET_SREGS"
     | "GET_LAPIC"
     | "SET_LAPIC"
-    | "SET_CPUID2",
+    | "SET_CPUID2"
+    | "SET_SIGNAL_MASK",
     number
   >
 > = {
@@ -183,6 +186,7 @@ export const KvmIoctl: Readonly<
   GET_LAPIC: _IOR(KVMIO, 0x8e, KvmSize.lapicState),
   SET_LAPIC: _IOW(KVMIO, 0x8f, KvmSize.lapicState),
   SET_CPUID2: _IOW(KVMIO, 0x90, KvmSize.cpuid2),
+  SET_SIGNAL_MASK: _IOW(KVMIO, 0x8b, KvmSize.signalMask),
 } as const;
 
 /** KVM capabilities queried with `KVM_CHECK_EXTENSION`. */
@@ -198,6 +202,7 @@ export const KvmCap = {
   IOEVENTFD: 36,
   IRQFD: 32,
   IMMEDIATE_EXIT: 136,
+  TSC_DEADLINE_TIMER: 72,
 } as const;
 
 /** `kvm_run.exit_reason` values. */
@@ -386,6 +391,20 @@ export function encodeIoeventfd(
 export function encodePitConfig(flags = 0): Uint8Array {
   const b = new Uint8Array(KvmSize.pitConfig);
   view(b).setUint32(0, flags, true);
+  return b;
+}
+
+/**
+ * `struct kvm_signal_mask` with the kernel's 64-bit signal set (bit `n - 1` blocks signal `n`):
+ * the blocked signals while `KVM_RUN` runs.
+ *
+ * @param blocked The signal set.
+ * @returns The bytes for `KVM_SET_SIGNAL_MASK`.
+ */
+export function encodeSignalMask(blocked: bigint): Uint8Array {
+  const b = new Uint8Array(KvmSize.signalMask + 8);
+  view(b).setUint32(0, 8, true);
+  view(b).setBigUint64(4, BigInt.asUintN(64, blocked), true);
   return b;
 }
 

@@ -33,6 +33,8 @@ export const BootLayout = {
   CMDLINE: 0x20000,
   /** Start of the extended BIOS data area: the end of low RAM in the e820 map. */
   EBDA: 0x9fc00,
+  /** Start of the BIOS area, reserved up to 1 MiB (the ACPI tables live at its bottom). */
+  BIOS: 0xe0000,
   /** Where the protected-mode kernel is loaded (`code32_start`). */
   KERNEL: 0x100000,
   /** End of the identity mapping made by the page tables (1 GiB). */
@@ -56,6 +58,8 @@ export const BOOT_GDT: readonly bigint[] = [
 
 /** Offsets in `struct boot_params` (`arch/x86/include/uapi/asm/bootparam.h`). */
 export const BootParamsOffset = {
+  /** `acpi_rsdp_addr` (u64): where the RSDP is, so that the kernel need not scan for it. */
+  acpiRsdpAddr: 0x070,
   extRamdiskImage: 0x0c0,
   extRamdiskSize: 0x0c4,
   extCmdLinePtr: 0x0c8,
@@ -289,7 +293,7 @@ export function e820Map(ramSize: number): E820Entry[] {
   return [
     { addr: 0, size: BootLayout.EBDA, type: E820Type.RAM },
     { addr: BootLayout.EBDA, size: 0xa0000 - BootLayout.EBDA, type: E820Type.RESERVED },
-    { addr: 0xf0000, size: 0x10000, type: E820Type.RESERVED },
+    { addr: BootLayout.BIOS, size: BootLayout.KERNEL - BootLayout.BIOS, type: E820Type.RESERVED },
     { addr: BootLayout.KERNEL, size: ramSize - BootLayout.KERNEL, type: E820Type.RAM },
   ];
 }
@@ -334,6 +338,8 @@ export interface LoadLinuxOptions {
   cmdline: string;
   /** Bytes of RAM from address 0 (default: the memory's total size). */
   ramSize?: number;
+  /** Where the ACPI RSDP is, if the guest has ACPI tables (`boot_params.acpi_rsdp_addr`). */
+  acpiRsdp?: number;
 }
 
 /** Where things ended up, and the entry state. */
@@ -387,13 +393,18 @@ export function writeGdt(memory: GuestMemory): void {
  * the command line pointer, the initramfs and the e820 map.
  *
  * @param image The parsed image.
- * @param fields Where the command line and initramfs are, and the e820 map.
+ * @param fields Where the command line, initramfs and RSDP are, and the e820 map.
  * @returns The 4096-byte zero page.
  * @throws {BootError} When the map has more than 128 entries.
  */
 export function buildBootParams(
   image: BzImage,
-  fields: { cmdline: number; initrd: { addr: number; size: number }; e820: readonly E820Entry[] },
+  fields: {
+    cmdline: number;
+    initrd: { addr: number; size: number };
+    e820: readonly E820Entry[];
+    acpiRsdp?: number;
+  },
 ): Uint8Array {
   const O = BootParamsOffset;
   const zp = new Uint8Array(BOOT_PARAMS_SIZE);
@@ -409,6 +420,7 @@ export function buildBootParams(
   v.setUint32(O.ramdiskSize, fields.initrd.size >>> 0, true);
   v.setUint32(O.extRamdiskImage, Math.floor(fields.initrd.addr / 2 ** 32), true);
   v.setUint32(O.extRamdiskSize, Math.floor(fields.initrd.size / 2 ** 32), true);
+  v.setBigUint64(O.acpiRsdpAddr, BigInt(fields.acpiRsdp ?? 0), true);
   if (fields.e820.length > E820_MAX_ENTRIES) {
     throw new BootError("NoRoom", `${fields.e820.length} e820 entries (at most 128)`);
   }
@@ -475,7 +487,10 @@ export function loadLinux(memory: GuestMemory, options: LoadLinuxOptions): BootI
   memory.write(L.KERNEL, image.kernel);
   memory.fill(L.CMDLINE, cmdline.byteLength + 1, 0);
   memory.write(L.CMDLINE, cmdline);
-  memory.write(L.ZERO_PAGE, buildBootParams(image, { cmdline: L.CMDLINE, initrd, e820 }));
+  memory.write(
+    L.ZERO_PAGE,
+    buildBootParams(image, { cmdline: L.CMDLINE, initrd, e820, acpiRsdp: options.acpiRsdp }),
+  );
   writePageTables(memory);
   writeGdt(memory);
   return {

@@ -8,6 +8,13 @@
  */
 
 import { KVM_EXIT_IO_OUT, KvmExit, KvmRunOffset as R, KvmSystemEvent } from "./abi.ts";
+import {
+  ACPI_RESET_VALUE,
+  ACPI_S5_SLP_TYP,
+  ACPI_SLP_EN,
+  ACPI_SLP_TYP_SHIFT,
+  AcpiPort,
+} from "./acpi.ts";
 import { COM1_PORT, Serial8250 } from "./serial.ts";
 
 /** A decoded vCPU exit. Data views alias the `kvm_run` mapping: handlers fill them in place. */
@@ -201,32 +208,53 @@ export interface LegacyIoOptions {
   output: (byte: number) => void;
   /** Sets the level of an ISA interrupt line (COM1 uses 4). */
   setIrq?: (irq: number, level: boolean) => void;
+  /**
+   * COM1's register state, when several vCPU threads share one UART (see `Serial8250`); their
+   * accesses must then be serialized with `lock`.
+   */
+  uartState?: Int32Array;
+  /** Held around each COM1 access (default: none). */
+  lock?: { acquire(): void; release(): void };
 }
 
 /**
  * The legacy PC ports a Linux guest uses when the PIC and PIT are emulated in the kernel:
- * COM1 (0x3f8–0x3ff, IRQ 4), the i8042's reset command (0x64 ← 0xFE), and inert answers for
- * everything else (the POST port 0x80, CMOS 0x70/0x71, PCI config 0xcf8/0xcfc, other UARTs):
- * unknown ports read as all ones, like an empty ISA bus.
+ * COM1 (0x3f8–0x3ff, IRQ 4); the hardware-reduced ACPI sleep control and reset registers
+ * ({@link AcpiPort}); the i8042's reset command (0x64 ← 0xFE); and inert answers for everything
+ * else (the POST port 0x80, CMOS 0x70/0x71, PCI config 0xcf8/0xcfc, other UARTs): unknown ports
+ * read as all ones, like an empty ISA bus. That includes the i8042's data and status ports: a
+ * controller that answers 0 looks present and idle, and Linux then waits for it for over a
+ * second; all ones is how Linux tells that there is none (as on QEMU's microvm machine).
  */
 export class LegacyIo {
   /** The COM1 UART. */
   readonly com1: Serial8250;
-  #resetRequested = false;
+  readonly #lock: { acquire(): void; release(): void } | undefined;
+  #stop: StopReason | undefined;
 
   /**
-   * Creates the ports, with COM1 idle.
+   * Creates the ports, with COM1 idle (or attached to `options.uartState`).
    *
-   * @param options Console output and interrupt line.
+   * @param options Console output, interrupt line, shared UART state.
    */
   constructor(options: LegacyIoOptions) {
     const setIrq = options.setIrq ?? (() => {});
-    this.com1 = new Serial8250({ output: options.output, irq: (level) => setIrq(4, level) });
+    this.com1 = new Serial8250({
+      output: options.output,
+      irq: (level) => setIrq(4, level),
+      state: options.uartState,
+    });
+    this.#lock = options.lock;
   }
 
-  /** Whether the guest asked for a reset through the i8042. */
+  /** Whether the guest asked for a reset (i8042 0xFE or the ACPI reset register). */
   get resetRequested(): boolean {
-    return this.#resetRequested;
+    return this.#stop === "reset";
+  }
+
+  /** The stop the guest asked for through a port (reset or ACPI power off), if any. */
+  get stopRequested(): StopReason | undefined {
+    return this.#stop;
   }
 
   /**
@@ -238,20 +266,32 @@ export class LegacyIo {
    */
   access(port: number, write: boolean, data: Uint8Array): void {
     if (port >= COM1_PORT && port < COM1_PORT + 8) {
-      // 8250 registers are byte-wide; wider accesses touch consecutive registers.
-      for (let i = 0; i < data.length && port + i < COM1_PORT + 8; i++) {
-        if (write) this.com1.write(port + i - COM1_PORT, data[i]);
-        else data[i] = this.com1.read(port + i - COM1_PORT);
+      this.#lock?.acquire();
+      try {
+        // 8250 registers are byte-wide; wider accesses touch consecutive registers.
+        for (let i = 0; i < data.length && port + i < COM1_PORT + 8; i++) {
+          if (write) this.com1.write(port + i - COM1_PORT, data[i]);
+          else data[i] = this.com1.read(port + i - COM1_PORT);
+        }
+      } finally {
+        this.#lock?.release();
       }
       return;
     }
     if (write) {
-      if (port === I8042_COMMAND_PORT && data[0] === I8042_CMD_RESET) this.#resetRequested = true;
+      if (port === I8042_COMMAND_PORT && data[0] === I8042_CMD_RESET) this.#stop = "reset";
+      if (port === AcpiPort.RESET && data[0] === ACPI_RESET_VALUE) this.#stop = "reset";
+      // ACPI 6.5 §4.8.3.7: SLP_EN with SLP_TYP = S5 powers off; other sleep states are ignored.
+      if (
+        port === AcpiPort.SLEEP_CONTROL && (data[0] & ACPI_SLP_EN) &&
+        ((data[0] >> ACPI_SLP_TYP_SHIFT) & 7) === ACPI_S5_SLP_TYP
+      ) {
+        this.#stop = "poweroff";
+      }
       return;
     }
     switch (port) {
-      case I8042_COMMAND_PORT: // status: output buffer empty, input buffer empty
-      case I8042_DATA_PORT:
+      case AcpiPort.SLEEP_STATUS:
       case 0x61: // system control port B
       case 0x70: // CMOS index
       case 0x71: // CMOS data (no RTC; kvmclock gives the time)
@@ -291,7 +331,7 @@ export function dispatchExit(exit: VcpuExit, handlers: ExitHandlers): StopReason
           exit.data.subarray(i * exit.size, (i + 1) * exit.size),
         );
       }
-      return handlers.io.resetRequested ? "reset" : undefined;
+      return handlers.io.stopRequested;
     }
     case "mmio":
       handlers.mmio(exit.addr, exit.write, exit.data);

@@ -1,14 +1,16 @@
 /**
  * Attach virtio devices to KVM: a microVM monitor in TypeScript that boots a stock Linux bzImage
- * with our virtio-mmio devices, queue notifications through ioeventfd and interrupts through
- * irqfd, and one vCPU running in a Worker.
+ * with our virtio-mmio devices declared in ACPI tables, queue notifications through ioeventfd and
+ * interrupts through irqfd, and each vCPU running in its own Worker.
  *
  * - {@link MicroVm}: create, run, stop and close a VM.
  * - `boot.ts`: the bzImage loader and the 64-bit entry state ({@link loadLinux},
  *   {@link parseBzImage}, {@link e820Map}, {@link longModeSregs}), pure TypeScript.
  * - `vm.ts`: the KVM ioctls ({@link Kvm}, {@link Vm}, {@link Vcpu}).
  * - `abi.ts`: ioctl numbers and structure layouts of `<linux/kvm.h>`.
- * - `exits.ts`, `serial.ts`: exit decoding and the legacy devices (COM1, i8042 reset).
+ * - `acpi.ts`: RSDP, XSDT, FADT, MADT and DSDT ({@link writeAcpiTables}), pure TypeScript.
+ * - `exits.ts`, `serial.ts`: exit decoding and the legacy devices (COM1, ACPI registers, i8042
+ *   reset).
  *
  * Everything needing `/dev/kvm` checks for it first: {@link MicroVm.available}, and
  * {@link MicroVm.create} throws {@link KvmUnavailableError} (message {@link NO_KVM_REASON}).
@@ -44,6 +46,7 @@ export {
   encodeMemoryRegion,
   encodePitConfig,
   encodeRegs,
+  encodeSignalMask,
   encodeSregs,
   IOC_NONE,
   IOC_READ,
@@ -69,6 +72,23 @@ export {
   KvmSystemEvent,
   REGS_ORDER,
 } from "./abi.ts";
+export {
+  ACPI_RESET_VALUE,
+  ACPI_S5_SLP_TYP,
+  ACPI_SLP_EN,
+  ACPI_SLP_TYP_SHIFT,
+  acpiChecksum,
+  type AcpiInfo,
+  AcpiLayout,
+  type AcpiOptions,
+  AcpiPort,
+  type AcpiTable,
+  dsdtAml,
+  eisaId,
+  IOAPIC_ADDRESS,
+  LAPIC_ADDRESS,
+  writeAcpiTables,
+} from "./acpi.ts";
 export {
   BOOT_GDT,
   BOOT_PARAMS_SIZE,
@@ -126,7 +146,11 @@ export {
   APIC_LVT1,
   APIC_MODE_EXTINT,
   APIC_MODE_NMI,
+  CPUID_1_ECX_HYPERVISOR,
+  CPUID_1_ECX_TSC_DEADLINE,
+  CPUID_1_EDX_HTT,
   guestCpuid,
+  type GuestCpuidOptions,
   Kvm,
   KvmError,
   kvmRun,
@@ -142,6 +166,7 @@ export {
   DEFAULT_MMIO_BASE,
   IDENTITY_MAP_ADDRESS,
   KvmUnavailableError,
+  MAX_VCPUS,
   MicroVm,
   type MicroVmOptions,
   type RunResult,

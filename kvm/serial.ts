@@ -6,6 +6,10 @@
  * ready" and modem status; the interrupt line is reported through a callback whenever its level
  * changes (the VMM turns that into `KVM_IRQ_LINE`).
  *
+ * The register state lives in an `Int32Array` the caller may supply ({@link SERIAL_STATE_WORDS}
+ * words, e.g. over a `SharedArrayBuffer`), so that the vCPU threads of one VM can drive the same
+ * UART; they must then serialize their accesses (the VMM holds a lock around each).
+ *
  * @module
  */
 
@@ -56,12 +60,38 @@ const MSR_DCD = 0x80;
 const MSR_DELTA_MASK = 0x0f;
 const RX_FIFO_SIZE = 16;
 
+// Word indices of the state array.
+const S_IER = 0;
+const S_LCR = 1;
+const S_MCR = 2;
+const S_LSR = 3;
+const S_MSR = 4;
+const S_SCR = 5;
+const S_DLL = 6;
+const S_DLM = 7;
+const S_FCR = 8;
+const S_THR_PENDING = 9;
+const S_LEVEL = 10;
+const S_RX_HEAD = 11;
+const S_RX_COUNT = 12;
+const S_INITIALIZED = 13;
+const S_RX = 14;
+
+/** Words of `Int32Array` state a {@link Serial8250} keeps (see its `state` option). */
+export const SERIAL_STATE_WORDS: number = S_RX + RX_FIFO_SIZE;
+
 /** Options of {@link Serial8250}. */
 export interface Serial8250Options {
   /** Receives each transmitted byte. */
   output: (byte: number) => void;
   /** Called with the new level of the interrupt line whenever it changes. */
   irq?: (level: boolean) => void;
+  /**
+   * Where the registers live: {@link SERIAL_STATE_WORDS} words, all zero for a UART not yet
+   * reset (the first instance over it resets it), or the state another instance already uses.
+   * Default: a private array.
+   */
+  state?: Int32Array;
 }
 
 /**
@@ -83,37 +113,56 @@ export interface Serial8250Options {
 export class Serial8250 {
   readonly #output: (byte: number) => void;
   readonly #irq: (level: boolean) => void;
-  #ier = 0;
-  #lcr = 0;
-  #mcr = 0;
-  #lsr = LSR_THRE | LSR_TEMT;
-  #msr = MSR_DCD | MSR_DSR | MSR_CTS;
-  #scr = 0;
-  #dll = 0x0c; // 9600 baud
-  #dlm = 0;
-  #fcr = 0;
-  #thrPending = false;
-  #level = false;
-  readonly #rx: number[] = [];
+  readonly #s: Int32Array;
 
   /**
-   * Creates an idle UART at 9600 baud with an empty FIFO.
+   * Creates an idle UART at 9600 baud with an empty FIFO, or attaches to `options.state`.
    *
-   * @param options Output sink and interrupt line.
+   * @param options Output sink, interrupt line and state.
+   * @throws {RangeError} When `options.state` is shorter than {@link SERIAL_STATE_WORDS}.
    */
   constructor(options: Serial8250Options) {
     this.#output = options.output;
     this.#irq = options.irq ?? (() => {});
+    const s = options.state ?? new Int32Array(SERIAL_STATE_WORDS);
+    if (s.length < SERIAL_STATE_WORDS) {
+      throw new RangeError(`UART state needs ${SERIAL_STATE_WORDS} words, got ${s.length}`);
+    }
+    this.#s = s;
+    if (s[S_INITIALIZED] === 0) {
+      s.fill(0, 0, SERIAL_STATE_WORDS);
+      s[S_LSR] = LSR_THRE | LSR_TEMT;
+      s[S_MSR] = MSR_DCD | MSR_DSR | MSR_CTS;
+      s[S_DLL] = 0x0c; // 9600 baud
+      s[S_INITIALIZED] = 1;
+    }
   }
 
   /** The current level of the interrupt line. */
   get irqLevel(): boolean {
-    return this.#level;
+    return this.#s[S_LEVEL] !== 0;
   }
 
   /** Bytes waiting in the receive FIFO. */
   get rxPending(): number {
-    return this.#rx.length;
+    return this.#s[S_RX_COUNT];
+  }
+
+  #rxPush(b: number): boolean {
+    const s = this.#s;
+    if (s[S_RX_COUNT] >= RX_FIFO_SIZE) return false;
+    s[S_RX + ((s[S_RX_HEAD] + s[S_RX_COUNT]) % RX_FIFO_SIZE)] = b;
+    s[S_RX_COUNT]++;
+    return true;
+  }
+
+  #rxShift(): number {
+    const s = this.#s;
+    if (s[S_RX_COUNT] === 0) return 0;
+    const b = s[S_RX + s[S_RX_HEAD]];
+    s[S_RX_HEAD] = (s[S_RX_HEAD] + 1) % RX_FIFO_SIZE;
+    s[S_RX_COUNT]--;
+    return b;
   }
 
   /**
@@ -123,14 +172,14 @@ export class Serial8250 {
    * @param bytes The bytes.
    */
   input(bytes: Uint8Array): void {
+    const s = this.#s;
     for (const b of bytes) {
-      if (this.#rx.length >= RX_FIFO_SIZE) {
-        this.#lsr |= LSR_OE;
+      if (!this.#rxPush(b)) {
+        s[S_LSR] |= LSR_OE;
         break;
       }
-      this.#rx.push(b);
     }
-    if (this.#rx.length > 0) this.#lsr |= LSR_DR;
+    if (s[S_RX_COUNT] > 0) s[S_LSR] |= LSR_DR;
     this.#update();
   }
 
@@ -141,50 +190,51 @@ export class Serial8250 {
    * @returns The byte read.
    */
   read(offset: number): number {
+    const s = this.#s;
     switch (offset & 7) {
       case UartRegister.DATA: {
-        if (this.#lcr & LCR_DLAB) return this.#dll;
-        const b = this.#rx.shift() ?? 0;
-        if (this.#rx.length === 0) this.#lsr &= ~LSR_DR;
+        if (s[S_LCR] & LCR_DLAB) return s[S_DLL];
+        const b = this.#rxShift();
+        if (s[S_RX_COUNT] === 0) s[S_LSR] &= ~LSR_DR;
         this.#update();
         return b;
       }
       case UartRegister.IER:
-        return this.#lcr & LCR_DLAB ? this.#dlm : this.#ier;
+        return s[S_LCR] & LCR_DLAB ? s[S_DLM] : s[S_IER];
       case UartRegister.IIR_FCR: {
         const iir = this.#iir();
         // Reading IIR while it reports "THR empty" acknowledges that interrupt.
         if ((iir & 0x0f) === IIR_THRI) {
-          this.#thrPending = false;
+          s[S_THR_PENDING] = 0;
           this.#update();
         }
-        return iir | (this.#fcr & FCR_ENABLE_FIFO ? IIR_FIFO_ENABLED : 0);
+        return iir | (s[S_FCR] & FCR_ENABLE_FIFO ? IIR_FIFO_ENABLED : 0);
       }
       case UartRegister.LCR:
-        return this.#lcr;
+        return s[S_LCR];
       case UartRegister.MCR:
-        return this.#mcr;
+        return s[S_MCR];
       case UartRegister.LSR: {
-        const lsr = this.#lsr;
+        const lsr = s[S_LSR];
         // Error bits clear on read.
-        this.#lsr &= ~(LSR_OE | LSR_BRK_ERROR_BITS);
+        s[S_LSR] &= ~(LSR_OE | LSR_BRK_ERROR_BITS);
         if (lsr & (LSR_OE | LSR_BRK_ERROR_BITS)) this.#update();
         return lsr;
       }
       case UartRegister.MSR: {
-        if (this.#mcr & MCR_LOOP) {
+        if (s[S_MCR] & MCR_LOOP) {
           // Loopback: RTS→CTS, DTR→DSR, OUT1→RI, OUT2→DCD.
-          const m = this.#mcr;
+          const m = s[S_MCR];
           return ((m & 0x02) ? MSR_CTS : 0) | ((m & 0x01) ? MSR_DSR : 0) |
             ((m & 0x04) ? MSR_RI : 0) | ((m & 0x08) ? MSR_DCD : 0);
         }
-        const msr = this.#msr;
-        this.#msr &= ~MSR_DELTA_MASK;
+        const msr = s[S_MSR];
+        s[S_MSR] &= ~MSR_DELTA_MASK;
         if (msr & MSR_DELTA_MASK) this.#update();
         return msr;
       }
       default:
-        return this.#scr;
+        return s[S_SCR];
     }
   }
 
@@ -195,54 +245,54 @@ export class Serial8250 {
    * @param value The byte written.
    */
   write(offset: number, value: number): void {
+    const s = this.#s;
     value &= 0xff;
     switch (offset & 7) {
       case UartRegister.DATA:
-        if (this.#lcr & LCR_DLAB) {
-          this.#dll = value;
+        if (s[S_LCR] & LCR_DLAB) {
+          s[S_DLL] = value;
           return;
         }
-        if (this.#mcr & MCR_LOOP) {
-          if (this.#rx.length < RX_FIFO_SIZE) this.#rx.push(value);
-          else this.#lsr |= LSR_OE;
-          this.#lsr |= LSR_DR;
+        if (s[S_MCR] & MCR_LOOP) {
+          if (!this.#rxPush(value)) s[S_LSR] |= LSR_OE;
+          s[S_LSR] |= LSR_DR;
         } else {
           this.#output(value);
         }
         // Sent at once: THR is empty again and "THR empty" is pending anew.
-        this.#thrPending = true;
-        this.#lsr |= LSR_THRE | LSR_TEMT;
+        s[S_THR_PENDING] = 1;
+        s[S_LSR] |= LSR_THRE | LSR_TEMT;
         this.#update();
         return;
       case UartRegister.IER: {
-        if (this.#lcr & LCR_DLAB) {
-          this.#dlm = value;
+        if (s[S_LCR] & LCR_DLAB) {
+          s[S_DLM] = value;
           return;
         }
-        const was = this.#ier;
-        this.#ier = value & 0x0f;
+        const was = s[S_IER];
+        s[S_IER] = value & 0x0f;
         // Enabling the THRE interrupt with THR empty raises it (as a real 16550 does).
-        if (!(was & IER_THRI) && (this.#ier & IER_THRI) && (this.#lsr & LSR_THRE)) {
-          this.#thrPending = true;
+        if (!(was & IER_THRI) && (s[S_IER] & IER_THRI) && (s[S_LSR] & LSR_THRE)) {
+          s[S_THR_PENDING] = 1;
         }
         this.#update();
         return;
       }
       case UartRegister.IIR_FCR:
-        this.#fcr = value & 0xc9;
+        s[S_FCR] = value & 0xc9;
         if (value & FCR_CLEAR_RCVR) {
-          this.#rx.length = 0;
-          this.#lsr &= ~LSR_DR;
+          s[S_RX_COUNT] = 0;
+          s[S_LSR] &= ~LSR_DR;
         }
         this.#update();
         return;
       case UartRegister.LCR:
-        this.#lcr = value;
+        s[S_LCR] = value;
         return;
       case UartRegister.MCR: {
-        const was = this.#mcr;
-        this.#mcr = value & 0x1f;
-        if ((was ^ this.#mcr) & MCR_LOOP) this.#msr |= MSR_DCTS;
+        const was = s[S_MCR];
+        s[S_MCR] = value & 0x1f;
+        if ((was ^ s[S_MCR]) & MCR_LOOP) s[S_MSR] |= MSR_DCTS;
         this.#update();
         return;
       }
@@ -250,15 +300,18 @@ export class Serial8250 {
       case UartRegister.MSR:
         return; // read-only
       default:
-        this.#scr = value;
+        s[S_SCR] = value;
     }
   }
 
   #iir(): number {
-    if ((this.#ier & IER_RLSI) && (this.#lsr & (LSR_OE | LSR_BRK_ERROR_BITS))) return IIR_RLSI;
-    if ((this.#ier & IER_RDI) && (this.#lsr & LSR_DR)) return IIR_RDI;
-    if ((this.#ier & IER_THRI) && this.#thrPending) return IIR_THRI;
-    if ((this.#ier & IER_MSI) && (this.#msr & MSR_DELTA_MASK) && !(this.#mcr & MCR_LOOP)) {
+    const s = this.#s;
+    const ier = s[S_IER];
+    const lsr = s[S_LSR];
+    if ((ier & IER_RLSI) && (lsr & (LSR_OE | LSR_BRK_ERROR_BITS))) return IIR_RLSI;
+    if ((ier & IER_RDI) && (lsr & LSR_DR)) return IIR_RDI;
+    if ((ier & IER_THRI) && s[S_THR_PENDING]) return IIR_THRI;
+    if ((ier & IER_MSI) && (s[S_MSR] & MSR_DELTA_MASK) && !(s[S_MCR] & MCR_LOOP)) {
       return IIR_MSI;
     }
     return IIR_NO_INT;
@@ -266,8 +319,8 @@ export class Serial8250 {
 
   #update(): void {
     const level = (this.#iir() & IIR_NO_INT) === 0;
-    if (level !== this.#level) {
-      this.#level = level;
+    if (level !== (this.#s[S_LEVEL] !== 0)) {
+      this.#s[S_LEVEL] = level ? 1 : 0;
       this.#irq(level);
     }
   }

@@ -385,21 +385,96 @@ export class Vcpu {
   }
 }
 
+/** Options of {@link guestCpuid}. */
+export interface GuestCpuidOptions {
+  /** vCPUs in the guest, as cores of one package (default 1). */
+  cpus?: number;
+  /**
+   * Advertise the TSC-deadline timer (leaf 1 ECX bit 24). `KVM_GET_SUPPORTED_CPUID` leaves it
+   * out because it depends on the in-kernel local APIC; pass
+   * `checkExtension(KvmCap.TSC_DEADLINE_TIMER) > 0`.
+   */
+  tscDeadline?: boolean;
+}
+
+/** Leaf 1 ECX: TSC-deadline timer. */
+export const CPUID_1_ECX_TSC_DEADLINE = 1 << 24;
+/** Leaf 1 ECX: running under a hypervisor. */
+export const CPUID_1_ECX_HYPERVISOR = 1 << 31;
+/** Leaf 1 EDX: more than one logical processor per package (HTT). */
+export const CPUID_1_EDX_HTT = 1 << 28;
+const KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;
+
 /**
- * The CPUID a single-vCPU guest gets: KVM's supported leaves, with the hypervisor bit set and
- * the initial APIC id of leaf 1 set to `apicId`.
+ * The CPUID vCPU `apicId` of a guest with `options.cpus` vCPUs gets: KVM's supported leaves, with
+ * the hypervisor bit, the TSC-deadline bit when the local APIC supports it, the initial APIC id,
+ * and one package of `cpus` single-threaded cores (leaf 1 EBX/EDX, the x2APIC topology leaves
+ * 0xB/0x1F, AMD's core count in 0x80000008 ECX and Intel's in leaf 4), so that the guest's
+ * topology agrees with the ACPI MADT instead of with the host's.
  *
  * @param supported From {@link Kvm.supportedCpuid}.
  * @param apicId The vCPU id.
+ * @param options vCPU count and TSC deadline.
  * @returns The leaves for {@link Vcpu.setCpuid}.
  */
-export function guestCpuid(supported: readonly CpuidEntry[], apicId = 0): CpuidEntry[] {
-  return supported.map((e) => {
-    if (e.function !== 1) return { ...e };
-    return {
-      ...e,
-      ecx: (e.ecx | (1 << 31)) >>> 0,
-      ebx: ((e.ebx & 0x00ffffff) | (apicId << 24)) >>> 0,
-    };
-  });
+export function guestCpuid(
+  supported: readonly CpuidEntry[],
+  apicId = 0,
+  options: GuestCpuidOptions = {},
+): CpuidEntry[] {
+  const cpus = options.cpus ?? 1;
+  const coreBits = cpus > 1 ? Math.ceil(Math.log2(cpus)) : 0;
+  const out: CpuidEntry[] = [];
+  const topology = (fn: number) => {
+    // SMT level (1 thread per core), then core level (cpus cores), then the invalid level.
+    const levels = [
+      { eax: 0, ebx: 1, ecx: (1 << 8) | 0 },
+      { eax: coreBits, ebx: cpus, ecx: (2 << 8) | 1 },
+      { eax: 0, ebx: 0, ecx: 2 },
+    ];
+    levels.forEach((l, index) =>
+      out.push({
+        function: fn,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        ...l,
+        edx: apicId,
+      })
+    );
+  };
+  const done = new Set<number>();
+  for (const e of supported) {
+    switch (e.function) {
+      case 1: {
+        let ecx = e.ecx | CPUID_1_ECX_HYPERVISOR;
+        if (options.tscDeadline) ecx |= CPUID_1_ECX_TSC_DEADLINE;
+        const ebx = (e.ebx & 0x0000ffff) | ((Math.min(cpus, 255) & 0xff) << 16) | (apicId << 24);
+        const edx = cpus > 1 ? e.edx | CPUID_1_EDX_HTT : e.edx & ~CPUID_1_EDX_HTT;
+        out.push({ ...e, ecx: ecx >>> 0, ebx: ebx >>> 0, edx: edx >>> 0 });
+        break;
+      }
+      case 4: // Intel: cores per package - 1 in EAX[31:26]
+        out.push({ ...e, eax: ((e.eax & 0x03ffffff) | ((cpus - 1) << 26)) >>> 0 });
+        break;
+      case 0xb:
+      case 0x1f:
+        if (!done.has(e.function)) topology(e.function);
+        done.add(e.function);
+        break;
+      case 0x80000008: // AMD: ApicIdCoreIdSize in ECX[15:12], cores - 1 in ECX[7:0]
+        out.push({ ...e, ecx: ((e.ecx & ~0xf0ff) | (coreBits << 12) | (cpus - 1)) >>> 0 });
+        break;
+      case 0x8000001e: // AMD extended APIC id, core id, one thread per core
+        out.push({
+          ...e,
+          eax: apicId,
+          ebx: (e.ebx & ~0xffff) | (apicId & 0xff),
+          ecx: e.ecx & ~0xff,
+        });
+        break;
+      default:
+        out.push({ ...e });
+    }
+  }
+  return out;
 }

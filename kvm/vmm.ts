@@ -1,24 +1,32 @@
 /**
  * The smallest VMM that boots a Linux bzImage with our virtio-mmio devices on KVM.
  *
- * Design (one vCPU):
+ * Design:
  * - Guest RAM is one anonymous `mmap` registered as KVM memory slot 0 and, at the same time, the
  *   single region of the {@link GuestMemory} the devices read and write: no copies.
- * - The PIC, IOAPIC, local APIC and PIT are in the kernel (`KVM_CREATE_IRQCHIP`,
- *   `KVM_CREATE_PIT2`). With neither ACPI nor an MP table the guest runs its APIC in
- *   virtual-wire mode and takes ISA interrupts through the PIC.
+ * - The PIC, I/O APIC, local APICs and PIT are in the kernel (`KVM_CREATE_IRQCHIP`,
+ *   `KVM_CREATE_PIT2`).
+ * - ACPI tables (`acpi.ts`) describe the machine: a hardware-reduced FADT, a MADT with one local
+ *   APIC per vCPU and the I/O APIC, and a DSDT with COM1 and the virtio-mmio devices (`LNRO0005`),
+ *   which is how a stock distribution kernel finds them. With `mmioDiscovery: "cmdline"` the
+ *   devices are declared on the command line instead (`virtio_mmio.device=4K@addr:irq`, for
+ *   kernels built with `VIRTIO_MMIO_CMDLINE_DEVICES`).
  * - Device `i` has its register window at `mmioBase + i * 0x1000` and interrupt line
- *   `firstIrq + i`, declared on the command line (`virtio_mmio.device=4K@addr:irq`).
+ *   `firstIrq + i` (edge-triggered).
  * - Queue notifications: a `KVM_IOEVENTFD` per queue on QueueNotify (window + 0x50, 4 bytes,
  *   datamatch = queue index). The main thread watches the eventfds and runs the queue; the
  *   vCPU never leaves the guest for a kick.
  * - Interrupts: a `KVM_IRQFD` per device; the transport's interrupt trigger writes its eventfd.
- * - The vCPU loops on `KVM_RUN` in a Worker (the call blocks). Port I/O (COM1 console, i8042
- *   reset) is served in the worker. MMIO register accesses go to the main thread's
- *   {@link MmioTransport}s through a SharedArrayBuffer mailbox: the worker posts the access,
- *   rings with `postMessage` and sleeps in `Atomics.wait`; the main thread serves it and wakes
- *   it. Register accesses only happen at probe and interrupt time, so the round trip is cheap
- *   enough, and device state stays on one thread.
+ * - Each vCPU loops on `KVM_RUN` in its own Worker (the call blocks). vCPU 0 starts at the
+ *   kernel's 64-bit entry; the others wait in the in-kernel local APIC for the guest's
+ *   INIT/SIPI. Port I/O (COM1, the ACPI registers, i8042 reset) is served in the workers, which
+ *   share COM1 through one SharedArrayBuffer. MMIO register accesses go to the main thread's
+ *   {@link MmioTransport}s through a per-vCPU SharedArrayBuffer mailbox: the worker posts the
+ *   access, rings with `postMessage` and sleeps in `Atomics.wait`; the main thread serves it and
+ *   wakes it. Register accesses only happen at probe and interrupt time, so the round trip is
+ *   cheap enough, and device state stays on one thread.
+ * - Stopping: the stop flag, `kvm_run.immediate_exit` and a SIGWINCH to each vCPU thread (blocked
+ *   there except inside `KVM_RUN`) bring every vCPU out, halted ones included.
  *
  * @module
  */
@@ -32,10 +40,13 @@ import {
   type Mapping,
   mmapAnonymous,
   mmapFd,
+  signalThread,
+  SIGWINCH,
   type Watch,
   watchReadable,
 } from "../sys/mod.ts";
 import { KvmCap, KvmRunOffset } from "./abi.ts";
+import { writeAcpiTables } from "./acpi.ts";
 import {
   type BootInfo,
   loadLinux,
@@ -47,6 +58,7 @@ import type { StopReason } from "./exits.ts";
 import { VcpuError } from "./exits.ts";
 import { COM1_IRQ } from "./serial.ts";
 import { guestCpuid, Kvm, KvmError, NO_KVM_REASON, type Vcpu, type Vm } from "./vm.ts";
+import { CONSOLE_CHANNEL_SIZE, ConsoleChannel } from "./_console.ts";
 import { Mailbox, MAILBOX_SIZE } from "./_mailbox.ts";
 import type { VcpuMessage, VcpuStart } from "./_vcpu_worker.ts";
 
@@ -56,8 +68,12 @@ export const DEFAULT_MMIO_BASE = 0xd0000000;
 export const DEFAULT_FIRST_IRQ = 5;
 /** Default RAM size: 256 MiB. */
 export const DEFAULT_MEMORY_SIZE = 256 << 20;
-/** Default kernel command line (devices are appended). */
-export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=-1 pci=off quiet";
+/** Default kernel command line (devices declared there are appended). */
+export const DEFAULT_CMDLINE = "console=ttyS0 panic=-1 pci=off quiet";
+/** Most vCPUs a {@link MicroVm} takes. */
+export const MAX_VCPUS = 64;
+/** How often a running VM's console is checked for output without a line end, in ms. */
+const CONSOLE_POLL_MS = 100;
 /** Where KVM's VMX TSS pages go (three pages below the identity map page, under 4 GiB). */
 export const TSS_ADDRESS = 0xfffbd000;
 /** Where KVM's VMX identity-map page goes. */
@@ -69,12 +85,21 @@ export interface MicroVmOptions {
   kernel: Uint8Array;
   /** The initramfs, if any. */
   initrd?: Uint8Array;
-  /** Kernel command line; the virtio-mmio devices are appended (default {@link DEFAULT_CMDLINE}). */
+  /** Kernel command line (default {@link DEFAULT_CMDLINE}). */
   cmdline?: string;
   /** Guest RAM in bytes (default 256 MiB, at most 3 GiB). */
   memorySize?: number;
+  /** vCPUs, each run by its own Worker (default 1, at most {@link MAX_VCPUS}). */
+  cpus?: number;
   /** The devices, in window order. Their transports are made by the VMM. */
   devices?: readonly VirtioDevice[];
+  /**
+   * How the guest learns of the devices: `"acpi"` (default), in the DSDT as `LNRO0005`, which
+   * stock kernels with `CONFIG_VIRTIO_MMIO` and `CONFIG_ACPI` understand; or `"cmdline"`,
+   * `virtio_mmio.device=` arguments appended to the command line, for kernels built with
+   * `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` (with or without ACPI).
+   */
+  mmioDiscovery?: "acpi" | "cmdline";
   /** Base of the first device window (default {@link DEFAULT_MMIO_BASE}). */
   mmioBase?: number;
   /** Interrupt line of the first device (default {@link DEFAULT_FIRST_IRQ}). */
@@ -87,11 +112,18 @@ export interface MicroVmOptions {
 
 /** How a run ended. */
 export interface RunResult {
-  /** Why the guest stopped; `"stopped"` after {@link MicroVm.stop}. */
+  /** Why the guest stopped (the first vCPU to stop decides); `"stopped"` after {@link MicroVm.stop}. */
   reason: StopReason | "stopped";
-  /** Exits to user space. */
+  /** Exits to user space, all vCPUs together. */
   exits: number;
-  /** Milliseconds from start to stop. */
+  /** Milliseconds from {@link MicroVm.run} to vCPU 0's first `KVM_RUN` (worker start-up). */
+  startupMs: number;
+  /**
+   * When vCPU 0 entered `KVM_RUN` the first time, on this thread's `performance.now()` clock
+   * (the first guest instruction follows at once).
+   */
+  startedAt: number;
+  /** Milliseconds from vCPU 0's first `KVM_RUN` until every vCPU had stopped. */
   elapsedMs: number;
 }
 
@@ -116,15 +148,26 @@ interface DeviceSlot {
   watches: Watch[];
 }
 
+interface VcpuSlot {
+  vcpu: Vcpu;
+  run: Mapping;
+  mailboxBuffer: SharedArrayBuffer;
+  mailbox: Mailbox;
+  worker?: Worker;
+  /** Kernel thread id of the worker, once it reported "running". */
+  tid?: number;
+  done: boolean;
+}
+
 /**
- * A microVM on KVM: one vCPU, RAM, COM1 and virtio-mmio devices.
+ * A microVM on KVM: vCPUs, RAM, COM1, ACPI tables and virtio-mmio devices.
  *
- * @example Boot a kernel with an entropy device
+ * @example Boot a kernel with an entropy device on two vCPUs
  * ```ts ignore
  * import { MicroVm } from "./vmm.ts";
  * import { RngDevice } from "../devices/rng.ts";
- * const vm = MicroVm.create({ kernel, initrd, devices: [new RngDevice()] });
- * const result = await vm.run();
+ * const vm = MicroVm.create({ kernel, initrd, cpus: 2, devices: [new RngDevice()] });
+ * const result = await vm.run({ timeoutMs: 60_000 });
  * vm.close();
  * ```
  */
@@ -137,27 +180,28 @@ export class MicroVm {
   readonly boot: BootInfo;
   /** The full kernel command line. */
   readonly cmdline: string;
+  /** Number of vCPUs. */
+  readonly cpus: number;
   readonly #kvm: Kvm;
   readonly #vm: Vm;
-  readonly #vcpu: Vcpu;
+  readonly #vcpus: VcpuSlot[];
   readonly #ram: Mapping;
-  readonly #run: Mapping;
   readonly #runSize: number;
   readonly #slots: DeviceSlot[];
-  readonly #mailbox: Mailbox;
-  readonly #mailboxBuffer: SharedArrayBuffer;
+  readonly #consoleBuffer: SharedArrayBuffer;
+  readonly #channel: ConsoleChannel;
   readonly #console: (text: string) => void;
   readonly #onError: (err: Error) => void;
-  #worker: Worker | undefined;
+  #running = false;
+  #stopping = false;
   #closed = false;
 
   private constructor(
     parts: {
       kvm: Kvm;
       vm: Vm;
-      vcpu: Vcpu;
+      vcpus: VcpuSlot[];
       ram: Mapping;
-      run: Mapping;
       runSize: number;
       memory: GuestMemory;
       slots: DeviceSlot[];
@@ -168,17 +212,17 @@ export class MicroVm {
   ) {
     this.#kvm = parts.kvm;
     this.#vm = parts.vm;
-    this.#vcpu = parts.vcpu;
+    this.#vcpus = parts.vcpus;
     this.#ram = parts.ram;
-    this.#run = parts.run;
     this.#runSize = parts.runSize;
     this.#slots = parts.slots;
     this.memory = parts.memory;
     this.transports = parts.slots.map((s) => s.transport);
     this.boot = parts.boot;
     this.cmdline = parts.cmdline;
-    this.#mailboxBuffer = new SharedArrayBuffer(MAILBOX_SIZE);
-    this.#mailbox = new Mailbox(this.#mailboxBuffer);
+    this.cpus = parts.vcpus.length;
+    this.#consoleBuffer = new SharedArrayBuffer(CONSOLE_CHANNEL_SIZE);
+    this.#channel = new ConsoleChannel(this.#consoleBuffer);
     this.#console = options.console ??
       ((text) =>
         void (globalThis as { process?: { stdout: { write(s: string): void } } }).process?.stdout
@@ -197,12 +241,14 @@ export class MicroVm {
 
   /**
    * Creates the VM: KVM objects, RAM, irqchip and PIT, the devices with their ioeventfds and
-   * irqfds, the loaded kernel, and the vCPU in 64-bit mode at the kernel's entry point.
+   * irqfds, the ACPI tables, the loaded kernel, and the vCPUs (vCPU 0 in 64-bit mode at the
+   * kernel's entry point).
    *
-   * @param options Kernel, initramfs, command line, RAM and devices.
+   * @param options Kernel, initramfs, command line, RAM, vCPUs and devices.
    * @returns The VM, ready to {@link MicroVm.run}.
    * @throws {KvmUnavailableError} When `/dev/kvm` is absent.
    * @throws {KvmError} When KVM lacks a needed capability.
+   * @throws {RangeError} For a vCPU count outside 1–{@link MAX_VCPUS}.
    * @throws {BootError} When the kernel cannot be loaded.
    */
   static create(options: MicroVmOptions): MicroVm {
@@ -211,13 +257,18 @@ export class MicroVm {
     const mmioBase = options.mmioBase ?? DEFAULT_MMIO_BASE;
     const firstIrq = options.firstIrq ?? DEFAULT_FIRST_IRQ;
     const devices = options.devices ?? [];
+    const cpus = options.cpus ?? 1;
     const onError = options.onError ?? (() => {});
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > MAX_VCPUS) {
+      throw new RangeError(`${cpus} vCPUs: 1 to ${MAX_VCPUS} are possible`);
+    }
 
     const kvm = Kvm.open();
     const undo: (() => void)[] = [() => kvm.close()];
     try {
+      const optional = ["HLT", "EXT_CPUID", "NR_MEMSLOTS", "IMMEDIATE_EXIT", "TSC_DEADLINE_TIMER"];
       for (const [name, cap] of Object.entries(KvmCap)) {
-        if (["HLT", "EXT_CPUID", "NR_MEMSLOTS", "IMMEDIATE_EXIT"].includes(name)) continue;
+        if (optional.includes(name)) continue;
         if (kvm.checkExtension(cap) <= 0) {
           throw new KvmError(`KVM lacks KVM_CAP_${name}`);
         }
@@ -262,25 +313,43 @@ export class MicroVm {
         return { transport, base, irq, irqFd, queueFds, watches };
       });
 
-      const mmioArgs = virtioMmioCmdline(slots.map((s) => ({ addr: s.base, irq: s.irq })));
-      const cmdline = [options.cmdline ?? DEFAULT_CMDLINE, mmioArgs].filter((s) => s).join(" ");
+      const specs = slots.map((s) => ({ addr: s.base, irq: s.irq }));
+      const onCmdline = options.mmioDiscovery === "cmdline";
+      const acpi = writeAcpiTables(memory, { cpus, virtioMmio: onCmdline ? [] : specs });
+      const cmdline = [
+        options.cmdline ?? DEFAULT_CMDLINE,
+        onCmdline ? virtioMmioCmdline(specs) : "",
+      ]
+        .filter((s) => s).join(" ");
       const boot = loadLinux(memory, {
         kernel: options.kernel,
         initrd: options.initrd,
         cmdline,
         ramSize: memorySize,
+        acpiRsdp: acpi.rsdp,
       });
 
-      const vcpu = vm.createVcpu(0);
-      undo.push(() => vcpu.close());
-      vcpu.setCpuid(guestCpuid(kvm.supportedCpuid(), 0));
-      vcpu.setSregs(longModeSregs(vcpu.getSregs(), boot));
-      vcpu.setRegs(longModeRegs(boot));
-      vcpu.setupLapicLint();
-      const run = mmapFd(vcpu.fd, runSize);
+      const supported = kvm.supportedCpuid();
+      const tscDeadline = kvm.checkExtension(KvmCap.TSC_DEADLINE_TIMER) > 0;
+      const vcpus: VcpuSlot[] = [];
+      for (let id = 0; id < cpus; id++) {
+        const vcpu = vm.createVcpu(id);
+        undo.push(() => vcpu.close());
+        vcpu.setCpuid(guestCpuid(supported, id, { cpus, tscDeadline }));
+        if (id === 0) {
+          // The others start in the local APIC's wait-for-SIPI state; the guest wakes them.
+          vcpu.setSregs(longModeSregs(vcpu.getSregs(), boot));
+          vcpu.setRegs(longModeRegs(boot));
+        }
+        vcpu.setupLapicLint();
+        const run = mmapFd(vcpu.fd, runSize);
+        undo.push(() => run.unmap());
+        const mailboxBuffer = new SharedArrayBuffer(MAILBOX_SIZE);
+        vcpus.push({ vcpu, run, mailboxBuffer, mailbox: new Mailbox(mailboxBuffer), done: false });
+      }
 
       return new MicroVm(
-        { kvm, vm, vcpu, ram, run, runSize, memory, slots, boot, cmdline },
+        { kvm, vm, vcpus, ram, runSize, memory, slots, boot, cmdline },
         options,
       );
     } catch (err) {
@@ -301,7 +370,7 @@ export class MicroVm {
   }
 
   /**
-   * Serves one MMIO access from the vCPU.
+   * Serves one MMIO access from a vCPU.
    *
    * @param addr Guest-physical address.
    * @param write True for a write.
@@ -319,113 +388,171 @@ export class MicroVm {
   }
 
   /**
-   * Runs the vCPU until the guest resets, powers off or halts, or until {@link MicroVm.stop}.
+   * Runs the vCPUs until the guest resets, powers off or crashes, or until {@link MicroVm.stop}.
+   * Resolves once every vCPU has left `KVM_RUN`.
    *
-   * @param options `timeoutMs`: stop after this long (the result then says `"stopped"`).
+   * @param options `timeoutMs`: stop after this long, counted from vCPU 0's first `KVM_RUN`
+   *   (not from this call: starting the workers does not eat into the guest's time); the result
+   *   then says `"stopped"`.
    * @returns How the run ended.
-   * @throws {VcpuError} When the vCPU fails (entry failure, internal error, unhandled exit).
+   * @throws {VcpuError} When a vCPU fails (entry failure, internal error, unhandled exit).
    */
   run(options: { timeoutMs?: number } = {}): Promise<RunResult> {
-    if (this.#worker !== undefined) return Promise.reject(new Error("The VM is already running"));
-    const started = performance.now();
-    const worker = new Worker(new URL("./_vcpu_worker.ts", import.meta.url).href, {
-      type: "module",
-    });
-    this.#worker = worker;
+    if (this.#running) return Promise.reject(new Error("The VM is already running"));
+    if (this.#closed) return Promise.reject(new Error("The VM is closed"));
+    this.#running = true;
+    const called = performance.now();
     const decoder = new TextDecoder();
+    const drain = () => {
+      const bytes = this.#channel.drain();
+      if (bytes.byteLength > 0) this.#console(decoder.decode(bytes, { stream: true }));
+    };
     return new Promise<RunResult>((resolve, reject) => {
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const finish = (fn: () => void) => {
+      let startedAt = NaN;
+      let exits = 0;
+      let reason: StopReason | "stopped" | undefined;
+      let failure: Error | undefined;
+      let left = this.#vcpus.length;
+      // Whole lines arrive with a doorbell; a partial line (a prompt) is picked up by this.
+      const poll = setInterval(drain, CONSOLE_POLL_MS);
+      const vcpuDone = (slot: VcpuSlot) => {
+        if (slot.done) return;
+        slot.done = true;
+        slot.worker?.terminate();
+        slot.worker = undefined;
+        if (--left > 0) {
+          this.stop(); // the first vCPU to stop stops the others
+          return;
+        }
         if (timer !== undefined) clearTimeout(timer);
+        clearInterval(poll);
+        drain();
         const tail = decoder.decode();
         if (tail) this.#console(tail);
-        worker.terminate();
-        this.#worker = undefined;
-        fn();
-      };
-      if (options.timeoutMs !== undefined) {
-        timer = setTimeout(() => this.stop(), options.timeoutMs);
-      }
-      worker.onmessage = (e: MessageEvent<VcpuMessage>) => {
-        const msg = e.data;
-        switch (msg.type) {
-          case "console":
-            this.#console(decoder.decode(msg.bytes, { stream: true }));
-            return;
-          case "mmio":
-            try {
-              this.#mailbox.serve((addr, write, data) => this.handleMmio(addr, write, data));
-            } catch (err) {
-              this.#onError(err instanceof Error ? err : new Error(String(err)));
-            }
-            return;
-          case "exit":
-            finish(() =>
-              resolve({
-                reason: msg.reason,
-                exits: msg.exits,
-                elapsedMs: performance.now() - started,
-              })
-            );
-            return;
-          case "error":
-            finish(() =>
-              reject(
-                new VcpuError(
-                  msg.code as ConstructorParameters<typeof VcpuError>[0],
-                  msg.message,
-                ),
-              )
-            );
+        this.#running = false;
+        if (failure) reject(failure);
+        else {
+          if (Number.isNaN(startedAt)) startedAt = performance.now();
+          resolve({
+            reason: reason ?? "stopped",
+            exits,
+            startupMs: startedAt - called,
+            startedAt,
+            elapsedMs: performance.now() - startedAt,
+          });
         }
       };
-      worker.onerror = (e: ErrorEvent) => {
-        e.preventDefault?.();
-        finish(() => reject(new VcpuError("RunFailed", `vCPU worker failed: ${e.message}`)));
-      };
-      const start: VcpuStart = {
-        type: "start",
-        vcpuFd: this.#vcpu.fd,
-        vmFd: this.#vm.fd,
-        runSize: this.#runSize,
-        mailbox: this.#mailboxBuffer,
-      };
-      worker.postMessage(start);
+      this.#stopping = false;
+      this.#vcpus.forEach((slot, index) => {
+        slot.done = false;
+        slot.tid = undefined;
+        const worker = new Worker(new URL("./_vcpu_worker.ts", import.meta.url).href, {
+          type: "module",
+        });
+        slot.worker = worker;
+        worker.onmessage = (e: MessageEvent<VcpuMessage>) => {
+          const msg = e.data;
+          switch (msg.type) {
+            case "running":
+              slot.tid = msg.tid;
+              if (index === 0) {
+                startedAt = msg.at - performance.timeOrigin;
+                if (options.timeoutMs !== undefined) {
+                  timer = setTimeout(() => this.stop(), options.timeoutMs);
+                }
+              }
+              // A stop asked for before this vCPU ran: its KVM_RUN must be interrupted too.
+              if (this.#stopping) this.#kick(slot);
+              return;
+            case "console":
+              drain();
+              return;
+            case "mmio":
+              try {
+                slot.mailbox.serve((addr, write, data) => this.handleMmio(addr, write, data));
+              } catch (err) {
+                this.#onError(err instanceof Error ? err : new Error(String(err)));
+              }
+              return;
+            case "exit":
+              exits += msg.exits;
+              if (reason === undefined || reason === "stopped") {
+                reason = msg.reason === "stopped" ? reason ?? "stopped" : msg.reason;
+              }
+              vcpuDone(slot);
+              return;
+            case "error":
+              failure ??= new VcpuError(
+                msg.code as ConstructorParameters<typeof VcpuError>[0],
+                `vCPU ${msg.index}: ${msg.message}`,
+              );
+              vcpuDone(slot);
+          }
+        };
+        worker.onerror = (e: ErrorEvent) => {
+          e.preventDefault?.();
+          failure ??= new VcpuError("RunFailed", `vCPU ${index} worker failed: ${e.message}`);
+          vcpuDone(slot);
+        };
+        const start: VcpuStart = {
+          type: "start",
+          index,
+          vcpuFd: slot.vcpu.fd,
+          vmFd: this.#vm.fd,
+          runSize: this.#runSize,
+          mailbox: slot.mailboxBuffer,
+          console: this.#consoleBuffer,
+        };
+        worker.postMessage(start);
+      });
     });
   }
 
-  /**
-   * Asks the vCPU to stop: sets the stop flag and `kvm_run.immediate_exit`, and pulses COM1's
-   * interrupt line so a guest running or idle in the kernel exits to the worker soon. The
-   * pending {@link MicroVm.run} then resolves with `"stopped"`.
-   */
-  stop(): void {
-    this.#mailbox.requestStop();
-    new Uint8Array(this.#run.buffer)[KvmRunOffset.immediateExit] = 1;
+  #kick(slot: VcpuSlot): void {
+    if (slot.done || slot.tid === undefined) return;
     try {
-      this.#vm.irqLine(COM1_IRQ, true);
-      this.#vm.irqLine(COM1_IRQ, false);
+      signalThread(slot.tid, SIGWINCH);
     } catch {
-      // The VM may be gone already.
+      // The thread has gone: its worker is finishing.
     }
   }
 
-  /** Releases everything: watches, eventfds, vCPU, VM, RAM. Stops a running vCPU first. */
+  /**
+   * Asks every vCPU to stop: sets the stop flags and `kvm_run.immediate_exit`, and signals each
+   * vCPU thread so that a running or halted vCPU leaves `KVM_RUN` at once. The pending
+   * {@link MicroVm.run} then resolves (with `"stopped"` unless the guest stopped first).
+   */
+  stop(): void {
+    this.#stopping = true;
+    for (const slot of this.#vcpus) {
+      slot.mailbox.requestStop();
+      new Uint8Array(slot.run.buffer)[KvmRunOffset.immediateExit] = 1;
+      this.#kick(slot);
+    }
+  }
+
+  /**
+   * Releases everything: watches, eventfds, vCPUs, VM, RAM. Stops running vCPUs first; await
+   * {@link MicroVm.run} before closing for an orderly end.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#worker !== undefined) {
-      this.stop();
-      this.#worker.terminate();
-      this.#worker = undefined;
+    if (this.#running) this.stop();
+    for (const slot of this.#vcpus) {
+      slot.worker?.terminate();
+      slot.worker = undefined;
     }
     for (const s of this.#slots) {
       for (const w of s.watches) w.close();
       for (const q of s.queueFds) q.close();
       s.irqFd.close();
     }
-    this.#run.unmap();
-    this.#vcpu.close();
+    for (const slot of this.#vcpus) {
+      slot.run.unmap();
+      slot.vcpu.close();
+    }
     this.#vm.close();
     this.#kvm.close();
     this.#ram.unmap();

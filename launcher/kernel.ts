@@ -1,7 +1,10 @@
 /**
- * The microVM guest kernel (built by `build-kernel.sh` from Debian's linux-source-6.1 with every
- * virtio driver and virtio-mmio command-line devices built in), for the KVM tests, demo and
- * benchmark. Only `node:` imports: runs on Deno and Bun.
+ * An optional minimal guest kernel (built by `build-kernel.sh` from Debian's linux-source-6.1 with
+ * every virtio driver and virtio-mmio command-line devices built in, no modules, no ACPI), for
+ * `MicroVm` with `mmioDiscovery: "cmdline"`. Nothing in the tests, demo or benchmark needs it:
+ * they boot Debian's stock kernel, which finds our devices in the ACPI tables the VMM writes.
+ * Without ACPI (and without an MP table, which the VMM does not write) that kernel sees one CPU.
+ * Only `node:` imports: runs on Deno and Bun.
  *
  * @module
  */

@@ -30,7 +30,8 @@ export interface SandboxDevice {
   backendOptions?: Omit<VhostUserBackendOptions, "socketPath">;
   /**
    * Or run `vhost_user/main.ts` as its own process with these arguments after
-   * `--socket PATH --device KIND` (e.g. `["--file", "disk.img"]`).
+   * `--socket PATH --device KIND` (e.g. `["--file", "disk.img"]`; for vsock
+   * `["--guest-cid", "3", "--uds-path", PATH]`: QEMU reads the CID from the backend).
    */
   cli?: string[];
   /** Runtime of a CLI backend (default Deno). */

@@ -34,6 +34,8 @@ export type QueueErrorCode =
   | "IndirectWithNext"
   /** INDIRECT used although VIRTIO_F_INDIRECT_DESC was not negotiated. */
   | "IndirectNotNegotiated"
+  /** A packed-ring list whose later descriptors were not made available with the first. */
+  | "InvalidChain"
   /** A device-readable descriptor follows a device-writable one. */
   | "ReadableAfterWritable"
   /** A read or write past the end of the chain's readable or writable part. */

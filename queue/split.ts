@@ -5,8 +5,14 @@
  */
 
 import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
-import { DescriptorChain } from "./chain.ts";
-import { CHAIN_TOKEN } from "./_chain_token.ts";
+import type { DescriptorChain } from "./chain.ts";
+import type { Virtqueue, VirtqueueState } from "./virtqueue.ts";
+import {
+  CHAIN_SEGMENT_LIMIT,
+  ChainBuilder,
+  chainProblem,
+  DescriptorTable,
+} from "./_chain_builder.ts";
 import { QueueError } from "./error.ts";
 
 /** Descriptor continues via the `next` field (virtio 1.2 §2.7.5). */
@@ -23,6 +29,8 @@ export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 export const VIRTIO_F_INDIRECT_DESC = 28;
 /** Feature bit: `used_event` / `avail_event` notification suppression. */
 export const VIRTIO_F_EVENT_IDX = 29;
+/** Feature bit: the device uses buffers in the order they were made available. */
+export const VIRTIO_F_IN_ORDER = 35;
 /** Largest split queue size (virtio 1.2 §2.7). */
 export const MAX_QUEUE_SIZE = 32768;
 /** Bytes per descriptor. */
@@ -36,34 +44,12 @@ export const MAX_INDIRECT_ENTRIES = 65536;
  * region it touches, and this bounds what a hostile memory table of many tiny
  * regions can make the device hold for one chain.
  */
-export const MAX_CHAIN_SEGMENTS = 1 << 17;
-
-// One descriptor copied out of an indirect table when it straddles two regions.
-const descScratch = new Uint8Array(DESCRIPTOR_SIZE);
-const descScratchView = new DataView(descScratch.buffer);
+export const MAX_CHAIN_SEGMENTS: number = CHAIN_SEGMENT_LIMIT;
 
 /** Plain saved state of a split queue (for migration and vhost-user). */
-export interface SplitQueueState {
-  /** Maximum size the device offers. */
-  maxSize: number;
-  /** Size chosen by the driver. */
-  size: number;
-  /** Whether the driver marked the queue ready. */
-  ready: boolean;
-  /** Guest address of the descriptor table. */
-  descTable: number;
-  /** Guest address of the available ring (driver area). */
-  availRing: number;
-  /** Guest address of the used ring (device area). */
-  usedRing: number;
-  /** Next available-ring index the device will read. */
-  nextAvail: number;
-  /** Next used-ring index the device will write. */
-  nextUsed: number;
-  /** Whether VIRTIO_F_EVENT_IDX was negotiated. */
-  eventIdx: boolean;
-  /** Whether VIRTIO_F_INDIRECT_DESC was negotiated. */
-  indirect: boolean;
+export interface SplitQueueState extends VirtqueueState {
+  /** Always `"split"`. */
+  format: "split";
 }
 
 /** Bytes taken by the available ring of a queue of `size` entries (with `used_event`). */
@@ -108,7 +94,9 @@ function isPowerOfTwo(n: number): boolean {
  * if (queue.needsNotification(mem)) notifier.notify();
  * ```
  */
-export class SplitQueue {
+export class SplitQueue implements Virtqueue {
+  /** The ring format. */
+  readonly format = "split" as const;
   /** Maximum size the device offers. */
   readonly maxSize: number;
   /** Size the driver chose (defaults to `maxSize`). */
@@ -121,6 +109,13 @@ export class SplitQueue {
   eventIdx = false;
   /** Whether VIRTIO_F_INDIRECT_DESC is in effect. */
   indirect = false;
+  /** Whether VIRTIO_F_IN_ORDER is in effect (used entries batched, see `flushUsed`). */
+  inOrder = false;
+  // Writable bytes of each head handed out, and the in-order batch not yet published.
+  readonly #writable: Uint32Array;
+  #batch = 0;
+  #batchHead = 0;
+  #batchLen = 0;
   #nextAvail = 0;
   #nextUsed = 0;
   #signalledUsed: number | undefined;
@@ -135,6 +130,8 @@ export class SplitQueue {
   #used!: GuestRegion;
   #usedOff = 0;
   #usedIdxIndex = 0;
+  readonly #table = new DescriptorTable();
+  readonly #builder = new ChainBuilder();
 
   /**
    * Create it.
@@ -147,6 +144,7 @@ export class SplitQueue {
     }
     this.maxSize = maxSize;
     this.size = maxSize;
+    this.#writable = new Uint32Array(maxSize);
   }
 
   /** Next available-ring index the device will read (wraps at 2^16). */
@@ -236,6 +234,7 @@ export class SplitQueue {
   setFeatures(features: bigint): void {
     this.eventIdx = (features & (1n << BigInt(VIRTIO_F_EVENT_IDX))) !== 0n;
     this.indirect = (features & (1n << BigInt(VIRTIO_F_INDIRECT_DESC))) !== 0n;
+    this.inOrder = (features & (1n << BigInt(VIRTIO_F_IN_ORDER))) !== 0n;
   }
 
   /** Return to the state after device reset (virtio 1.2 §2.4). */
@@ -245,6 +244,8 @@ export class SplitQueue {
     this.#addr.fill(0);
     this.eventIdx = false;
     this.indirect = false;
+    this.inOrder = false;
+    this.#batch = 0;
     this.#nextAvail = 0;
     this.#nextUsed = 0;
     this.#signalledUsed = undefined;
@@ -399,25 +400,26 @@ export class SplitQueue {
         new QueueError("HeadOutOfRange", `head ${head} >= queue size ${size}`, { fatal: true }),
       );
     }
-    return this.#parse(mem, head);
+    let chain: DescriptorChain;
+    try {
+      chain = this.#parse(mem, head);
+    } catch (err) {
+      // A refused chain goes back with an explicit length, never inside an in-order batch.
+      this.#writable[head] = 0xffffffff;
+      throw err;
+    }
+    this.#writable[head] = chain.writableBytes;
+    return chain;
   }
 
   #parse(mem: GuestMemory, head: number): DescriptorChain {
-    const addrs: number[] = [];
-    const lens: number[] = [];
-    let readableCount = 0;
-    let readableBytes = 0;
-    let writableBytes = 0;
-    let descriptorCount = 0;
-    // The table descriptors are read from: a region and the table's offset in it, or, for an
-    // indirect table that crosses into an adjacent region, `undefined` and its guest address.
-    let table: GuestRegion | undefined = this.#desc;
-    let base = this.#descOff;
+    const table = this.#table;
+    table.inRegion(mem, this.#desc, this.#descOff);
+    const chain = this.#builder;
+    chain.start();
     let entries = this.size;
     let ttl = this.size;
     let inIndirect = false;
-    let sawWritable = false;
-    let total = 0;
     let idx = head;
     const bad = (code: QueueError["code"], msg: string): never => {
       throw new QueueError(code, `${msg} (chain ${head})`, { head });
@@ -427,25 +429,10 @@ export class SplitQueue {
         bad("DescriptorIndexOutOfRange", `descriptor ${idx} >= table size ${entries}`);
       }
       if (ttl-- === 0) bad("ChainTooLong", `more than ${entries} descriptors`);
-      descriptorCount++;
-      let view: DataView;
-      let off: number;
-      if (table !== undefined) {
-        view = table.view;
-        off = base + DESCRIPTOR_SIZE * idx;
-      } else {
-        const at = base + DESCRIPTOR_SIZE * idx;
-        const region = mem.regionOf(at, DESCRIPTOR_SIZE);
-        if (region !== undefined) {
-          view = region.view;
-          off = at - region.base;
-        } else {
-          // This descriptor itself straddles the boundary (the table was checked whole).
-          mem.read(at, descScratch);
-          view = descScratchView;
-          off = 0;
-        }
-      }
+      chain.descriptorCount++;
+      table.at(idx);
+      const view = table.view;
+      const off = table.offset;
       const lo = view.getUint32(off, true);
       const hi = view.getUint32(off + 4, true);
       const len = view.getUint32(off + 8, true);
@@ -463,19 +450,10 @@ export class SplitQueue {
         }
         const n = len / DESCRIPTOR_SIZE;
         if (n > MAX_INDIRECT_ENTRIES) bad("InvalidIndirectLength", `${n} indirect entries`);
-        // An indirect table is ordinary driver memory (virtio 1.2 §2.7.5.3 puts no region rule
-        // on it), so one that runs on into an adjacent region is read descriptor by descriptor.
-        // Refusing it would fail valid requests at random, wherever the guest's allocator
-        // happened to put a table; a table over a hole is out of bounds.
-        const region = mem.regionOf(addr, len);
-        if (region !== undefined) {
-          table = region;
-          base = addr - region.base;
-        } else if (mem.checkSpan(addr, len)) {
-          table = undefined;
-          base = addr;
-        } else {
-          return bad("DescriptorOutOfBounds", `indirect table at 0x${addr.toString(16)} (+${len})`);
+        // An indirect table is ordinary driver memory, read across adjacent regions;
+        // a table over a hole is out of bounds.
+        if (!table.span(mem, addr, len)) {
+          bad("DescriptorOutOfBounds", `indirect table at 0x${addr.toString(16)} (+${len})`);
         }
         entries = n;
         ttl = n;
@@ -483,83 +461,11 @@ export class SplitQueue {
         idx = 0;
         continue;
       }
-      const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
-      if (writable) sawWritable = true;
-      else if (sawWritable) bad("ReadableAfterWritable", `descriptor ${idx}`);
-      if (len > 0) {
-        const pieces = this.#addBuffer(addrs, lens, mem, addr, len);
-        if (pieces === 0) {
-          bad("DescriptorOutOfBounds", `buffer at 0x${addr.toString(16)} (+${len})`);
-        }
-        if (pieces < 0) bad("TooManySegments", `more than ${MAX_CHAIN_SEGMENTS} segments`);
-        total += len;
-        if (total > 0xffffffff) bad("ChainTooLarge", "total length above 2^32 - 1");
-        if (writable) writableBytes += len;
-        else {
-          readableCount += pieces;
-          readableBytes += len;
-        }
-      }
-      if (!(flags & VIRTQ_DESC_F_NEXT)) {
-        return new DescriptorChain(CHAIN_TOKEN, {
-          memory: mem,
-          head,
-          addrs,
-          lens,
-          readableCount,
-          readableBytes,
-          writableBytes,
-          descriptorCount,
-        });
-      }
+      const problem = chain.add(mem, addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
+      if (problem !== undefined) bad(problem, chainProblem(problem, idx, addr, len));
+      if (!(flags & VIRTQ_DESC_F_NEXT)) return chain.finish(mem, head);
       idx = next;
     }
-  }
-
-  /**
-   * Append buffer `[addr, addr + len)` (`len` > 0) to the chain as one segment per guest memory
-   * region it lies in: a buffer may run from one region into the next when they are adjacent
-   * (virtio 1.2 §2.7.5 knows nothing of regions; frontends split RAM into several), never
-   * across a hole. Allocates nothing beyond the chain's own arrays.
-   * @returns The number of segments added; 0 when a byte is not backed; -1 past the limit.
-   */
-  #addBuffer(
-    addrs: number[],
-    lens: number[],
-    mem: GuestMemory,
-    addr: number,
-    len: number,
-  ): number {
-    let i = mem.findRegionIndex(addr);
-    if (i < 0) return 0;
-    const regions = mem.regions;
-    let r = regions[i];
-    if (addrs.length >= MAX_CHAIN_SEGMENTS) return -1;
-    if (addr + len <= r.end) {
-      addrs.push(addr);
-      lens.push(len);
-      return 1;
-    }
-    // Check the whole span first, so a refused buffer adds nothing.
-    const end = addr + len;
-    let a = r.end;
-    let pieces = 1;
-    for (let j = i + 1; a < end; j++) {
-      const rj = regions[j];
-      if (rj === undefined || rj.base !== a) return 0;
-      a = rj.end;
-      pieces++;
-    }
-    if (addrs.length + pieces > MAX_CHAIN_SEGMENTS) return -1;
-    a = addr;
-    while (a < end) {
-      const n = Math.min(end, r.end) - a;
-      addrs.push(a);
-      lens.push(n);
-      a += n;
-      r = regions[++i];
-    }
-    return pieces;
   }
 
   /**
@@ -582,12 +488,41 @@ export class SplitQueue {
     if (!Number.isInteger(head) || head < 0 || head >= this.size) {
       throw new QueueError("InvalidUsedHead", `head ${head} >= queue size ${this.size}`);
     }
+    if (this.inOrder) {
+      // virtio 1.2 §2.7.9: buffers are used in order, so one used entry (the last buffer's)
+      // can stand for a batch whose other buffers were filled completely. A buffer filled
+      // less than completely ends its batch, with its own length.
+      this.#batch++;
+      this.#batchHead = head;
+      this.#batchLen = len;
+      if (len !== this.#writable[head]) this.flushUsed(mem);
+      return;
+    }
+    this.#writeUsed(head, len, 1);
+  }
+
+  /**
+   * Publish used entries held back by VIRTIO_F_IN_ORDER batching (a no-op otherwise).
+   * `needsNotification` and `enableNotification` flush first, so callers need not.
+   * @param mem Guest memory.
+   * @throws {QueueError} When the queue is not valid.
+   */
+  flushUsed(mem: GuestMemory): void {
+    if (this.#batch === 0) return;
+    this.#ensure(mem);
+    const n = this.#batch;
+    this.#batch = 0;
+    this.#writeUsed(this.#batchHead, this.#batchLen, n);
+  }
+
+  // One used element at the next used slot, then the index moved by `count` (release).
+  #writeUsed(head: number, len: number, count: number): void {
     const slot = this.#nextUsed & (this.size - 1);
     const off = this.#usedOff + 4 + 8 * slot;
     const view = this.#used.view;
     view.setUint32(off, head, true);
     view.setUint32(off + 4, len >>> 0, true);
-    this.#nextUsed = (this.#nextUsed + 1) & 0xffff;
+    this.#nextUsed = (this.#nextUsed + count) & 0xffff;
     // Release: the element above is visible before the new index.
     Atomics.store(this.#used.u16, this.#usedIdxIndex, this.#nextUsed);
   }
@@ -616,6 +551,7 @@ export class SplitQueue {
         throw new QueueError("InvalidUsedHead", `head ${head} >= queue size ${this.size}`);
       }
     }
+    this.flushUsed(mem);
     const view = this.#used.view;
     let next = this.#nextUsed;
     for (let i = 0; i < count; i++) {
@@ -638,6 +574,7 @@ export class SplitQueue {
    */
   needsNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
+    this.flushUsed(mem);
     const used = this.#nextUsed;
     if (!this.eventIdx) {
       const flags = Atomics.load(this.#avail.u16, this.#availIdxIndex - 1);
@@ -660,6 +597,7 @@ export class SplitQueue {
    */
   enableNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
+    this.flushUsed(mem);
     const idx = this.#usedIdxIndex;
     if (this.eventIdx) {
       Atomics.store(this.#used.u16, idx + 1 + 4 * this.size, this.#nextAvail);
@@ -682,9 +620,34 @@ export class SplitQueue {
     }
   }
 
+  /** Whether the indices moved from 0 (the rings were used before). */
+  inUse(): boolean {
+    return this.#nextAvail !== 0 || this.#nextUsed !== 0;
+  }
+
+  /** The next available index, as vhost-user's GET_VRING_BASE reports it. */
+  vringBase(): number {
+    return this.#nextAvail;
+  }
+
+  /**
+   * Resume at `base` after the rings were set up again (a vhost-user backend restarting a
+   * ring): the used index is what the used ring says, and when it is behind `base`, chains
+   * were in flight when the previous server stopped: they are served again.
+   * @param mem Guest memory.
+   * @param base The next available index.
+   * @throws {QueueError} When the queue is not valid.
+   */
+  resume(mem: GuestMemory, base: number): void {
+    const used = this.usedIdx(mem);
+    this.nextUsed = used;
+    this.nextAvail = used !== (base & 0xffff) ? used : base;
+  }
+
   /** A plain copy of the queue's state. */
   state(): SplitQueueState {
     return {
+      format: "split",
       maxSize: this.maxSize,
       size: this.size,
       ready: this.ready,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: static checks, unit tests under Deno and Bun, and the
-# real-guest tests (QEMU TCG + vhost-user; KVM tests skip without /dev/kvm).
+# The whole test suite: static checks, unit tests under Deno and Bun, the real-guest tests
+# (QEMU TCG + vhost-user), and the KVM tests (on /dev/kvm, or in a nested-KVM guest without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_tools.sh
@@ -18,6 +18,16 @@ echo "== deno publish --dry-run"
 echo "== unit tests (bun)"
 "$BUN" test --timeout 60000 $(bun_test_dirs)
 
-echo "== all tests (deno; includes the real-guest tests and every runnable doc example)"
+echo "== all tests but the KVM ones (deno; includes the real-guest tests and every runnable doc example)"
 # --doc runs the @example blocks of the product modules (those not marked `ignore`).
-"$DENO" test --allow-all --doc tests/ $(git ls-files '*.ts' | grep -Ev '^(tests|bench|demo)/')
+"$DENO" test --allow-all --doc $(deno_test_dirs) $(git ls-files '*.ts' | grep -Ev '^(tests|bench|demo)/')
+
+reason="$(kvm_tests_impossible)"
+if [[ -n "$reason" ]]; then
+  echo "== KVM tests not run: $reason"
+else
+  echo "== KVM tests (deno and bun; $([[ -w /dev/kvm ]] && echo "on /dev/kvm" || echo "in a nested-KVM guest"))"
+  start=$SECONDS
+  run_kvm_tests
+  echo "== KVM tests passed in $((SECONDS - start)) s"
+fi

@@ -22,6 +22,9 @@ export interface RawLibc {
   fallocate(fd: number, mode: number, offset: bigint, len: bigint): number;
   ftruncate(fd: number, len: bigint): number;
   memfd_create(name: Uint8Array, flags: number): number;
+  statx(dirfd: number, path: Uint8Array, flags: number, mask: number, buf: Uint8Array): number;
+  readlink(path: Uint8Array, buf: Uint8Array, size: bigint): number;
+  pipe2(fds: Uint8Array, flags: number): number;
   read(fd: number, buf: Uint8Array, count: bigint): number;
   write(fd: number, buf: Uint8Array, count: bigint): number;
   pread(fd: number, buf: Uint8Array, count: bigint, offset: bigint): number;
@@ -44,6 +47,12 @@ export interface RawLibc {
   shutdown(fd: number, how: number): number;
   sendmsg(fd: number, msg: Uint8Array, flags: number): number;
   recvmsg(fd: number, msg: Uint8Array, flags: number): number;
+  setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
+  getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: Uint8Array): number;
+  getpid(): number;
+  gettid(): number;
+  tgkill(tgid: number, tid: number, sig: number): number;
+  pthread_sigmask(how: number, set: Uint8Array, oldset: Uint8Array): number;
 }
 
 /** What a blocking poll(2) run off the JS thread reports back. */

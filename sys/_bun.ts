@@ -42,6 +42,9 @@ const SYMBOLS: Record<string, BunSymbol> = {
   fallocate: { args: ["i32", "i32", "i64", "i64"], returns: "i32" },
   ftruncate: { args: ["i32", "i64"], returns: "i32" },
   memfd_create: { args: ["ptr", "u32"], returns: "i32" },
+  statx: { args: ["i32", "ptr", "i32", "u32", "ptr"], returns: "i32" },
+  readlink: { args: ["ptr", "ptr", "u64"], returns: "i64" },
+  pipe2: { args: ["ptr", "i32"], returns: "i32" },
   read: { args: ["i32", "ptr", "u64"], returns: "i64" },
   write: { args: ["i32", "ptr", "u64"], returns: "i64" },
   pread: { args: ["i32", "ptr", "u64", "i64"], returns: "i64" },
@@ -64,6 +67,12 @@ const SYMBOLS: Record<string, BunSymbol> = {
   shutdown: { args: ["i32", "i32"], returns: "i32" },
   sendmsg: { args: ["i32", "ptr", "i32"], returns: "i64" },
   recvmsg: { args: ["i32", "ptr", "i32"], returns: "i64" },
+  setsockopt: { args: ["i32", "i32", "i32", "ptr", "u32"], returns: "i32" },
+  getsockopt: { args: ["i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
+  getpid: { args: [], returns: "i32" },
+  gettid: { args: [], returns: "i32" },
+  tgkill: { args: ["i32", "i32", "i32"], returns: "i32" },
+  pthread_sigmask: { args: ["i32", "ptr", "ptr"], returns: "i32" },
 };
 
 // The Worker that blocks in poll(2). It is plain JavaScript started from a Blob URL, so it works
@@ -150,6 +159,9 @@ export function createBunBackend(): Backend {
     fallocate: sym.fallocate,
     ftruncate: sym.ftruncate,
     memfd_create: sym.memfd_create,
+    statx: sym.statx,
+    readlink: (path, buf, size) => Number(sym.readlink(path, buf, size)),
+    pipe2: sym.pipe2,
     read: (fd, buf, count) => Number(sym.read(fd, buf, count)),
     write: (fd, buf, count) => Number(sym.write(fd, buf, count)),
     pread: (fd, buf, count, offset) => Number(sym.pread(fd, buf, count, offset)),
@@ -172,6 +184,12 @@ export function createBunBackend(): Backend {
     shutdown: sym.shutdown,
     sendmsg: (fd, msg, flags) => Number(sym.sendmsg(fd, msg, flags)),
     recvmsg: (fd, msg, flags) => Number(sym.recvmsg(fd, msg, flags)),
+    setsockopt: sym.setsockopt,
+    getsockopt: sym.getsockopt,
+    getpid: sym.getpid,
+    gettid: sym.gettid,
+    tgkill: sym.tgkill,
+    pthread_sigmask: sym.pthread_sigmask,
   };
 
   return {

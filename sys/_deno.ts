@@ -19,6 +19,9 @@ const SYMBOLS = {
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
   memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
+  statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
+  readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  pipe2: { parameters: ["buffer", "i32"], result: "i32" },
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
@@ -47,6 +50,12 @@ const SYMBOLS = {
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  getpid: { parameters: [], result: "i32" },
+  gettid: { parameters: [], result: "i32" },
+  tgkill: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  pthread_sigmask: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
 } as const;
 
 type DenoLibc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
@@ -97,6 +106,9 @@ export function createDenoBackend(): Backend {
     fallocate: sym.fallocate,
     ftruncate: sym.ftruncate,
     memfd_create: sym.memfd_create,
+    statx: sym.statx,
+    readlink: (path, buf, size) => Number(sym.readlink(path, buf, size)),
+    pipe2: sym.pipe2,
     read: (fd, buf, count) => Number(sym.read(fd, buf, count)),
     write: (fd, buf, count) => Number(sym.write(fd, buf, count)),
     pread: (fd, buf, count, offset) => Number(sym.pread(fd, buf, count, offset)),
@@ -120,6 +132,12 @@ export function createDenoBackend(): Backend {
     shutdown: sym.shutdown,
     sendmsg: (fd, msg, flags) => Number(sym.sendmsg(fd, msg, flags)),
     recvmsg: (fd, msg, flags) => Number(sym.recvmsg(fd, msg, flags)),
+    setsockopt: sym.setsockopt,
+    getsockopt: sym.getsockopt,
+    getpid: sym.getpid,
+    gettid: sym.gettid,
+    tgkill: sym.tgkill,
+    pthread_sigmask: sym.pthread_sigmask,
   };
 
   return {

@@ -521,6 +521,31 @@ export function fcntl(fd: number, cmd: number, arg: number = 0): number {
 }
 
 /**
+ * Creates a pipe (pipe2(2)).
+ *
+ * @example Bytes through a pipe
+ * ```ts
+ * import { close, pipe, read, write } from "./mod.ts";
+ * const [r, w] = pipe();
+ * write(w, new Uint8Array([1, 2, 3]));
+ * const got = new Uint8Array(3);
+ * if (read(r, got) !== 3 || got[2] !== 3) throw new Error("unexpected");
+ * close(r);
+ * close(w);
+ * ```
+ *
+ * @param flags `O_CLOEXEC` (default) and/or `O_NONBLOCK`.
+ * @returns The read end and the write end.
+ * @throws {SysError} When pipe2(2) fails, such as EMFILE.
+ */
+export function pipe(flags: number = O_CLOEXEC): [number, number] {
+  const fds = new Uint8Array(8);
+  check("pipe2", libc().pipe2(fds, flags));
+  const v = new DataView(fds.buffer);
+  return [v.getInt32(0, true), v.getInt32(4, true)];
+}
+
+/**
  * Duplicates a file descriptor, with close-on-exec set on the copy.
  *
  * @param fd The file descriptor.

@@ -4,13 +4,18 @@
  *
  * - File descriptors: {@link open}, {@link close}, {@link pread}, {@link pwrite}, {@link preadv},
  *   {@link pwritev}, {@link fdatasync}, {@link fallocate}, {@link ftruncate}, {@link ioctl},
- *   {@link memfdCreate}.
+ *   {@link memfdCreate}, {@link pipe}.
  * - Memory: {@link mmapFd} and {@link mmapAnonymous} give a {@link Mapping} whose `buffer` is
  *   the mapped memory.
- * - {@link EventFd}, with a non-blocking {@link EventFd.wait}.
+ * - {@link EventFd}, with a non-blocking {@link EventFd.wait}; {@link watchEventFd} for an
+ *   eventfd another party controls.
+ * - What a descriptor is: {@link fstat}, {@link getSeals} / {@link addSeals}, {@link fdKind}
+ *   (an eventfd or not), {@link eventFdSemaphore}.
  * - Waiting: {@link poll}, {@link FdWatcher}, {@link watchReadable}, {@link waitReady}.
  * - Unix sockets with descriptor passing: {@link socketpair}, {@link bind}, {@link listen},
- *   {@link accept}, {@link connect}, {@link sendmsg}, {@link recvmsg}, {@link recvExact}.
+ *   {@link accept}, {@link connect}, {@link sendmsg}, {@link recvmsg}, {@link recvExact}, and
+ *   vectored {@link sendv}, {@link recvv}.
+ * - Threads and signals: {@link threadId}, {@link blockSignalInThread}, {@link signalThread}.
  * - Failures throw {@link SysError} with the call name and errno.
  *
  * libc is opened on first use; Deno needs `--allow-ffi`. Linux only (glibc, LP64).
@@ -83,6 +88,7 @@ export {
   O_TRUNC,
   O_WRONLY,
   open,
+  pipe,
   pread,
   preadv,
   pwrite,
@@ -123,12 +129,32 @@ export {
   PROT_WRITE,
 } from "./mman.ts";
 export {
+  addSeals,
+  eventFdSemaphore,
+  F_ADD_SEALS,
+  F_GET_SEALS,
+  F_SEAL_FUTURE_WRITE,
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
+  F_SEAL_WRITE,
+  type FdKind,
+  fdKind,
+  type FileStatus,
+  type FileType,
+  fstat,
+  getSeals,
+} from "./stat.ts";
+export {
   EFD_CLOEXEC,
   EFD_NONBLOCK,
   EFD_SEMAPHORE,
   EventFd,
+  EVENTFD_MAX_DRAIN,
   type EventFdOptions,
   type EventFdWaitOptions,
+  watchEventFd,
+  type WatchEventFdOptions,
 } from "./eventfd.ts";
 export {
   FdWatcher,
@@ -154,6 +180,7 @@ export {
   AF_UNIX,
   bind,
   connect,
+  getSocketOption,
   listen,
   MSG_CMSG_CLOEXEC,
   MSG_CTRUNC,
@@ -166,14 +193,19 @@ export {
   recvExact,
   recvmsg,
   type RecvResult,
+  recvv,
   SCM_MAX_FD,
   SCM_RIGHTS,
   sendAll,
   sendmsg,
+  sendv,
+  setSocketOption,
   SHUT_RD,
   SHUT_RDWR,
   SHUT_WR,
   shutdown,
+  SO_RCVBUF,
+  SO_SNDBUF,
   SOCK_CLOEXEC,
   SOCK_DGRAM,
   SOCK_NONBLOCK,
@@ -183,3 +215,11 @@ export {
   socketpair,
   SOL_SOCKET,
 } from "./socket.ts";
+export {
+  blockSignalInThread,
+  SIG_BLOCK,
+  SIG_UNBLOCK,
+  signalThread,
+  SIGWINCH,
+  threadId,
+} from "./signal.ts";

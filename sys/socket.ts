@@ -10,6 +10,7 @@
  */
 
 import { addressOf, check, Errno, lastErrno, libc, retry, SysError } from "./libc.ts";
+import { mappedAddressOf } from "./mman.ts";
 
 /** socket(2): Unix domain (local) sockets. */
 export const AF_UNIX = 1;
@@ -48,8 +49,12 @@ export const SHUT_WR = 1;
 /** shutdown(2): neither. */
 export const SHUT_RDWR = 2;
 
-/** Socket option level of `SCM_RIGHTS`. */
+/** Socket option level of `SCM_RIGHTS` and of the `SO_*` options. */
 export const SOL_SOCKET = 1;
+/** Socket option: send buffer size (the kernel doubles the value set; capped by wmem_max). */
+export const SO_SNDBUF = 7;
+/** Socket option: receive buffer size (doubled as `SO_SNDBUF`; capped by rmem_max). */
+export const SO_RCVBUF = 8;
 /** Control message type carrying file descriptors. */
 export const SCM_RIGHTS = 1;
 
@@ -409,4 +414,144 @@ export function recvExact(fd: number, buf: Uint8Array, maxFds = 0): RecvResult {
     bytes += got.bytes;
   }
   return { bytes, fds, fdsTruncated: false };
+}
+
+// A message header and an iovec table for the vectored calls (at most IOVEC_MAX entries).
+const IOVEC_MAX = 1024;
+const vHeader = new Uint8Array(new ArrayBuffer(MSGHDR_SIZE));
+const vHeaderView = new DataView(vHeader.buffer);
+const iovTable = new Uint8Array(new ArrayBuffer(IOVEC_MAX * IOVEC_SIZE));
+const iovTableView = new DataView(iovTable.buffer);
+
+// Lay `bufs` out as iovecs; false when one is not in mapped memory (whose address is stable).
+function vectorHeader(bufs: readonly Uint8Array[]): boolean {
+  if (bufs.length > IOVEC_MAX) return false;
+  for (let i = 0; i < bufs.length; i++) {
+    const address = mappedAddressOf(bufs[i]);
+    if (address === undefined) return false;
+    iovTableView.setBigUint64(i * IOVEC_SIZE, BigInt(address), true);
+    iovTableView.setBigUint64(i * IOVEC_SIZE + 8, BigInt(bufs[i].byteLength), true);
+  }
+  vHeaderView.setBigUint64(0, 0n, true); // msg_name
+  vHeaderView.setUint32(8, 0, true); // msg_namelen
+  vHeaderView.setBigUint64(16, addressOf(iovTable), true); // msg_iov
+  vHeaderView.setBigUint64(24, BigInt(bufs.length), true); // msg_iovlen
+  vHeaderView.setBigUint64(32, 0n, true); // msg_control
+  vHeaderView.setBigUint64(40, 0n, true); // msg_controllen
+  vHeaderView.setInt32(48, 0, true); // msg_flags
+  return true;
+}
+
+/**
+ * Sends `bufs`, in order, as one stream of bytes (sendmsg(2) with one iovec per buffer). Views
+ * into the buffer of a `Mapping` (guest memory) go to the kernel as one iovec table without a
+ * copy; otherwise one sendmsg per buffer, stopping where the kernel did, so the result means
+ * what one call's would. On a non-blocking socket a full buffer gives a short count, and 0
+ * (not EAGAIN) when nothing was taken.
+ *
+ * @param fd The connected socket.
+ * @param bufs The bytes, in order.
+ * @param flags `MSG_*` flags; default `MSG_NOSIGNAL`.
+ * @returns The number of bytes sent.
+ * @throws {SysError} When sendmsg(2) fails with anything but EAGAIN (EPIPE, ECONNRESET, …).
+ */
+export function sendv(
+  fd: number,
+  bufs: readonly Uint8Array[],
+  flags: number = MSG_NOSIGNAL,
+): number {
+  if (bufs.length === 0) return 0;
+  if (vectorHeader(bufs)) {
+    const n = libc().sendmsg(fd, vHeader, flags);
+    if (n >= 0) return n;
+    return againOrThrow("sendmsg");
+  }
+  let total = 0;
+  for (const b of bufs) {
+    if (b.byteLength === 0) continue;
+    let n: number;
+    try {
+      n = sendmsg(fd, b, [], flags);
+    } catch (err) {
+      if (err instanceof SysError && err.errno === Errno.EAGAIN) return total;
+      throw err;
+    }
+    total += n;
+    if (n < b.byteLength) break;
+  }
+  return total;
+}
+
+/**
+ * Receives into `bufs`, in order (recvmsg(2) with one iovec per buffer); views into a
+ * `Mapping` are filled by one call without a copy, others one recvmsg per buffer. On a
+ * non-blocking socket with nothing to read it returns -1 (not EAGAIN).
+ *
+ * @param fd The connected socket.
+ * @param bufs Where to put the bytes, in order.
+ * @param flags `MSG_*` flags; default none.
+ * @returns Bytes received; 0 at end of stream; -1 when nothing is there yet.
+ * @throws {SysError} When recvmsg(2) fails with anything but EAGAIN.
+ */
+export function recvv(fd: number, bufs: readonly Uint8Array[], flags = 0): number {
+  if (bufs.length === 0) return 0;
+  if (vectorHeader(bufs)) {
+    const n = libc().recvmsg(fd, vHeader, flags);
+    if (n >= 0) return n;
+    return againOrThrow("recvmsg");
+  }
+  let total = 0;
+  for (const b of bufs) {
+    if (b.byteLength === 0) continue;
+    let n: number;
+    try {
+      n = recvmsg(fd, b, 0, flags).bytes;
+    } catch (err) {
+      if (err instanceof SysError && err.errno === Errno.EAGAIN) return total > 0 ? total : -1;
+      throw err;
+    }
+    total += n;
+    if (n < b.byteLength) break;
+  }
+  return total;
+}
+
+// After a failed call: -1 for EAGAIN (retrying EINTR is the caller's next call), else throw.
+function againOrThrow(call: string): number {
+  const errno = lastErrno();
+  if (errno === Errno.EAGAIN || errno === Errno.EINTR) return call === "sendmsg" ? 0 : -1;
+  throw new SysError(call, errno);
+}
+
+const optBuf = new Uint8Array(new ArrayBuffer(8));
+const optView = new DataView(optBuf.buffer);
+
+/**
+ * Sets an integer socket option (setsockopt(2)), such as `SO_SNDBUF`.
+ *
+ * @param fd The socket.
+ * @param level The level, such as `SOL_SOCKET`.
+ * @param name The option, such as `SO_SNDBUF`.
+ * @param value The value.
+ * @throws {SysError} When setsockopt(2) fails.
+ */
+export function setSocketOption(fd: number, level: number, name: number, value: number): void {
+  optView.setInt32(0, value, true);
+  check("setsockopt", libc().setsockopt(fd, level, name, optBuf, 4));
+}
+
+/**
+ * Reads an integer socket option (getsockopt(2)).
+ *
+ * @param fd The socket.
+ * @param level The level, such as `SOL_SOCKET`.
+ * @param name The option, such as `SO_SNDBUF`.
+ * @returns The value.
+ * @throws {SysError} When getsockopt(2) fails.
+ */
+export function getSocketOption(fd: number, level: number, name: number): number {
+  const len = new Uint8Array(new ArrayBuffer(4));
+  new DataView(len.buffer).setUint32(0, 4, true);
+  check("getsockopt", libc().getsockopt(fd, level, name, optBuf, len));
+  return optView.getInt32(0, true);
 }

@@ -8,7 +8,8 @@
  */
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import { DriverQueue } from "./queue_driver.ts";
+import { DRIVER_OPT_IN_FEATURES, DriverQueue } from "./queue_driver.ts";
+import { PackedDriverQueue } from "./packed_driver.ts";
 import { VIRTIO_F_EVENT_IDX } from "../queue/split.ts";
 import {
   DEVICE_ACKNOWLEDGE,
@@ -16,6 +17,8 @@ import {
   DEVICE_DRIVER_OK,
   DEVICE_FEATURES_OK,
   featureBit,
+  VIRTIO_F_NOTIFICATION_DATA,
+  VIRTIO_F_RING_PACKED,
   VIRTIO_LEGACY_PAGE_SIZE,
 } from "../devices/device.ts";
 import {
@@ -47,6 +50,8 @@ export class MmioDriver {
   readonly memory: GuestMemory;
   /** The queues set up by `init`. */
   queues: DriverQueue[] = [];
+  /** The queues set up by `initPacked`. */
+  packedQueues: PackedDriverQueue[] = [];
   /** Features negotiated by `init`. */
   features = 0n;
 
@@ -106,8 +111,12 @@ export class MmioDriver {
     this.#w(R.Status, 0);
     this.#w(R.Status, DEVICE_ACKNOWLEDGE);
     this.#w(R.Status, DEVICE_ACKNOWLEDGE | DEVICE_DRIVER);
-    const wanted = options.features ?? ~0n & 0xffffffffffffffffn;
+    // The rings laid out here are split rings (see `initPacked` for the packed layout); the
+    // other opt-in transport features only when asked for.
+    const wanted = (options.features ?? ~DRIVER_OPT_IN_FEATURES & 0xffffffffffffffffn) &
+      ~featureBit(VIRTIO_F_RING_PACKED);
     this.features = this.deviceFeatures() & wanted;
+    this.packedQueues = [];
     this.writeDriverFeatures(this.features);
     let status = DEVICE_ACKNOWLEDGE | DEVICE_DRIVER;
     if (!legacy) {
@@ -162,15 +171,83 @@ export class MmioDriver {
   }
 
   /**
+   * Initialise the device with packed virtqueues (virtio 1.2 §2.8): as `init`, accepting
+   * VIRTIO_F_RING_PACKED, with {@linkcode PackedDriverQueue}s.
+   * @param options Features and queue placement (`queueSize` need not be a power of two).
+   * @returns The driver queues.
+   * @throws {Error} When the device does not offer the packed ring or refuses the features.
+   */
+  initPacked(options: MmioDriverInitOptions = {}): PackedDriverQueue[] {
+    const R = MmioRegister;
+    if (this.#r(R.MagicValue) !== MMIO_MAGIC_VALUE || this.#r(R.Version) !== 2) {
+      throw new Error("The packed ring needs a modern virtio-mmio device");
+    }
+    this.#w(R.Status, 0);
+    this.#w(R.Status, DEVICE_ACKNOWLEDGE);
+    this.#w(R.Status, DEVICE_ACKNOWLEDGE | DEVICE_DRIVER);
+    const offered = this.deviceFeatures();
+    if ((offered & featureBit(VIRTIO_F_RING_PACKED)) === 0n) {
+      throw new Error("The device does not offer VIRTIO_F_RING_PACKED");
+    }
+    this.features = offered & (options.features ?? ~DRIVER_OPT_IN_FEATURES & 0xffffffffffffffffn);
+    this.features |= featureBit(VIRTIO_F_RING_PACKED);
+    this.writeDriverFeatures(this.features);
+    const status = DEVICE_ACKNOWLEDGE | DEVICE_DRIVER | DEVICE_FEATURES_OK;
+    this.#w(R.Status, status);
+    if ((this.#r(R.Status) & DEVICE_FEATURES_OK) === 0) {
+      throw new Error("Device refused the features");
+    }
+    const eventIdx = (this.features & featureBit(VIRTIO_F_EVENT_IDX)) !== 0n;
+    const ringBase = options.ringBase ?? 0x10000;
+    const count = options.queues ?? this.transport.queues.length;
+    let bufferBase = options.bufferBase ?? ringBase + 0x10000 * count;
+    const queues: PackedDriverQueue[] = [];
+    for (let i = 0; i < count; i++) {
+      this.#w(R.QueueSel, i);
+      const max = this.#r(R.QueueNumMax);
+      if (max === 0) throw new Error(`Queue ${i} is not available`);
+      const size = Math.min(options.queueSize ?? 256, max);
+      const dq = new PackedDriverQueue(this.memory, {
+        size,
+        ringBase: ringBase + 0x10000 * i,
+        bufferBase,
+        bufferEnd: Math.min(bufferBase + 0x100000, this.memory.findRegion(bufferBase)!.end),
+        eventIdx,
+      });
+      bufferBase += 0x100000;
+      this.#w(R.QueueNum, size);
+      this.#w(R.QueueDescLow, dq.descTable);
+      this.#w(R.QueueDescHigh, 0);
+      this.#w(R.QueueDriverLow, dq.availRing);
+      this.#w(R.QueueDriverHigh, 0);
+      this.#w(R.QueueDeviceLow, dq.usedRing);
+      this.#w(R.QueueDeviceHigh, 0);
+      this.#w(R.QueueReady, 1);
+      queues.push(dq);
+    }
+    this.#w(R.Status, status | DEVICE_DRIVER_OK);
+    this.queues = [];
+    this.packedQueues = queues;
+    return queues;
+  }
+
+  /**
    * Notify the device of new buffers on queue `index` if it asked for it.
    * @param index Queue index.
    * @param force Notify even when the device suppressed notifications.
    * @returns Whether a notification was written.
    */
   kick(index: number, force = false): boolean {
-    const needed = this.queues[index].kickNeeded();
+    const packed = this.packedQueues[index];
+    const needed = (packed ?? this.queues[index]).kickNeeded();
     if (!needed && !force) return false;
-    this.#w(MmioRegister.QueueNotify, index);
+    let value = index;
+    if ((this.features & featureBit(VIRTIO_F_NOTIFICATION_DATA)) !== 0n) {
+      // virtio 1.2 §2.9: next_off in bits 16–30, next_wrap in bit 31.
+      const at = packed !== undefined ? packed.availPosition : this.queues[index].availIdx;
+      value = (index | ((at & 0xffff) << 16)) >>> 0;
+    }
+    this.#w(MmioRegister.QueueNotify, value);
     return true;
   }
 

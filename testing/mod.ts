@@ -9,6 +9,8 @@
  *   socket with memfd guest memory.
  * - {@linkcode takeFrames}, {@linkcode netHeader}, {@linkcode ipv4Frame}: the virtio-net driver's
  *   side of the queues, and frames with correct checksums.
+ * - {@linkcode VsockDriver}: a virtio-vsock driver on any of those rings: raw packets in,
+ *   decoded packets out.
  * - {@linkcode firstDifference} / {@linkcode assertBytes}: byte comparisons that name the first
  *   difference instead of diffing.
  *
@@ -18,7 +20,10 @@
  */
 
 export * from "./queue_driver.ts";
+export * from "./packed_driver.ts";
 export * from "./mmio_driver.ts";
+export * from "./pci_driver.ts";
 export * from "./vhost_user_frontend.ts";
+export * from "./vsock_driver.ts";
 export * from "./bytes.ts";
 export * from "./net_driver.ts";

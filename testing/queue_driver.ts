@@ -8,10 +8,10 @@
  */
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
+import type { Virtqueue } from "../queue/virtqueue.ts";
 import {
   availRingSize,
   DESCRIPTOR_SIZE,
-  type SplitQueue,
   usedRingSize,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
   VIRTQ_DESC_F_INDIRECT,
@@ -43,6 +43,14 @@ export interface RawDescriptor {
   next: number;
 }
 
+/**
+ * Features the driver harnesses accept only when asked (`features` naming them): they change
+ * what the driver itself must do — the packed ring layout, in-order batches of used entries,
+ * notifications that carry data, per-queue reset.
+ */
+export const DRIVER_OPT_IN_FEATURES: bigint = (1n << 34n) | (1n << 35n) | (1n << 38n) |
+  (1n << 40n);
+
 /** An entry the device put in the used ring. */
 export interface UsedEntry {
   /** Head index of the chain. */
@@ -69,6 +77,11 @@ export interface DriverQueueOptions {
   gaps?: boolean;
   /** Driver negotiated VIRTIO_F_EVENT_IDX (default false). */
   eventIdx?: boolean;
+  /**
+   * Driver negotiated VIRTIO_F_IN_ORDER (default false): one used entry may stand for a batch
+   * of buffers, those before it in order used completely.
+   */
+  inOrder?: boolean;
 }
 
 interface Outstanding {
@@ -113,6 +126,11 @@ export class DriverQueue {
   eventIdx: boolean;
   /** With EVENT_IDX, move `used_event` to the consumed position in `takeUsed` (default true). */
   autoUsedEvent = true;
+  /** Whether the driver negotiated VIRTIO_F_IN_ORDER. */
+  inOrder: boolean;
+  // In-order: heads in the order they were made available, and entries of a batch not taken.
+  #order: number[] = [];
+  #ready: UsedEntry[] = [];
   readonly #bufferBase: number;
   readonly #bufferEnd: number;
   readonly #gaps: boolean;
@@ -156,6 +174,7 @@ export class DriverQueue {
     this.#next = this.#bufferBase;
     this.#gaps = options.gaps ?? true;
     this.eventIdx = options.eventIdx ?? false;
+    this.inOrder = options.inOrder ?? false;
     for (let i = size - 1; i >= 0; i--) this.#free.push(i);
   }
 
@@ -164,7 +183,7 @@ export class DriverQueue {
    * the transport registers, and mark it ready.
    * @param queue The device's queue.
    */
-  program(queue: SplitQueue): void {
+  program(queue: Virtqueue): void {
     queue.size = this.size;
     queue.descTable = this.descTable;
     queue.availRing = this.availRing;
@@ -305,6 +324,7 @@ export class DriverQueue {
   publish(head: number): void {
     const slot = this.#availIdx & (this.size - 1);
     this.memory.writeU16(this.availRing + 4 + 2 * slot, head);
+    if (this.inOrder) this.#order.push(head);
     this.#availIdx = (this.#availIdx + 1) & 0xffff;
     this.#storeU16(this.availRing + 2, this.#availIdx);
   }
@@ -375,9 +395,9 @@ export class DriverQueue {
     return this.#loadU16(this.usedRing + 2);
   }
 
-  /** Number of used entries not yet taken. */
+  /** Number of used buffers not yet taken (with IN_ORDER, batches count every buffer). */
   pendingUsed(): number {
-    return (this.usedIdx() - this.#lastUsed) & 0xffff;
+    return this.#ready.length + ((this.usedIdx() - this.#lastUsed) & 0xffff);
   }
 
   /**
@@ -393,12 +413,41 @@ export class DriverQueue {
   }
 
   #takeOne(): UsedEntry | null {
+    if (this.inOrder) return this.#takeInOrder();
     if (this.pendingUsed() === 0) return null;
     const slot = this.#lastUsed & (this.size - 1);
     const at = this.usedRing + 4 + 8 * slot;
     const id = this.memory.readU32(at);
     const len = this.memory.readU32(at + 4);
     this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
+    return this.#complete(id, len);
+  }
+
+  // virtio 1.2 §2.7.9: the entry at the next used slot names the last buffer of a batch; the
+  // buffers made available before it are used completely, and the used index skips them all.
+  #takeInOrder(): UsedEntry | null {
+    const queued = this.#ready.shift();
+    if (queued !== undefined) return queued;
+    if (((this.usedIdx() - this.#lastUsed) & 0xffff) === 0) return null;
+    const at = this.usedRing + 4 + 8 * (this.#lastUsed & (this.size - 1));
+    const id = this.memory.readU32(at);
+    const len = this.memory.readU32(at + 4);
+    const batch: number[] = [];
+    while (this.#order.length > 0) {
+      const head = this.#order.shift()!;
+      batch.push(head);
+      if (head === id) break;
+    }
+    this.#lastUsed = (this.#lastUsed + batch.length) & 0xffff;
+    for (const head of batch) {
+      const out = this.#outstanding.get(head);
+      const full = out === undefined ? 0 : out.writable.reduce((n, w) => n + w.len, 0);
+      this.#ready.push(this.#complete(head, head === id ? len : full));
+    }
+    return this.#ready.shift() ?? null;
+  }
+
+  #complete(id: number, len: number): UsedEntry {
     const out = this.#outstanding.get(id);
     let written = new Uint8Array(0);
     if (out !== undefined) {

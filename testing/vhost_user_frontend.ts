@@ -14,6 +14,7 @@
 
 import { GuestMemory } from "../memory/guest_memory.ts";
 import {
+  DRIVER_OPT_IN_FEATURES,
   type DriverBuffer,
   DriverQueue,
   type RawDescriptor,
@@ -25,16 +26,22 @@ import {
   usedRingSize,
   VIRTIO_F_EVENT_IDX,
 } from "../queue/split.ts";
-import { featureBit } from "../devices/device.ts";
+import { featureBit, VIRTIO_F_RING_PACKED } from "../devices/device.ts";
 import {
+  addSeals,
   AF_UNIX,
   close as closeFd,
   connect as connectFd,
   Errno,
   EventFd,
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
   ftruncate,
   type Mapping,
   memfdCreate,
+  MFD_ALLOW_SEALING,
+  MFD_CLOEXEC,
   mmapFd,
   MSG_CMSG_CLOEXEC,
   MSG_DONTWAIT,
@@ -177,6 +184,12 @@ export interface VhostUserFrontendOptions {
   /** How long to wait for each reply, in milliseconds (default 10000). */
   timeoutMs?: number;
   /**
+   * Seal the guest memory's memfd against growing and shrinking, as QEMU's
+   * `memory-backend-memfd` does (default true). `false` leaves it unsealed, as
+   * `memory-backend-file` and other VMMs may; a backend then warns, or refuses it.
+   */
+  sealMemory?: boolean;
+  /**
    * Once REPLY_ACK is negotiated, ask for an acknowledgement of every request
    * sent by the high-level methods, so each returns after the backend handled
    * it (default true).
@@ -225,6 +238,17 @@ export interface StartOptions {
   queueSize?: number;
   /** Guest memory size; replaces the memory when it differs (default: keep). */
   memorySize?: number;
+  /**
+   * The memory table to send instead of the true one (see
+   * {@linkcode VhostUserFrontend.setMemTable}); for hostile tests.
+   */
+  memoryRegions?: readonly MemoryRegionDesc[];
+  /**
+   * Program the rings already set up again where their driver left off (`resumeRing`)
+   * instead of laying out fresh ones: after {@linkcode VhostUserFrontend.reconnect} (default
+   * false).
+   */
+  resume?: boolean;
 }
 
 /** What {@linkcode VhostUserFrontend.start} negotiated. */
@@ -375,6 +399,7 @@ export class VhostUserFrontend {
   #memory!: GuestMemory;
   readonly #timeoutMs: number;
   readonly #replyAck: boolean;
+  readonly #sealMemory: boolean;
   #closing = new AbortController();
   #closed = false;
   #peerClosed = false;
@@ -391,6 +416,7 @@ export class VhostUserFrontend {
     this.#fd = fd;
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#replyAck = options.replyAck ?? true;
+    this.#sealMemory = options.sealMemory ?? true;
   }
 
   /**
@@ -441,6 +467,14 @@ export class VhostUserFrontend {
     return this.#memory;
   }
 
+  /**
+   * The memfd holding the guest memory, as passed with SET_MEM_TABLE (owned by the frontend:
+   * do not close it). Tests may resize or seal it.
+   */
+  get memoryFd(): number {
+    return this.#memfd;
+  }
+
   /** Virtio features sent with the last SET_FEATURES. */
   get features(): bigint {
     return this.#features;
@@ -486,10 +520,11 @@ export class VhostUserFrontend {
     if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE !== 0) {
       throw new RangeError(`Memory size must be a positive multiple of ${PAGE}, got ${size}`);
     }
-    const memfd = memfdCreate("virtio-ts-guest");
+    const memfd = memfdCreate("virtio-ts-guest", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     let mapping: Mapping;
     try {
       ftruncate(memfd, size);
+      if (this.#sealMemory) addSeals(memfd, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
       mapping = mmapFd(memfd, size);
     } catch (err) {
       closeFd(memfd);
@@ -732,16 +767,20 @@ export class VhostUserFrontend {
   /**
    * SET_MEM_TABLE: pass the guest memory as one region at guest address 0, mapped in the
    * frontend at {@linkcode FRONTEND_VA_BASE}.
+   * @param regions A table to send instead, with the guest memory's memfd passed once per
+   *   region; nothing checks it, so a test can lie (a region larger than the memfd, an offset
+   *   past its end, overlaps, ...).
    */
-  async setMemTable(): Promise<void> {
+  async setMemTable(regions?: readonly MemoryRegionDesc[]): Promise<void> {
     this.#checkOpen(Request.SET_MEM_TABLE);
-    const region: MemoryRegionDesc = {
+    const table = regions ?? [{
       guestAddr: 0,
       size: this.#memory.totalSize,
       userAddr: this.userAddr(0),
       mmapOffset: 0,
-    };
-    await this.#command(Request.SET_MEM_TABLE, memTablePayload([region]), [this.#memfd]);
+    }];
+    const fds = table.map(() => this.#memfd);
+    await this.#command(Request.SET_MEM_TABLE, memTablePayload(table), fds);
   }
 
   /**
@@ -1023,15 +1062,56 @@ export class VhostUserFrontend {
     if (queueNum !== undefined && queues > queueNum) {
       throw new RangeError(`Backend has ${queueNum} queues, ${queues} asked for`);
     }
-    const features = (offered & (options.features ?? offered)) | (offered & protocol);
+    // The rings this frontend lays out are split rings: never accept the packed layout.
+    const split = ~(featureBit(VIRTIO_F_RING_PACKED) | DRIVER_OPT_IN_FEATURES);
+    const features = (offered & (options.features ?? offered) & split) | (offered & protocol);
     await this.setFeatures(features);
-    await this.setMemTable();
+    await this.setMemTable(options.memoryRegions);
     const rings: number[] = [];
     for (let i = 0; i < queues; i++) {
-      await this.setupRing(i, { size: options.queueSize });
+      if (options.resume && this.#rings.has(i)) await this.resumeRing(i);
+      else await this.setupRing(i, { size: options.queueSize });
       rings.push(i);
     }
     return { offeredFeatures: offered, features, protocolFeatures, queueNum, rings };
+  }
+
+  /**
+   * Connect to a backend again (a restarted one) on `path`, keeping the guest memory, the
+   * rings and their eventfds, as a VMM does when its backend comes back: continue with
+   * `start({ resume: true })`, which programs the rings where their driver left off.
+   * @param path The backend's socket.
+   * @throws {SysError} When the socket cannot be connected.
+   */
+  async reconnect(path: string): Promise<void> {
+    await this.#exclusive(async () => {
+      this.#checkOpen();
+      const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+      try {
+        setNonBlocking(fd);
+        const deadline = performance.now() + this.#timeoutMs;
+        for (;;) {
+          try {
+            connectFd(fd, path);
+            break;
+          } catch (err) {
+            if (!(err instanceof SysError && err.errno === Errno.EAGAIN)) throw err;
+            if (performance.now() > deadline) throw err;
+            await new Promise((resolve) => setTimeout(resolve, 5));
+          }
+        }
+      } catch (err) {
+        closeFd(fd);
+        throw err;
+      }
+      if (this.#fd >= 0) closeFd(this.#fd);
+      this.#fd = fd;
+      this.#peerClosed = false;
+      if (this.#backendReq >= 0) closeFd(this.#backendReq);
+      this.#backendReq = -1;
+      this.#features = 0n;
+      this.#protocolFeatures = 0n;
+    });
   }
 
   /**

@@ -17,6 +17,8 @@
 import { clearImmediate, setImmediate } from "node:timers";
 import type { GuestMemory } from "../memory/guest_memory.ts";
 import { SplitQueue } from "../queue/split.ts";
+import { PackedQueue } from "../queue/packed.ts";
+import type { Virtqueue } from "../queue/virtqueue.ts";
 import {
   ActivateError,
   DEVICE_ACKNOWLEDGE,
@@ -28,6 +30,8 @@ import {
   DEVICE_NEEDS_RESET,
   featureBit,
   type InterruptNotifier,
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_RING_RESET,
   VIRTIO_F_VERSION_1,
   type VirtioDevice,
   VirtioDeviceConfig,
@@ -98,6 +102,17 @@ export interface TransportCoreOptions {
    * time after DRIVER_OK, such as vhost-user. Activation is tried again as queues start.
    */
   deferIncompleteActivation?: boolean;
+  /**
+   * Offer VIRTIO_F_RING_PACKED (virtio 1.2 §2.8) to modern drivers (default true); the queues
+   * become packed queues when the driver accepts it.
+   */
+  ringPacked?: boolean;
+  /**
+   * Transport features offered on top of the device's (to modern drivers): VIRTIO_F_RING_RESET
+   * where the transport has a per-queue reset register, VIRTIO_F_NOTIFICATION_DATA where its
+   * notifications can carry data (virtio-mmio, virtio-pci; not vhost-user's eventfds).
+   */
+  transportFeatures?: bigint;
   /** Called once each time the device enters DEVICE_NEEDS_RESET (e.g. to signal err fds). */
   onNeedsReset?: (err: VirtioError | ActivateError) => void;
 }
@@ -144,7 +159,7 @@ export class TransportCore {
   /** The device. */
   readonly device: VirtioDevice;
   /** The queues, by index; owned by the core. */
-  readonly queues: SplitQueue[];
+  readonly queues: Virtqueue[];
   #modern: boolean;
   readonly #masked: bigint;
   readonly #queueNotifier: (index: number) => InterruptNotifier;
@@ -154,9 +169,12 @@ export class TransportCore {
   readonly #shm: VirtioSharedMemoryList | undefined;
   readonly #ctrlIndex: number;
   readonly #defer: boolean;
+  readonly #ringPacked: boolean;
+  readonly #transportFeatures: bigint;
   readonly #notifiers: (InterruptNotifier | undefined)[];
   // Continuations of passes that stopped at their budget, by queue index.
   readonly #continuations: (ReturnType<typeof setImmediate> | undefined)[];
+  readonly #notifyData: (number | undefined)[];
   #memory: GuestMemory | undefined;
   #status = 0;
   #driverFeatures = 0n;
@@ -181,6 +199,8 @@ export class TransportCore {
     this.#onNeedsReset = options.onNeedsReset ?? (() => {});
     this.#shm = options.shmRegions;
     this.#defer = options.deferIncompleteActivation ?? false;
+    this.#ringPacked = options.ringPacked ?? true;
+    this.#transportFeatures = options.transportFeatures ?? 0n;
     // Data queues, then the control queue if the device has one (seed `ctrl_queue_max_sizes`).
     const sizes = [...device.queueMaxSizes()];
     const ctrl = device.ctrlQueueMaxSizes?.() ?? 0;
@@ -189,6 +209,7 @@ export class TransportCore {
     this.queues = sizes.map((n) => new SplitQueue(n));
     this.#notifiers = this.queues.map(() => undefined);
     this.#continuations = this.queues.map(() => undefined);
+    this.#notifyData = this.queues.map(() => undefined);
   }
 
   /** Index of the control queue (after the data queues), or -1 when the device has none. */
@@ -247,7 +268,10 @@ export class TransportCore {
    */
   offeredPage(page: number): number {
     if (!Number.isInteger(page) || page < 0 || page > 1) return 0;
-    const all = BigInt(this.device.getAvailFeatures(page) >>> 0) << BigInt(32 * page);
+    let all = BigInt(this.device.getAvailFeatures(page) >>> 0) << BigInt(32 * page);
+    // Ring layouts are the transport's business: the packed ring is offered on top.
+    if (this.#ringPacked) all |= featureBit(VIRTIO_F_RING_PACKED);
+    all |= this.#transportFeatures;
     return Number((this.#offerMask(all) >> BigInt(32 * page)) & ALL_PAGES);
   }
 
@@ -258,8 +282,12 @@ export class TransportCore {
 
   #offerMask(features: bigint): bigint {
     let f = features & ~this.#masked;
-    // A legacy device must not offer VIRTIO_F_VERSION_1 (virtio 1.2 §2.2.3).
-    if (!this.#modern) f &= ~featureBit(VIRTIO_F_VERSION_1);
+    // A legacy device must not offer VIRTIO_F_VERSION_1 (virtio 1.2 §2.2.3), nor any of the
+    // transport features that came with it.
+    if (!this.#modern) {
+      f &= ~(featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_F_RING_PACKED) |
+        this.#transportFeatures);
+    }
     return f;
   }
 
@@ -325,6 +353,16 @@ export class TransportCore {
     const f = this.#driverFeatures & this.offeredFeatures();
     this.device.setAckedFeatures(0, Number(f & ALL_PAGES));
     this.device.setAckedFeatures(1, Number((f >> 32n) & ALL_PAGES));
+    this.#useFormat((f & featureBit(VIRTIO_F_RING_PACKED)) !== 0n ? "packed" : "split");
+  }
+
+  // The driver chose the ring layout with its features (before it sets queues up).
+  #useFormat(format: "split" | "packed"): void {
+    for (let i = 0; i < this.queues.length; i++) {
+      const q = this.queues[i];
+      if (q.format === format) continue;
+      this.queues[i] = format === "packed" ? new PackedQueue(q.maxSize) : new SplitQueue(q.maxSize);
+    }
   }
 
   // -------------------------------------------------------------------------------------------
@@ -408,17 +446,76 @@ export class TransportCore {
    * @param index Queue index.
    * @returns The queue to configure, or `undefined`.
    */
-  queueForSetup(index: number): SplitQueue | undefined {
+  queueForSetup(index: number): Virtqueue | undefined {
     const q = this.queues[index];
     if (!Number.isInteger(index) || q === undefined) {
       this.#error("InvalidQueueAccess", `queue ${index} does not exist`);
       return undefined;
     }
-    if (q.ready || (this.#status & DEVICE_DRIVER_OK) !== 0) {
+    // After DRIVER_OK only a queue reset with VIRTIO_F_RING_RESET frees a queue for set-up
+    // (virtio 1.2 §2.6.1.2).
+    const live = (this.#status & DEVICE_DRIVER_OK) !== 0 && !this.negotiated(VIRTIO_F_RING_RESET);
+    if (q.ready || live) {
       this.#error("InvalidQueueAccess", `queue ${index} is live`);
       return undefined;
     }
     return q;
+  }
+
+  /**
+   * Whether the driver accepted feature `bit` (device or transport feature), once
+   * FEATURES_OK (or a legacy driver's DRIVER_OK) made the features final.
+   * @param bit Feature bit.
+   * @returns The answer.
+   */
+  negotiated(bit: number): boolean {
+    if ((this.#status & (DEVICE_FEATURES_OK | DEVICE_DRIVER_OK)) === 0) return false;
+    return (this.#driverFeatures & this.offeredFeatures() & featureBit(bit)) !== 0n;
+  }
+
+  /**
+   * The driver enabled queue `index` (QueueReady, queue_enable). Before DRIVER_OK this marks
+   * it ready; after it (a queue re-enabled after a per-queue reset, VIRTIO_F_RING_RESET) the
+   * device starts serving it without a reset.
+   * @param index Queue index.
+   * @returns Whether the queue is ready afterwards.
+   */
+  enableQueue(index: number): boolean {
+    const q = this.queueForSetup(index);
+    if (q === undefined) return false;
+    if ((this.#status & DEVICE_DRIVER_OK) === 0) {
+      q.ready = true;
+      return true;
+    }
+    try {
+      this.startQueue(index);
+      return true;
+    } catch (err) {
+      this.#error("InvalidQueueAccess", errorMessage(err), err);
+      return false;
+    }
+  }
+
+  /**
+   * Reset queue `index` on its own (virtio 1.2 §2.6.1: VIRTIO_F_RING_RESET): the device stops
+   * serving it and forgets its state; the driver may set it up and enable it again.
+   * @param index Queue index.
+   * @returns Whether the reset happened (the feature is negotiated and the queue exists).
+   */
+  resetQueue(index: number): boolean {
+    const q = this.queues[index];
+    if (!Number.isInteger(index) || q === undefined) {
+      this.#error("InvalidQueueAccess", `queue ${index} does not exist`);
+      return false;
+    }
+    if (!this.negotiated(VIRTIO_F_RING_RESET)) {
+      this.#error("InvalidQueueAccess", "queue reset without VIRTIO_F_RING_RESET");
+      return false;
+    }
+    this.stopQueue(index);
+    q.reset();
+    this.#notifyData[index] = undefined;
+    return true;
   }
 
   /**
@@ -458,7 +555,7 @@ export class TransportCore {
     if (this.#active) this.#reconfigure();
   }
 
-  #existing(index: number): SplitQueue {
+  #existing(index: number): Virtqueue {
     const q = this.queues[index];
     if (!Number.isInteger(index) || q === undefined) {
       throw new VirtioError("InvalidInput", `queue ${index} does not exist`);
@@ -590,9 +687,11 @@ export class TransportCore {
     this.#deactivate();
     // A device that was never activated still forgets its negotiation.
     this.device.reset();
+    this.#useFormat("split");
     for (const q of this.queues) q.reset();
     this.#status = DEVICE_INIT;
     this.#driverFeatures = 0n;
+    this.#notifyData.fill(undefined);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -604,13 +703,29 @@ export class TransportCore {
    * and the control channel are served in between. Ignored before activation, after
    * NEEDS_RESET or FAILED, and for a queue that is not ready.
    * @param index Queue index.
+   * @param data With VIRTIO_F_NOTIFICATION_DATA, the notification's upper 16 bits.
    */
-  notify(index: number): void {
+  notify(index: number, data?: number): void {
     if (!Number.isInteger(index) || index < 0 || index >= this.queues.length) {
       this.#error("InvalidNotify", `notify for queue ${index}`);
       return;
     }
+    if (data !== undefined) {
+      // virtio 1.2 §2.9: with VIRTIO_F_NOTIFICATION_DATA the driver says where its next
+      // available entry goes. A hint only: the ring itself is always what is served.
+      this.#notifyData[index] = data;
+    }
     this.#serve(index);
+  }
+
+  /**
+   * The data of the last notification of queue `index` (next_off in bits 0–14, next_wrap in
+   * bit 15), when VIRTIO_F_NOTIFICATION_DATA is in use.
+   * @param index Queue index.
+   * @returns The data, or `undefined`.
+   */
+  notificationData(index: number): number | undefined {
+    return this.#notifyData[index];
   }
 
   #serve(index: number): void {

@@ -7,14 +7,17 @@
  */
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import type { SplitQueue } from "../queue/split.ts";
+import type { Virtqueue } from "../queue/virtqueue.ts";
 import {
   createDeviceNotifier,
   createQueueNotifier,
   DEVICE_DRIVER_OK,
+  featureBit,
   type InterruptNotifier,
   InterruptStatus,
   type InterruptTrigger,
+  VIRTIO_F_NOTIFICATION_DATA,
+  VIRTIO_F_RING_RESET,
   VIRTIO_LEGACY_PAGE_SIZE,
   type VirtioDevice,
   type VirtioSharedMemoryList,
@@ -171,6 +174,7 @@ export class MmioTransport {
     this.core = new TransportCore(device, {
       memory,
       modern: this.version === 2,
+      transportFeatures: featureBit(VIRTIO_F_RING_RESET) | featureBit(VIRTIO_F_NOTIFICATION_DATA),
       queueNotifier: () => queueNotifier,
       configNotifier: createDeviceNotifier(trigger, this.interruptStatus),
       shmRegions: options.shmRegions,
@@ -181,7 +185,7 @@ export class MmioTransport {
   }
 
   /** The queues, by index; owned by the transport core. */
-  get queues(): readonly SplitQueue[] {
+  get queues(): readonly Virtqueue[] {
     return this.core.queues;
   }
 
@@ -384,7 +388,12 @@ export class MmioTransport {
         return;
       }
       case R.QueueNotify:
-        // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index (virtio 1.2 §4.2.3.3).
+        // virtio 1.2 §4.2.3.3: the queue index, and with VIRTIO_F_NOTIFICATION_DATA next_off
+        // and next_wrap in the upper half.
+        if (this.core.negotiated(VIRTIO_F_NOTIFICATION_DATA)) {
+          this.core.notify(v & 0xffff, v >>> 16);
+          return;
+        }
         if ((v >>> 16) !== 0) {
           this.#error("InvalidNotify", offset, `notify for queue ${v}`);
           return;
@@ -405,8 +414,12 @@ export class MmioTransport {
         return;
       case R.QueueReset:
         if (legacy) break;
-        // VIRTIO_F_RING_RESET is never offered, so the register is inert.
-        this.#error("InvalidRegister", offset, "QueueReset without VIRTIO_F_RING_RESET");
+        // virtio 1.2 §4.2.2.2: 1 resets the selected queue; done by the time it is read back.
+        if (v !== 1) {
+          this.#error("InvalidQueueAccess", offset, `QueueReset ${v}`);
+          return;
+        }
+        this.core.resetQueue(this.#queueSel);
         return;
     }
     this.#error("InvalidRegister", offset, "write of a read-only or unknown register");
@@ -428,11 +441,16 @@ export class MmioTransport {
       q.ready = false;
       return;
     }
-    if (live) {
+    if (live && !this.core.negotiated(VIRTIO_F_RING_RESET)) {
       this.#error("InvalidQueueAccess", offset, "QueueReady set after DRIVER_OK");
       return;
     }
-    q.ready = true;
+    if (!live) {
+      q.ready = true;
+      return;
+    }
+    // After a queue reset (VIRTIO_F_RING_RESET): served again, without a device reset.
+    this.core.enableQueue(this.#queueSel);
   }
 
   // Legacy layout (virtio 1.2 §2.7.2 legacy note): descriptors at PFN * page size,

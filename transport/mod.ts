@@ -8,3 +8,4 @@
 
 export * from "./core.ts";
 export * from "./mmio.ts";
+export * from "./pci.ts";

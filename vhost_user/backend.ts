@@ -17,6 +17,7 @@ import {
   DEVICE_DRIVER_OK,
   DEVICE_FEATURES_OK,
   featureBit,
+  VIRTIO_F_RING_PACKED,
   type VirtioDevice,
 } from "../devices/device.ts";
 import { TransportCore } from "../transport/core.ts";
@@ -27,6 +28,8 @@ import {
   close,
   Errno,
   EventFd,
+  eventFdSemaphore,
+  fdKind,
   FdWatcher,
   listen,
   type Mapping,
@@ -41,14 +44,17 @@ import {
   socket,
   SysError,
   type Watch,
+  watchEventFd,
 } from "../sys/mod.ts";
-import { existsSync, lstatSync, unlinkSync } from "node:fs";
+import { existsSync, lstatSync, renameSync, unlinkSync } from "node:fs";
+import process from "node:process";
 import { clearImmediate, setImmediate } from "node:timers";
 import {
   BackendRequest,
   encode,
   FLAG_NEED_REPLY,
   FLAG_REPLY,
+  type MemoryRegionDesc,
   type Message,
   MessageReader,
   Payload,
@@ -63,6 +69,15 @@ import {
   VRING_NOFD_MASK,
   vringStatePayload,
 } from "./protocol.ts";
+import {
+  checkMemTable,
+  checkRegionFile,
+  type RegionFile,
+  regionName,
+  UnsealedMemoryWarning,
+} from "./_memory_table.ts";
+
+export { UnsealedMemoryWarning } from "./_memory_table.ts";
 
 /**
  * Protocol features this backend offers. CONFIG and BACKEND_REQ (the channel that carries
@@ -76,7 +91,10 @@ export const BACKEND_PROTOCOL_FEATURES: bigint = featureBit(ProtocolFeature.MQ) 
 export interface VhostUserBackendOptions {
   /** Path of the Unix socket to listen on (an existing socket file is replaced). */
   socketPath: string;
-  /** Called with each dropped connection's error, and other errors. */
+  /**
+   * Called with each dropped connection's error, other errors, and the one-time
+   * {@link UnsealedMemoryWarning} (default: printed with `console.error`).
+   */
   onError?: (err: Error) => void;
   /** Called with progress messages (connections, rings started). */
   log?: (message: string) => void;
@@ -96,10 +114,23 @@ export interface VhostUserBackendOptions {
    * it: pass `false` there.
    */
   configSpace?: boolean;
+  /**
+   * Refuse guest memory that is not sealed against shrinking (F_SEAL_SHRINK), instead of
+   * serving it with a one-time {@link UnsealedMemoryWarning} (default false). A frontend that
+   * truncates unsealed memory after SET_MEM_TABLE makes the backend process die of SIGBUS;
+   * sealed memory (QEMU's `memory-backend-memfd`, which seals by default) cannot shrink.
+   */
+  requireSealedMemory?: boolean;
 }
+
+// sockaddr_un.sun_path holds 108 bytes, the terminating NUL included.
+const SUN_PATH_MAX = 108;
 
 /** The longest a busy poll holds the event loop before yielding, in milliseconds. */
 export const BUSY_POLL_BUDGET_MS = 5;
+/** How long the backend stops accepting after `accept` failed for want of resources (ms). */
+const ACCEPT_RETRY_MS = 100;
+
 /** The largest poll-mode window, in microseconds (`pollUs`). */
 export const MAX_POLL_US = 1000;
 
@@ -148,6 +179,7 @@ export class VhostUserBackend {
   readonly #offeredProtocol: bigint;
   #listenFd = -1;
   #listenWatch: Watch | undefined;
+  #acceptRetry: ReturnType<typeof setTimeout> | undefined;
   #conn = -1;
   #connWatch: Watch | undefined;
   #reader = new MessageReader();
@@ -163,6 +195,8 @@ export class VhostUserBackend {
   #rings: Ring[];
   readonly #pollMs: number;
   #pollResume: ReturnType<typeof setImmediate> | undefined;
+  readonly #requireSealedMemory: boolean;
+  #warnedUnsealed = false;
   #closedResolve!: () => void;
   /** Connections accepted so far. */
   connections = 0;
@@ -186,6 +220,7 @@ export class VhostUserBackend {
       throw new RangeError(`pollUs must be 0 to ${MAX_POLL_US}, got ${pollUs}`);
     }
     this.#pollMs = pollUs / 1000;
+    this.#requireSealedMemory = options.requireSealedMemory ?? false;
     this.core = new TransportCore(device, {
       queueNotifier: (i) => createQueueNotifier(() => this.#rings[i].call?.write(1n)),
       // Configuration changes reach the frontend on the backend request channel, if it set one.
@@ -233,12 +268,22 @@ export class VhostUserBackend {
   listen(): void {
     if (existsSync(this.#path) && lstatSync(this.#path).isSocket()) unlinkSync(this.#path);
     const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+    // Bound and listening under a temporary name first, then renamed into place: whoever
+    // sees the socket file can connect to it (no window between bind and listen).
+    // (A path too long for the extra suffix is bound directly.)
+    let tmp = `${this.#path}.${process.pid}.tmp`;
+    if (new TextEncoder().encode(tmp).length >= SUN_PATH_MAX) tmp = this.#path;
     try {
-      bind(fd, this.#path);
+      if (tmp !== this.#path && existsSync(tmp)) unlinkSync(tmp);
+      bind(fd, tmp);
       listen(fd, 4);
       setNonBlocking(fd);
+      if (tmp !== this.#path) renameSync(tmp, this.#path);
     } catch (err) {
       close(fd);
+      try {
+        if (tmp !== this.#path && existsSync(tmp)) unlinkSync(tmp);
+      } catch { /* best effort */ }
       throw err;
     }
     this.#listenFd = fd;
@@ -252,6 +297,8 @@ export class VhostUserBackend {
     this.#pollResume = undefined;
     this.#disconnect("backend closing");
     this.#listenWatch?.close();
+    if (this.#acceptRetry !== undefined) clearTimeout(this.#acceptRetry);
+    this.#acceptRetry = undefined;
     if (this.#listenFd >= 0) close(this.#listenFd);
     this.#listenFd = -1;
     await this.#watcher.stop();
@@ -268,6 +315,16 @@ export class VhostUserBackend {
     } catch (err) {
       if (err instanceof SysError && err.errno === Errno.EAGAIN) return;
       this.#onError(asError(err));
+      // The connection stays queued (out of descriptors or memory): the socket stays readable,
+      // so stop watching it for a while instead of failing in a loop.
+      this.#listenWatch?.close();
+      this.#listenWatch = undefined;
+      this.#acceptRetry ??= setTimeout(() => {
+        this.#acceptRetry = undefined;
+        if (this.#listenFd >= 0) {
+          this.#listenWatch = this.#watcher.watch(this.#listenFd, () => this.#accept());
+        }
+      }, ACCEPT_RETRY_MS);
       return;
     }
     // A frontend that reconnects may be accepted before its old connection's hang-up is seen:
@@ -425,7 +482,10 @@ export class VhostUserBackend {
         this.#requireOwner(rq);
         const { index, num } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
-        if (num === 0 || (num & (num - 1)) !== 0 || num > this.core.queues[index].maxSize) {
+        // A split ring's size is a power of two; a packed ring's need not be (virtio 1.2 §2.8).
+        const packed = (this.#features & featureBit(VIRTIO_F_RING_PACKED)) !== 0n;
+        const pow2 = (num & (num - 1)) === 0;
+        if (num === 0 || (!packed && !pow2) || num > this.core.queues[index].maxSize) {
           throw new VhostUserError("InvalidValue", `vring ${index} size ${num}`, rq);
         }
         if (ring.started) throw new VhostUserError("OutOfOrder", `vring ${index} is running`, rq);
@@ -453,7 +513,12 @@ export class VhostUserBackend {
         const { index, num } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
         if (ring.started) throw new VhostUserError("OutOfOrder", `vring ${index} is running`, rq);
-        if (num > 0xffff) throw new VhostUserError("InvalidValue", `vring base ${num}`, rq);
+        // Split: the next available index. Packed: avail index and wrap in bits 0–15, used
+        // index and wrap in bits 16–31 (as QEMU encodes them).
+        const packed = (this.#features & featureBit(VIRTIO_F_RING_PACKED)) !== 0n;
+        if (!packed && num > 0xffff) {
+          throw new VhostUserError("InvalidValue", `vring base ${num}`, rq);
+        }
         ring.base = num;
         ring.parked = false;
         return undefined;
@@ -462,7 +527,7 @@ export class VhostUserBackend {
         this.#requireOwner(rq);
         const { index } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
-        const base = ring.started ? this.core.queues[index].nextAvail : ring.base;
+        const base = ring.started ? this.core.queues[index].vringBase() : ring.base;
         this.#stopRing(index);
         ring.base = base;
         ring.parked = true;
@@ -482,7 +547,7 @@ export class VhostUserBackend {
         if (!noFd && msg.fds.length !== 1) {
           throw new VhostUserError("Malformed", `expected 1 fd, got ${msg.fds.length}`, rq);
         }
-        const efd = noFd ? undefined : EventFd.fromFd(msg.fds.shift()!);
+        const efd = noFd ? undefined : this.#adoptEventFd(msg, index);
         if (rq === R.SET_VRING_KICK) {
           if (efd === undefined) {
             throw new VhostUserError("Unsupported", "polling mode (no kick fd)", rq);
@@ -620,6 +685,8 @@ export class VhostUserBackend {
     }
   }
 
+  // Every region is checked before anything is mapped (see _memory_table.ts): the table as a
+  // whole, then each file against its size and seals, so no mapping can reach past its file.
   #setMemTable(msg: Message): void {
     const descs = Payload.memTable(msg);
     if (msg.fds.length !== descs.length) {
@@ -629,6 +696,13 @@ export class VhostUserBackend {
         msg.request,
       );
     }
+    checkMemTable(descs, msg.request);
+    const files = descs.map((d, i) =>
+      checkRegionFile(msg.fds[i], d, i, {
+        requireSealed: this.#requireSealedMemory,
+        request: msg.request,
+      })
+    );
     const mapped: MappedRegion[] = [];
     try {
       descs.forEach((d, i) => {
@@ -664,6 +738,15 @@ export class VhostUserBackend {
       if (err instanceof VhostUserError) throw err;
       throw new VhostUserError("InvalidValue", asError(err).message, msg.request, { cause: err });
     }
+    this.#warnIfUnsealed(descs, files);
+  }
+
+  // Unsealed memory is served, with the risk said once per backend.
+  #warnIfUnsealed(descs: MemoryRegionDesc[], files: RegionFile[]): void {
+    const i = files.findIndex((f) => !f.sealed);
+    if (i < 0 || this.#warnedUnsealed) return;
+    this.#warnedUnsealed = true;
+    this.#onError(new UnsealedMemoryWarning(i, regionName(i, descs[i])));
   }
 
   // Frontend virtual address -> guest-physical address, through the memory table.
@@ -680,6 +763,60 @@ export class VhostUserBackend {
     );
   }
 
+  // A vring's kick, call or err fd must be an eventfd. Anything else (a socket, a pipe, a file)
+  // would be read or written as if it were one, and a kick fd that stays readable (a socket
+  // whose peer closed, a file) had the ring served tens of thousands of times a second. A
+  // semaphore-mode kick eventfd stays readable for as many reads as one write says.
+  #adoptEventFd(msg: Message, index: number): EventFd {
+    const rq = msg.request;
+    const what = VRING_FD_NAMES.get(rq) ?? "";
+    const fd = msg.fds[0];
+    let kind: string;
+    try {
+      kind = fdKind(fd);
+    } catch (err) {
+      const message = `vring ${index} ${what} fd: ${asError(err).message}`;
+      throw new VhostUserError("InvalidValue", message, rq, { cause: err });
+    }
+    if (kind !== "eventfd") {
+      const article = /^[aeiou]/.test(kind) ? "an" : "a";
+      throw new VhostUserError(
+        "InvalidValue",
+        `vring ${index} ${what} fd is ${article} ${kind}, not an eventfd`,
+        rq,
+      );
+    }
+    if (rq === Request.SET_VRING_KICK && eventFdSemaphore(fd) === true) {
+      throw new VhostUserError(
+        "InvalidValue",
+        `vring ${index} kick fd is an eventfd in semaphore mode (EFD_SEMAPHORE)`,
+        rq,
+      );
+    }
+    return EventFd.fromFd(msg.fds.shift()!);
+  }
+
+  // Serve the ring on each kick. A kick fd that hangs up, fails to read or never drains stops
+  // being watched and is reported once, instead of having the ring served in a loop; a new
+  // SET_VRING_KICK brings the ring back.
+  #watchKick(index: number, kick: EventFd): Watch {
+    return watchEventFd(kick, {
+      watcher: this.#watcher,
+      onSignal: () => {
+        this.core.notify(index);
+        if (this.#pollMs > 0) this.#busyPoll();
+      },
+      onBroken: (reason) =>
+        this.#onError(
+          new VhostUserError(
+            "Io",
+            `vring ${index} kick fd: ${reason}; the ring is no longer watched`,
+            Request.SET_VRING_KICK,
+          ),
+        ),
+    });
+  }
+
   #maybeStart(index: number): void {
     const ring = this.#rings[index];
     if (ring.started || ring.parked || !ring.enabled) return;
@@ -693,27 +830,22 @@ export class VhostUserBackend {
     q.availRing = this.#translate(ring.addr.avail, Request.SET_VRING_ADDR);
     q.usedRing = this.#translate(ring.addr.used, Request.SET_VRING_ADDR);
     try {
-      // Resume where the frontend says; a used index behind it means requests were in
-      // flight when the previous backend went away: serve them again. The indices are set
-      // before the device sees the queue: it may use it at once (a net device delivers the
-      // frames that waited while the ring was stopped).
-      const used = this.#memory.readU16(q.usedRing + 2);
-      q.nextAvail = used !== ring.base ? used : ring.base;
-      q.nextUsed = used;
+      // Resume where the frontend says (a used index behind it means requests were in flight
+      // when the previous backend went away: serve them again) before the device sees the
+      // queue: it may use it at once (a net device delivers the frames that waited while the
+      // ring was stopped).
+      q.ready = true;
+      q.resume(this.#memory, ring.base);
       this.core.startQueue(index);
     } catch (err) {
+      q.ready = false;
       throw new VhostUserError("InvalidValue", `vring ${index}: ${asError(err).message}`, 0, {
         cause: err,
       });
     }
     ring.started = true;
     this.#log(`vring ${index} started (size ${ring.num}, base ${ring.base})`);
-    const kick = ring.kick;
-    ring.watch = this.#watcher.watch(kick.fd, () => {
-      kick.read();
-      this.core.notify(index);
-      if (this.#pollMs > 0) this.#busyPoll();
-    });
+    ring.watch = this.#watchKick(index, ring.kick);
     if (this.core.tryActivate()) {
       // Serve every started ring, this one included: buffers may be waiting already.
       for (let i = 0; i < this.#rings.length; i++) {
@@ -777,7 +909,7 @@ export class VhostUserBackend {
     if (!ring.started) return;
     ring.watch?.close();
     ring.watch = undefined;
-    ring.base = this.core.queues[index].nextAvail;
+    ring.base = this.core.queues[index].vringBase();
     ring.started = false;
     // Not a reset: the device keeps its features and configuration and serves the others.
     this.core.stopQueue(index);
@@ -816,6 +948,12 @@ export class VhostUserBackend {
     this.#log(`frontend disconnected: ${reason}`);
   }
 }
+
+const VRING_FD_NAMES: ReadonlyMap<number, string> = new Map([
+  [Request.SET_VRING_KICK, "kick"],
+  [Request.SET_VRING_CALL, "call"],
+  [Request.SET_VRING_ERR, "err"],
+]);
 
 function newRing(maxSize: number): Ring {
   return {

@@ -5,6 +5,8 @@
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vblk.sock --device blk --file disk.img
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vrng.sock --device rng
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vnet.sock --device net --tap vt0
+ * deno run --allow-all vhost_user/main.ts --socket /tmp/vsock.sock --device vsock \
+ *   --guest-cid 3 --uds-path /tmp/vsock.uds
  * ```
  *
  * @module
@@ -23,15 +25,16 @@ import {
   TapNetBackend,
 } from "../devices/net.ts";
 import { writeFileSync } from "node:fs";
-import { MAX_POLL_US, VhostUserBackend } from "./backend.ts";
+import { MAX_POLL_US, UnsealedMemoryWarning, VhostUserBackend } from "./backend.ts";
+import { VsockDevice } from "../devices/vsock.ts";
 
-const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk|net [options]
+const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk|vsock|net [options]
 
 Serves a virtio device to a vhost-user frontend (QEMU, Cloud Hypervisor, ...).
 
 Options:
   --socket PATH     Unix socket to listen on (required)
-  --device NAME     rng, blk or net (required)
+  --device NAME     rng, blk, vsock or net (required)
   --file PATH       blk: the raw disk image or block device
   --readonly        blk: refuse writes (VIRTIO_BLK_F_RO)
   --overlay PATH    blk: copy-on-write overlay file over --file, which is then opened
@@ -62,8 +65,19 @@ Options:
   --queue-size N    net: size of each queue, a power of two up to 32768 (default 256; QEMU's
                     rx_queue_size/tx_queue_size go up to 1024)
   --stats PATH      net: write the device counters there as JSON when the backend exits
+  --guest-cid N     vsock: the guest's CID, 3 to 4294967294 (required)
+  --uds-path PATH   vsock: host side as Unix sockets: host programs connect to PATH and
+                    write "CONNECT <port>\\n" (answered "OK <host-port>\\n"); guest
+                    connections to CID 2 port P reach the socket listening at PATH_P
+  --vsock-buffer-size N
+                    vsock: receive buffer per connection (buf_alloc), the most guest bytes
+                    held for a host socket that does not keep up (default 262144)
   --poll-us N       poll mode: keep checking the rings for N µs (up to 1000) after serving
                     a kick; lower latency for a busy guest, at the cost of CPU (default 0)
+  --require-sealed-memory
+                    refuse guest memory not sealed against shrinking (F_SEAL_SHRINK); by
+                    default it is served with a warning, since a frontend that truncates it
+                    would kill this process with SIGBUS (QEMU's memory-backend-memfd seals)
   --once            exit after the first frontend disconnects
   --verbose         log connections and ring state changes
   --help            show this text
@@ -116,6 +130,9 @@ export async function main(argv: string[]): Promise<number> {
         "rng-max-bytes": { type: "string" },
         "rng-period-ms": { type: "string" },
         "block-size": { type: "string" },
+        "guest-cid": { type: "string" },
+        "uds-path": { type: "string" },
+        "vsock-buffer-size": { type: "string" },
         "physical-block-size": { type: "string" },
         writethrough: { type: "boolean", default: false },
         tap: { type: "string" },
@@ -127,6 +144,7 @@ export async function main(argv: string[]): Promise<number> {
         mtu: { type: "string" },
         "queue-size": { type: "string" },
         stats: { type: "string" },
+        "require-sealed-memory": { type: "boolean", default: false },
         once: { type: "boolean", default: false },
         verbose: { type: "boolean", default: false },
         help: { type: "boolean", default: false },
@@ -160,6 +178,12 @@ export async function main(argv: string[]): Promise<number> {
   const rngMaxBytes = intOption(args["rng-max-bytes"], "rng-max-bytes", undefined, 1);
   const rngPeriodMs = intOption(args["rng-period-ms"], "rng-period-ms", 1000, 1, RNG_MAX_PERIOD_MS);
   if (rngMaxBytes === null || rngPeriodMs === null) return 2;
+  const vsockOptions = args["guest-cid"] !== undefined || args["uds-path"] !== undefined ||
+    args["vsock-buffer-size"] !== undefined;
+  if (vsockOptions && args.device !== "vsock") {
+    console.error("--guest-cid, --uds-path and --vsock-buffer-size are for --device vsock");
+    return 2;
+  }
   let device: VirtioDevice;
   let overlay: OverlayBackend | undefined;
   let net: NetDevice | undefined;
@@ -214,6 +238,33 @@ export async function main(argv: string[]): Promise<number> {
       }
       break;
     }
+    case "vsock": {
+      if (args["guest-cid"] === undefined) {
+        console.error("--device vsock needs --guest-cid");
+        return 2;
+      }
+      const cid = intOption(args["guest-cid"], "guest-cid", 0, 3, 0xfffffffe);
+      const bufferSize = intOption(
+        args["vsock-buffer-size"],
+        "vsock-buffer-size",
+        undefined,
+        1,
+        0xffffffff,
+      );
+      if (cid === null || bufferSize === null) return 2;
+      try {
+        device = new VsockDevice({
+          guestCid: cid,
+          udsPath: args["uds-path"],
+          bufferSize,
+          onError: args.verbose ? (e) => console.error(`vsock: ${e.message}`) : undefined,
+        });
+      } catch (err) {
+        console.error(`--device vsock: ${(err as Error).message}`);
+        return 1;
+      }
+      break;
+    }
     case "net": {
       const made = netDevice(args);
       if (typeof made === "number") return made;
@@ -230,8 +281,14 @@ export async function main(argv: string[]): Promise<number> {
     pollUs,
     // QEMU keeps a net device's configuration space itself.
     configSpace: args.device !== "net",
+    requireSealedMemory: args["require-sealed-memory"],
     log: verbose ? (m) => console.error(`vhost-user: ${m}`) : undefined,
-    onError: (e) => console.error(`vhost-user: error: ${e.message}`),
+    onError: (e) =>
+      console.error(
+        e instanceof UnsealedMemoryWarning
+          ? `vhost-user: ${e.message}`
+          : `vhost-user: error: ${e.message}`,
+      ),
   });
   backend.listen();
   console.error(`vhost-user ${args.device} backend listening on ${args.socket}`);
@@ -247,6 +304,8 @@ export async function main(argv: string[]): Promise<number> {
     }, 50);
   }
   await backend.closed;
+  // Close the vsock Unix socket and its connections.
+  if (device instanceof VsockDevice) device.remove();
   // Persist the overlay's bitmap (a SIGKILL keeps what the last FLUSH made durable).
   overlay?.close();
   if (net !== undefined) {

@@ -297,8 +297,15 @@ export const Payload: PayloadDecoders = {
       const size = v.getBigUint64(o + 8, true);
       const off = v.getBigUint64(o + 24, true);
       const limit = BigInt(Number.MAX_SAFE_INTEGER);
-      if (guest > limit || size === 0n || size > limit || off > limit || guest + size > limit) {
-        throw new VhostUserError("InvalidValue", `memory region ${i} out of range`, m.request);
+      if (size === 0n) {
+        throw new VhostUserError("InvalidValue", `memory region ${i} has size 0`, m.request);
+      }
+      if (guest > limit || size > limit || off > limit || guest + size > limit) {
+        throw new VhostUserError(
+          "InvalidValue",
+          `memory region ${i} out of range (guest address, size or mmap offset past 2^53)`,
+          m.request,
+        );
       }
       out.push({
         guestAddr: Number(guest),

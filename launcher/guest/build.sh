@@ -25,7 +25,7 @@ log() { echo "[guest/build] $*" >&2; }
 
 # ---------------------------------------------------------------------------------------------
 # 1. Host packages (dpkg -s first: a second run needs no network and no apt lock).
-HOST_PKGS=(busybox-static kmod cpio e2fsprogs)
+HOST_PKGS=(busybox-static kmod cpio e2fsprogs gcc libc6-dev)
 if [[ "${VT_GUEST_NO_QEMU:-0}" != 1 ]]; then
   HOST_PKGS+=(qemu-system-x86 qemu-utils qemu-system-common)
 fi
@@ -52,7 +52,7 @@ if ((${#missing[@]})); then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# 2. Stamp: the build inputs are this script, init.sh and the kernel package name.
+# 2. Stamp: the build inputs are this script, init.sh, the guest tools and the kernel package name.
 mkdir -p "$CACHE"
 # One build at a time (parallel test runners may call this concurrently).
 exec 9>"$CACHE/.lock"
@@ -60,7 +60,7 @@ flock 9
 KPKG_FILE="$CACHE/kernel-package"
 STAMP="$CACHE/stamp"
 inputs_hash() {
-  cat "$HERE/build.sh" "$HERE/init.sh" "$KPKG_FILE" 2>/dev/null | sha256sum | cut -d' ' -f1
+  cat "$HERE/build.sh" "$HERE/init.sh" "$KPKG_FILE" "$HERE"/tools/*.c 2>/dev/null | sha256sum | cut -d' ' -f1
 }
 print_paths() {
   echo "VT_GUEST_KERNEL=$CACHE/vmlinuz"
@@ -186,6 +186,12 @@ done
 # Busybox here has mke2fs but no mkfs.ext2 alias applet.
 printf '#!/bin/sh\nexec /bin/mke2fs "$@"\n' >"$STAGE/bin/mkfs.ext2"
 chmod 755 "$STAGE/bin/mkfs.ext2"
+# Guest tools: each launcher/guest/tools/NAME.c becomes a static /bin/NAME.
+for src in "$HERE"/tools/*.c; do
+  [[ -e "$src" ]] || continue
+  name="$(basename "$src" .c)"
+  gcc -static -O2 -Wall -o "$STAGE/bin/$name" "$src" >&2
+done
 for s in "$STAGE"/bin/*; do ln -sf "../bin/${s##*/}" "$STAGE/sbin/${s##*/}"; done
 for p in "${ORDER[@]}"; do
   mkdir -p "$STAGE/lib/modules/$KVER/$(dirname "$p")"

@@ -131,6 +131,8 @@ int main(void) {
   P("IOEVENTFD", KVM_IOEVENTFD); P("RUN", KVM_RUN); P("GET_REGS", KVM_GET_REGS);
   P("SET_REGS", KVM_SET_REGS); P("GET_SREGS", KVM_GET_SREGS); P("SET_SREGS", KVM_SET_SREGS);
   P("GET_LAPIC", KVM_GET_LAPIC); P("SET_LAPIC", KVM_SET_LAPIC); P("SET_CPUID2", KVM_SET_CPUID2);
+  P("SET_SIGNAL_MASK", KVM_SET_SIGNAL_MASK);
+  P("size.signalMask", sizeof(struct kvm_signal_mask));
   P("size.userspaceMemoryRegion", sizeof(struct kvm_userspace_memory_region));
   P("size.irqLevel", sizeof(struct kvm_irq_level)); P("size.irqfd", sizeof(struct kvm_irqfd));
   P("size.ioeventfd", sizeof(struct kvm_ioeventfd));
@@ -164,6 +166,7 @@ int main(void) {
   P("cap.SET_IDENTITY_MAP_ADDR", KVM_CAP_SET_IDENTITY_MAP_ADDR);
   P("cap.IMMEDIATE_EXIT", KVM_CAP_IMMEDIATE_EXIT); P("cap.EXT_CPUID", KVM_CAP_EXT_CPUID);
   P("cap.NR_MEMSLOTS", KVM_CAP_NR_MEMSLOTS);
+  P("cap.TSC_DEADLINE_TIMER", KVM_CAP_TSC_DEADLINE_TIMER);
   P("ioeventfd.DATAMATCH", KVM_IOEVENTFD_FLAG_DATAMATCH);
   return 0;
 }

@@ -1,5 +1,5 @@
 // The bzImage loader, zero page, e820 map, page tables and GDT, against the real Debian kernel of
-// the test guest (launcher/guest/build.sh), our microVM kernel when built, and synthetic headers.
+// the test guest (launcher/guest/build.sh) and synthetic headers.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
@@ -32,10 +32,6 @@ const cacheRoot = process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache");
 const DEBIAN_KERNEL = process.env.VT_GUEST_CACHE
   ? join(process.env.VT_GUEST_CACHE, "vmlinuz")
   : join(cacheRoot, "virtio-ts/guest/vmlinuz");
-const MICROVM_KERNEL = join(
-  process.env.VT_KERNEL_CACHE ?? join(cacheRoot, "virtio-ts/kernel"),
-  "bzImage",
-);
 
 /** A minimal synthetic bzImage: boot sector + 4 setup sectors + a small "kernel". */
 function synthetic(
@@ -210,14 +206,6 @@ const skipNoGuest = existsSync(DEBIAN_KERNEL)
 test("loadLinux() lays out the Debian cloud kernel", { skip: skipNoGuest }, () => {
   const info = checkLoaded(DEBIAN_KERNEL, /^6\.1\./);
   assert.ok(info.image.header.relocatable);
-});
-
-test("loadLinux() lays out the microVM kernel", {
-  skip: existsSync(MICROVM_KERNEL)
-    ? false
-    : "skipped: microVM kernel not built (launcher/guest/kernel/build-kernel.sh)",
-}, () => {
-  checkLoaded(MICROVM_KERNEL, /^6\.1\./);
 });
 
 test("loadLinux() refuses a too-long command line and an initramfs that does not fit", () => {

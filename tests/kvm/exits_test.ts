@@ -4,8 +4,15 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { KvmExit, KvmRunOffset as R, KvmSystemEvent } from "../../kvm/abi.ts";
 import { decodeExit, dispatchExit, LegacyIo, VcpuError } from "../../kvm/exits.ts";
+import { ACPI_RESET_VALUE, AcpiPort } from "../../kvm/acpi.ts";
 import { Mailbox, MAILBOX_SIZE } from "../../kvm/_mailbox.ts";
-import { APIC_MODE_EXTINT, guestCpuid, lvtWithMode } from "../../kvm/vm.ts";
+import {
+  APIC_MODE_EXTINT,
+  CPUID_1_ECX_TSC_DEADLINE,
+  CPUID_1_EDX_HTT,
+  guestCpuid,
+  lvtWithMode,
+} from "../../kvm/vm.ts";
 
 const RUN_SIZE = 4096;
 
@@ -66,7 +73,7 @@ test("dispatchExit() prints COM1 output, including rep outsb", () => {
   assert.deepEqual(out, [0x6f, 0x6b]);
 });
 
-test("dispatchExit() answers port reads in place: LSR, unknown ports, i8042 status", () => {
+test("dispatchExit() answers port reads in place: LSR, unknown ports", () => {
   const { h } = handlers();
   const lsr = ioRun(0x3fd, false, [0]);
   dispatchExit(decodeExit(lsr), h);
@@ -74,15 +81,51 @@ test("dispatchExit() answers port reads in place: LSR, unknown ports, i8042 stat
   const pci = ioRun(0xcf8, false, [0, 0, 0, 0], 4);
   dispatchExit(decodeExit(pci), h);
   assert.deepEqual([...pci.subarray(4096 - 64, 4096 - 60)], [0xff, 0xff, 0xff, 0xff]);
-  const kbd = ioRun(0x64, false, [0xaa]);
-  dispatchExit(decodeExit(kbd), h);
-  assert.equal(kbd[4096 - 64], 0);
   assert.equal(dispatchExit(decodeExit(ioRun(0x80, true, [0x12])), h), undefined);
+});
+
+test("the i8042 is absent: its status and data ports read all ones, as Linux's probe expects", () => {
+  // Linux's i8042_flush() gives up on a status port whose "output buffer full" bit never
+  // clears ("No controller found"); a status of 0 instead makes it wait ~1.4 s for replies.
+  const { h } = handlers();
+  for (const port of [0x64, 0x60]) {
+    const r = ioRun(port, false, [0x00]);
+    dispatchExit(decodeExit(r), h);
+    assert.equal(r[4096 - 64], 0xff, `port 0x${port.toString(16)}`);
+  }
 });
 
 test("dispatchExit() turns i8042 0xFE into a reset", () => {
   const { h } = handlers();
   assert.equal(dispatchExit(decodeExit(ioRun(0x64, true, [0xfe])), h), "reset");
+});
+
+test("dispatchExit() turns the ACPI reset register and S5 sleep into reset and power off", () => {
+  {
+    const { h } = handlers();
+    assert.equal(dispatchExit(decodeExit(ioRun(AcpiPort.RESET, true, [0x02])), h), undefined);
+    assert.equal(
+      dispatchExit(decodeExit(ioRun(AcpiPort.RESET, true, [ACPI_RESET_VALUE])), h),
+      "reset",
+    );
+  }
+  const { h } = handlers();
+  // SLP_TYP without SLP_EN, and S3 with SLP_EN, do nothing here.
+  assert.equal(
+    dispatchExit(decodeExit(ioRun(AcpiPort.SLEEP_CONTROL, true, [5 << 2])), h),
+    undefined,
+  );
+  assert.equal(
+    dispatchExit(decodeExit(ioRun(AcpiPort.SLEEP_CONTROL, true, [0x20 | (3 << 2)])), h),
+    undefined,
+  );
+  const status = ioRun(AcpiPort.SLEEP_STATUS, false, [0xaa]);
+  dispatchExit(decodeExit(status), h);
+  assert.equal(status[4096 - 64], 0);
+  assert.equal(
+    dispatchExit(decodeExit(ioRun(AcpiPort.SLEEP_CONTROL, true, [0x20 | (5 << 2)])), h),
+    "poweroff",
+  );
 });
 
 test("dispatchExit() raises COM1's IRQ 4 through setIrq", () => {
@@ -184,6 +227,46 @@ test("guestCpuid() sets the hypervisor bit and APIC id; lvtWithMode() unmasks", 
   assert.equal(leaf0.ecx, 2);
   assert.equal(leaf1.ecx >>> 31, 1);
   assert.equal(leaf1.ebx >>> 24, 0);
-  assert.equal(leaf1.ebx & 0xffffff, 0xff0800 & 0xffffff);
+  assert.equal(leaf1.ebx & 0xffff, 0x0800);
   assert.equal(lvtWithMode(0x10000, APIC_MODE_EXTINT), 0x700);
+});
+
+test("guestCpuid() sets TSC-deadline only when asked (KVM's supported list leaves it out)", () => {
+  const supported = [{ function: 1, index: 0, flags: 0, eax: 0, ebx: 0, ecx: 0, edx: 0 }];
+  assert.equal(guestCpuid(supported, 0)[0].ecx & CPUID_1_ECX_TSC_DEADLINE, 0);
+  const [leaf1] = guestCpuid(supported, 0, { tscDeadline: true });
+  assert.equal(leaf1.ecx & CPUID_1_ECX_TSC_DEADLINE, CPUID_1_ECX_TSC_DEADLINE);
+});
+
+test("guestCpuid() describes one package of N single-thread cores, whatever the host's", () => {
+  // A host with 2 threads on 2 cores (leaf 1 count 4, HTT, 0x80000008 NC = 3).
+  const host = [
+    { function: 0, index: 0, flags: 0, eax: 0xd, ebx: 0, ecx: 0, edx: 0 },
+    { function: 1, index: 0, flags: 0, eax: 0, ebx: 0x01040800, ecx: 0, edx: 1 << 28 },
+    { function: 0xb, index: 0, flags: 1, eax: 1, ebx: 2, ecx: 0x100, edx: 7 },
+    { function: 0xb, index: 1, flags: 1, eax: 2, ebx: 4, ecx: 0x201, edx: 7 },
+    { function: 0x80000008, index: 0, flags: 0, eax: 0x3028, ebx: 0, ecx: 0x2003, edx: 0 },
+  ];
+  for (const cpus of [1, 2, 4]) {
+    for (let id = 0; id < cpus; id++) {
+      const leaves = guestCpuid(host, id, { cpus });
+      const get = (fn: number, index = 0) =>
+        leaves.find((e) => e.function === fn && e.index === index)!;
+      assert.equal(get(1).ebx >>> 24, id, "initial APIC id");
+      assert.equal((get(1).ebx >> 16) & 0xff, cpus, "logical processors per package");
+      assert.equal((get(1).edx & CPUID_1_EDX_HTT) !== 0, cpus > 1, "HTT");
+      assert.equal(get(1).ebx & 0xffff, 0x0800, "CLFLUSH size kept");
+      assert.deepEqual([get(0xb, 0).ebx, get(0xb, 0).ecx, get(0xb, 0).edx], [1, 0x100, id]);
+      assert.deepEqual([get(0xb, 1).ebx, get(0xb, 1).ecx & 0xff00, get(0xb, 1).edx], [
+        cpus,
+        0x200,
+        id,
+      ]);
+      assert.ok(1 << get(0xb, 1).eax >= cpus, "the core level's shift covers every APIC id");
+      assert.equal(get(0xb, 2).ecx & 0xff00, 0, "then the invalid level");
+      assert.equal(get(0x80000008).ecx & 0xff, cpus - 1, "AMD NC");
+      assert.ok(1 << ((get(0x80000008).ecx >> 12) & 0xf) >= cpus, "AMD ApicIdCoreIdSize");
+      assert.equal(leaves.filter((e) => e.function === 0xb).length, 3);
+    }
+  }
 });

@@ -4,6 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Mailbox, MAILBOX_SIZE } from "../../kvm/_mailbox.ts";
+import { CONSOLE_CHANNEL_SIZE } from "../../kvm/_console.ts";
 
 function once(worker: Worker): Promise<{ type: string; [k: string]: unknown }> {
   return new Promise((resolve, reject) => {
@@ -23,14 +24,17 @@ test("the vCPU worker loads in a Worker and reports a failed start as an error",
     const reply = once(worker);
     worker.postMessage({
       type: "start",
+      index: 3,
       vcpuFd: -1,
       vmFd: -1,
       runSize: 4096,
       mailbox: new SharedArrayBuffer(MAILBOX_SIZE),
+      console: new SharedArrayBuffer(CONSOLE_CHANNEL_SIZE),
     });
     const msg = await reply;
     assert.equal(msg.type, "error");
     assert.equal(msg.code, "RunFailed");
+    assert.equal(msg.index, 3);
   } finally {
     worker.terminate();
   }

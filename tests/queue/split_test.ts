@@ -501,6 +501,7 @@ describe("SplitQueue configuration and state", () => {
     queue.pop(mem);
     queue.reset();
     assert.deepEqual(queue.state(), {
+      format: "split",
       maxSize: 8,
       size: 8,
       ready: false,

@@ -15,6 +15,8 @@ import {
   serveQueue,
   TYPE_CONSOLE,
   TYPE_RNG,
+  VIRTIO_F_NOTIFICATION_DATA,
+  VIRTIO_F_RING_RESET,
   VIRTIO_F_VERSION_1,
   VIRTIO_INTR_CONFIG,
   VIRTIO_INTR_VRING,
@@ -35,6 +37,7 @@ import {
   MmioTransport,
 } from "../../transport/mmio.ts";
 import { MmioDriver } from "../../testing/mmio_driver.ts";
+import { DRIVER_OPT_IN_FEATURES } from "../../testing/queue_driver.ts";
 
 const ACK = DEVICE_ACKNOWLEDGE;
 const DRV = DEVICE_DRIVER;
@@ -132,7 +135,10 @@ function negotiate(r: Rig, features?: bigint): void {
   wr(r, R.Status, 0);
   wr(r, R.Status, ACK);
   wr(r, R.Status, ACK | DRV);
-  r.driver.writeDriverFeatures(features ?? r.driver.deviceFeatures());
+  // The tests lay out split rings.
+  r.driver.writeDriverFeatures(
+    features ?? r.driver.deviceFeatures() & ~DRIVER_OPT_IN_FEATURES,
+  );
   if (r.transport.version === 2) wr(r, R.Status, ACK | DRV | FOK);
 }
 
@@ -183,7 +189,9 @@ describe("MmioTransport identification registers", () => {
     wr(r, R.DeviceFeaturesSel, 0);
     assert.equal(rd(r, R.DeviceFeatures), (1 << VIRTIO_F_EVENT_IDX) | 0b11);
     wr(r, R.DeviceFeaturesSel, 1);
-    assert.equal(rd(r, R.DeviceFeatures), 1);
+    // VIRTIO_F_VERSION_1 (32) from the device; from the transport VIRTIO_F_RING_PACKED (34),
+    // VIRTIO_F_NOTIFICATION_DATA (38) and VIRTIO_F_RING_RESET (40).
+    assert.equal(rd(r, R.DeviceFeatures), 0b1_0100_0101);
     wr(r, R.DeviceFeaturesSel, 2);
     assert.equal(rd(r, R.DeviceFeatures), 0);
   });
@@ -276,7 +284,52 @@ describe("MmioTransport register access rules", () => {
   it("QueueReset reads 0 and refuses writes without VIRTIO_F_RING_RESET", () => {
     const r = rig();
     assert.equal(rd(r, R.QueueReset), 0);
-    expectErrors(r, ["InvalidRegister"], () => wr(r, R.QueueReset, 1));
+    expectErrors(r, ["InvalidQueueAccess"], () => wr(r, R.QueueReset, 1));
+  });
+});
+
+describe("MmioTransport per-queue reset (VIRTIO_F_RING_RESET)", () => {
+  it("resets one queue, which is set up again and served, without resetting the device", () => {
+    const device = new TestDevice();
+    const r = rig({ device });
+    const [q0, q1] = r.driver.init({ features: r.driver.deviceFeatures() & ~(1n << 34n) });
+    assert.notEqual(r.driver.features & featureBit(VIRTIO_F_RING_RESET), 0n);
+    q0.addChain([{ writable: 4 }]);
+    r.driver.kick(0, true);
+    assert.equal(q0.takeUsed()?.len, 4);
+    // Reset queue 0: it reads back 0 at once and is no longer ready or served.
+    wr(r, R.QueueSel, 0);
+    expectErrors(r, [], () => wr(r, R.QueueReset, 1));
+    assert.equal(rd(r, R.QueueReset), 0);
+    assert.equal(rd(r, R.QueueReady), 0);
+    // Set it up again elsewhere, with another size, and enable it while DRIVER_OK.
+    setQueue(r, 0, { desc: 0x80000, avail: 0x81000, used: 0x82000, size: 4 });
+    assert.equal(rd(r, R.QueueReady), 1);
+    assert.equal(r.transport.queues[0].size, 4);
+    assert.equal(r.transport.queues[0].descTable, 0x80000);
+    // Queue 1 kept running; the device was never reset.
+    q1.addChain([{ writable: 2 }]);
+    r.driver.kick(1, true);
+    assert.equal(q1.takeUsed()?.len, 2);
+    assert.equal(r.transport.isActive, true);
+    assert.deepEqual(r.errors, []);
+  });
+});
+
+describe("MmioTransport notification data (VIRTIO_F_NOTIFICATION_DATA)", () => {
+  it("takes the queue index from the low half and keeps next_off/next_wrap", () => {
+    const r = rig();
+    const [q] = r.driver.init({ features: r.driver.deviceFeatures() & ~(1n << 34n) });
+    assert.notEqual(r.driver.features & featureBit(VIRTIO_F_NOTIFICATION_DATA), 0n);
+    q.addChain([{ writable: 8 }]);
+    q.addChain([{ writable: 8 }]);
+    r.driver.kick(0, true);
+    assert.equal(q.takeAllUsed().length, 2);
+    assert.equal(r.transport.core.notificationData(0), 2, "next_off: the next avail index");
+    // Without the feature, data in the upper half is an invalid notification.
+    const plain = rig();
+    plain.driver.init();
+    expectErrors(plain, ["InvalidNotify"], () => wr(plain, R.QueueNotify, 0x0002_0000));
   });
 });
 

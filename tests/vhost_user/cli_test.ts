@@ -4,7 +4,8 @@
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startBackend } from "../../launcher/backends.ts";
@@ -15,7 +16,15 @@ import { featureBit } from "../../devices/device.ts";
 import { VIRTIO_NET_F_MQ } from "../../devices/net.ts";
 import { concatBytes, ethFrame, netHeader, takeFrames } from "../../testing/net_driver.ts";
 import { VIRTIO_F_EVENT_IDX } from "../../queue/split.ts";
-import { T } from "./_harness.ts";
+import { delay, T } from "./_harness.ts";
+import {
+  AF_UNIX,
+  close,
+  connect,
+  SOCK_CLOEXEC,
+  SOCK_STREAM,
+  socket as socket_,
+} from "../../sys/mod.ts";
 
 let dir = "";
 let disk = "";
@@ -169,4 +178,53 @@ describe("vhost_user/main.ts", () => {
     assert.equal(await main(["--help"]), 0);
     assert.equal(existsSync(socket), false);
   });
+});
+
+describe("vhost_user/main.ts out of descriptors", () => {
+  it(
+    "stops watching the listening socket for a while instead of failing accept in a loop",
+    T,
+    async () => {
+      const socket = join(dir, "emfile.sock");
+      const deno = join(import.meta.dirname!, "..", "..", "node_modules", ".bin", "deno");
+      const mainTs = join(import.meta.dirname!, "..", "..", "vhost_user", "main.ts");
+      const child = spawn(deno, [
+        "run",
+        "--allow-all",
+        mainTs,
+        "--socket",
+        socket,
+        "--device",
+        "rng",
+      ], {
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      let stderr = "";
+      child.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+      try {
+        for (let i = 0; i < 400 && !existsSync(socket); i++) await delay(25);
+        assert.ok(existsSync(socket), stderr);
+        // No descriptor left for accept(2): the next connection stays queued and the listening
+        // socket readable.
+        const open = readdirSync(`/proc/${child.pid}/fd`).length;
+        const r = spawnSync("prlimit", [`--pid=${child.pid}`, `--nofile=${open - 4}:${open - 4}`]);
+        assert.equal(r.status, 0, String(r.stderr));
+        const fd = socket_(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+        try {
+          connect(fd, socket);
+          await delay(500);
+        } finally {
+          close(fd);
+        }
+        const failures = stderr.split("\n").filter((l) => /accept/.test(l)).length;
+        assert.ok(failures >= 1, `accept failed: ${stderr}`);
+        // One failure per retry period (100 ms) at most, not thousands.
+        assert.ok(failures <= 10, `${failures} accept failures in 500 ms`);
+      } finally {
+        child.kill("SIGKILL");
+        await exited;
+      }
+    },
+  );
 });

@@ -1,0 +1,222 @@
+/**
+ * What both ring formats share when they take a chain apart: reading 16-byte descriptors from
+ * a table that may run across adjacent guest memory regions, and collecting a chain's buffers
+ * with the checks every format applies (bounds, order, total length, segment count). Private
+ * to the queue layer.
+ *
+ * @module
+ */
+
+import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
+import { DescriptorChain } from "./chain.ts";
+import { CHAIN_TOKEN } from "./_chain_token.ts";
+import type { QueueErrorCode } from "./error.ts";
+
+/** Bytes per descriptor, in both formats. */
+export const DESCRIPTOR_BYTES = 16;
+/** Most segments one chain may be cut into (a memory table of many tiny regions). */
+export const CHAIN_SEGMENT_LIMIT = 1 << 17;
+
+const scratch = new Uint8Array(DESCRIPTOR_BYTES);
+const scratchView = new DataView(scratch.buffer);
+
+/**
+ * A table of descriptors in guest memory: a ring (one region, resolved once) or an indirect
+ * table, which is ordinary driver memory and may run on into an adjacent region (virtio 1.2
+ * §2.7.5.3 and §2.8.16 put no region rule on it). `at(i)` points `view`/`offset` at entry `i`;
+ * an entry that itself straddles a boundary is copied into a scratch buffer.
+ */
+export class DescriptorTable {
+  /** The view holding the current entry. */
+  view!: DataView;
+  /** Offset of the current entry in `view`. */
+  offset = 0;
+  #mem!: GuestMemory;
+  #region: GuestRegion | undefined;
+  #base = 0;
+
+  /**
+   * Read from a table that lies in one region.
+   * @param mem Guest memory.
+   * @param region The region.
+   * @param offset Offset of the table in it.
+   */
+  inRegion(mem: GuestMemory, region: GuestRegion, offset: number): void {
+    this.#mem = mem;
+    this.#region = region;
+    this.#base = offset;
+  }
+
+  /**
+   * Read from a table of `len` bytes at `addr`, in one region or across adjacent ones.
+   * @param mem Guest memory.
+   * @param addr Guest address.
+   * @param len Length in bytes.
+   * @returns False when a byte of the table is not backed.
+   */
+  span(mem: GuestMemory, addr: number, len: number): boolean {
+    const region = mem.regionOf(addr, len);
+    if (region !== undefined) {
+      this.inRegion(mem, region, addr - region.base);
+      return true;
+    }
+    if (!mem.checkSpan(addr, len)) return false;
+    this.#mem = mem;
+    this.#region = undefined;
+    this.#base = addr;
+    return true;
+  }
+
+  /**
+   * Point at entry `i`.
+   * @param i Entry index (the caller checked it against the table size).
+   */
+  at(i: number): void {
+    if (this.#region !== undefined) {
+      this.view = this.#region.view;
+      this.offset = this.#base + DESCRIPTOR_BYTES * i;
+      return;
+    }
+    const addr = this.#base + DESCRIPTOR_BYTES * i;
+    const region = this.#mem.regionOf(addr, DESCRIPTOR_BYTES);
+    if (region !== undefined) {
+      this.view = region.view;
+      this.offset = addr - region.base;
+    } else {
+      this.#mem.read(addr, scratch);
+      this.view = scratchView;
+      this.offset = 0;
+    }
+  }
+}
+
+/**
+ * Collects the buffers of one chain, cutting each where guest memory regions meet, with the
+ * rules every ring format shares: a buffer lies in backed memory (never across a hole),
+ * device-readable buffers come before device-writable ones (virtio 1.2 §2.7.4.2, §2.8.17),
+ * the total stays below 2^32 and the segment count below {@linkcode CHAIN_SEGMENT_LIMIT}.
+ */
+export class ChainBuilder {
+  #addrs: number[] = [];
+  #lens: number[] = [];
+  #readableCount = 0;
+  #readableBytes = 0;
+  #writableBytes = 0;
+  #total = 0;
+  #sawWritable = false;
+  /** Descriptors followed so far, indirect ones included. */
+  descriptorCount = 0;
+
+  /** Start a new chain. */
+  start(): void {
+    this.#addrs = [];
+    this.#lens = [];
+    this.#readableCount = 0;
+    this.#readableBytes = 0;
+    this.#writableBytes = 0;
+    this.#total = 0;
+    this.#sawWritable = false;
+    this.descriptorCount = 0;
+  }
+
+  /**
+   * Add buffer `[addr, addr + len)`.
+   * @param mem Guest memory.
+   * @param addr Guest address (a safe integer).
+   * @param len Length (0 adds nothing).
+   * @param writable Whether the device may write it.
+   * @returns The broken rule, or `undefined`.
+   */
+  add(mem: GuestMemory, addr: number, len: number, writable: boolean): QueueErrorCode | undefined {
+    if (writable) this.#sawWritable = true;
+    else if (this.#sawWritable) return "ReadableAfterWritable";
+    if (len === 0) return undefined;
+    const pieces = this.#pieces(mem, addr, len);
+    if (pieces === 0) return "DescriptorOutOfBounds";
+    if (pieces < 0) return "TooManySegments";
+    this.#total += len;
+    if (this.#total > 0xffffffff) return "ChainTooLarge";
+    if (writable) this.#writableBytes += len;
+    else {
+      this.#readableCount += pieces;
+      this.#readableBytes += len;
+    }
+    return undefined;
+  }
+
+  // One segment per region the buffer lies in: 0 when a byte is not backed, -1 past the limit.
+  #pieces(mem: GuestMemory, addr: number, len: number): number {
+    let i = mem.findRegionIndex(addr);
+    if (i < 0) return 0;
+    const regions = mem.regions;
+    let r = regions[i];
+    const addrs = this.#addrs;
+    const lens = this.#lens;
+    if (addrs.length >= CHAIN_SEGMENT_LIMIT) return -1;
+    if (addr + len <= r.end) {
+      addrs.push(addr);
+      lens.push(len);
+      return 1;
+    }
+    // Check the whole span first, so a refused buffer adds nothing.
+    const end = addr + len;
+    let a = r.end;
+    let pieces = 1;
+    for (let j = i + 1; a < end; j++) {
+      const rj = regions[j];
+      if (rj === undefined || rj.base !== a) return 0;
+      a = rj.end;
+      pieces++;
+    }
+    if (addrs.length + pieces > CHAIN_SEGMENT_LIMIT) return -1;
+    a = addr;
+    while (a < end) {
+      const n = Math.min(end, r.end) - a;
+      addrs.push(a);
+      lens.push(n);
+      a += n;
+      r = regions[++i];
+    }
+    return pieces;
+  }
+
+  /**
+   * The chain, valid by construction.
+   * @param mem Guest memory.
+   * @param head The id the driver gets back in the used ring.
+   * @returns The chain.
+   */
+  finish(mem: GuestMemory, head: number): DescriptorChain {
+    return new DescriptorChain(CHAIN_TOKEN, {
+      memory: mem,
+      head,
+      addrs: this.#addrs,
+      lens: this.#lens,
+      readableCount: this.#readableCount,
+      readableBytes: this.#readableBytes,
+      writableBytes: this.#writableBytes,
+      descriptorCount: this.descriptorCount,
+    });
+  }
+}
+
+/**
+ * The message of a broken buffer rule, as both ring formats report it.
+ * @param code The rule.
+ * @param idx Descriptor index.
+ * @param addr Buffer address.
+ * @param len Buffer length.
+ * @returns The message.
+ */
+export function chainProblem(code: QueueErrorCode, idx: number, addr: number, len: number): string {
+  switch (code) {
+    case "ReadableAfterWritable":
+      return `descriptor ${idx}`;
+    case "TooManySegments":
+      return `more than ${CHAIN_SEGMENT_LIMIT} segments`;
+    case "ChainTooLarge":
+      return "total length above 2^32 - 1";
+    default:
+      return `buffer at 0x${addr.toString(16)} (+${len})`;
+  }
+}
