@@ -166,7 +166,12 @@ export class Sandbox {
       for (const d of options.devices) {
         const socket = box.socketPath(d.id);
         if (d.device !== undefined) {
-          const b = new VhostUserBackend(d.device, { ...d.backendOptions, socketPath: socket });
+          // QEMU keeps a net device's configuration space itself (and warns when offered it).
+          const b = new VhostUserBackend(d.device, {
+            ...(d.kind === "net" ? { configSpace: false } : {}),
+            ...d.backendOptions,
+            socketPath: socket,
+          });
           b.listen();
           backends.set(d.id, b);
         } else {
