@@ -28,5 +28,6 @@ export * from "./queue/mod.ts";
 export * from "./devices/device.ts";
 export * from "./devices/rng.ts";
 export * from "./devices/block.ts";
+export * from "./devices/net.ts";
 export * from "./devices/vsock.ts";
 export * from "./transport/mod.ts";

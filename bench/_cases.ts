@@ -35,12 +35,12 @@ export interface BenchCase {
   /** Benchmark name, stating the batch. */
   name: string;
   /** Group the case belongs to. */
-  group: "queue" | "rng" | "block";
+  group: "queue" | "rng" | "block" | "net";
   /** Operations (chains or requests) per `run()`. */
   batch: number;
   /** Descriptors processed per `run()` (queue cases). */
   descriptors: number;
-  /** Bytes of payload produced or moved per `run()` (rng and block cases). */
+  /** Bytes of payload produced or moved per `run()` (rng, block and net cases). */
   bytes: number;
   /** Do one batch. */
   run(): void;
@@ -326,11 +326,17 @@ export function rngCases(): BenchCase[] {
  * A rate line for a case from its mean time per `run()`.
  * @param c The case.
  * @param nsPerRun Mean nanoseconds per `run()`.
- * @returns E.g. `"12.3 M descriptors/s"`, `"456.7 MB/s"` or `"80 k req/s, 328 MB/s"`.
+ * @returns E.g. `"12.3 M descriptors/s"`, `"456.7 MB/s"`, `"80 k req/s, 328 MB/s"` or
+ *   `"1.20 M frames/s, 0.61 Gbit/s"`.
  */
 export function rate(c: BenchCase, nsPerRun: number): string {
   const perSecond = 1e9 / nsPerRun;
   if (c.group === "rng") return `${(c.bytes * perSecond / 1e6).toFixed(1)} MB/s`;
+  if (c.group === "net") {
+    const frames = c.batch * perSecond;
+    const fps = frames >= 1e6 ? `${(frames / 1e6).toFixed(2)} M` : `${(frames / 1e3).toFixed(0)} k`;
+    return `${fps} frames/s, ${(c.bytes * 8 * perSecond / 1e9).toFixed(2)} Gbit/s`;
+  }
   if (c.group === "block") {
     const reqs = `${(c.batch * perSecond / 1e3).toFixed(0)} k req/s`;
     return c.bytes === 0 ? reqs : `${reqs}, ${(c.bytes * perSecond / 1e6).toFixed(0)} MB/s`;

@@ -1,5 +1,6 @@
 /**
- * The micro-benchmarks of `queue_bench.ts` and `rng_bench.ts` under mitata,
+ * The micro-benchmarks of `queue_bench.ts`, `rng_bench.ts`, `block_bench.ts` and `net_bench.ts`
+ * under mitata,
  * runnable with `bun bench/mitata.ts` or `deno run -A bench/mitata.ts`; ends
  * with a table of derived descriptors/s and MB/s.
  *
@@ -8,8 +9,9 @@
 
 import { bench, group, run } from "mitata";
 import { type BenchCase, blockCases, queueCases, rate, rngCases } from "./_cases.ts";
+import { netCases } from "./_net_cases.ts";
 
-const cases: BenchCase[] = [...queueCases(), ...rngCases(), ...blockCases()];
+const cases: BenchCase[] = [...queueCases(), ...rngCases(), ...blockCases(), ...netCases()];
 
 group("split queue", () => {
   for (const c of cases.filter((c) => c.group === "queue")) bench(c.name, () => c.run());
@@ -19,6 +21,9 @@ group("rng", () => {
 });
 group("block", () => {
   for (const c of cases.filter((c) => c.group === "block")) bench(c.name, () => c.run());
+});
+group("net", () => {
+  for (const c of cases.filter((c) => c.group === "net")) bench(c.name, () => c.run());
 });
 
 const { benchmarks } = await run();

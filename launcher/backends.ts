@@ -26,20 +26,25 @@ export interface BackendProcess {
  *
  * @param args CLI arguments; must include `--socket PATH`.
  * @param options `stdout`: show the backend's stdout (default: ignore it); stderr is shown.
- *   `runtime`: run it with Deno (default) or Bun.
+ *   `runtime`: run it with Deno (default) or Bun. `prefix`: a command the backend runs under,
+ *   e.g. `["ip", "netns", "exec", "ns1"]` to put it in a network namespace (it must exec the
+ *   rest, so that stopping it stops the backend).
  * @returns The running backend.
  */
 export function startBackend(
   args: string[],
-  options: { stdout?: "inherit" | "ignore"; runtime?: "deno" | "bun" } = {},
+  options: { stdout?: "inherit" | "ignore"; runtime?: "deno" | "bun"; prefix?: string[] } = {},
 ): Promise<BackendProcess> {
   const socket = args[args.indexOf("--socket") + 1];
   if (!args.includes("--socket") || socket === undefined) throw new Error("--socket is required");
   const main = join(ROOT, "vhost_user", "main.ts");
   const bun = options.runtime === "bun";
+  const runtime = join(ROOT, "node_modules", ".bin", bun ? "bun" : "deno");
+  const runtimeArgs = bun ? [main, ...args] : ["run", "--allow-all", main, ...args];
+  const prefix = options.prefix ?? [];
   return spawnListening(
-    join(ROOT, "node_modules", ".bin", bun ? "bun" : "deno"),
-    bun ? [main, ...args] : ["run", "--allow-all", main, ...args],
+    prefix.length > 0 ? prefix[0] : runtime,
+    prefix.length > 0 ? [...prefix.slice(1), runtime, ...runtimeArgs] : runtimeArgs,
     socket,
     options,
   );

@@ -38,6 +38,13 @@ export interface SandboxDevice {
   runtime?: "deno" | "bun";
   /** Extra `-device` properties for QEMU (e.g. `"num-queues=2"`, `"tag=share"`). */
   qemuProperties?: string;
+  /** net: extra `-netdev vhost-user` properties (e.g. `"queues=2"`). */
+  netdevProperties?: string;
+  /**
+   * A command a CLI backend runs under, e.g. `["ip", "netns", "exec", "ns1"]` for a tap in a
+   * network namespace (see {@linkcode startBackend}).
+   */
+  prefix?: string[];
 }
 
 /** Options of {@linkcode Sandbox.start}. */
@@ -57,6 +64,7 @@ export interface SandboxOptions {
  * @param id The chardev (and netdev) id.
  * @param socket The backend's socket.
  * @param properties Extra `-device` properties, comma-separated.
+ * @param netdevProperties net: extra `-netdev` properties, comma-separated (e.g. `queues=2`).
  * @returns The arguments.
  * @example
  * ```ts
@@ -71,8 +79,10 @@ export function vhostUserQemuArgs(
   id: string,
   socket: string,
   properties?: string,
+  netdevProperties?: string,
 ): string[] {
   const extra = properties ? `,${properties}` : "";
+  const netdevExtra = netdevProperties ? `,${netdevProperties}` : "";
   const chardev = ["-chardev", `socket,id=${id},path=${socket}`];
   switch (kind) {
     case "net":
@@ -80,7 +90,7 @@ export function vhostUserQemuArgs(
       // (FACTS.md): INTx (vectors=0) avoids it.
       return [
         ...chardev,
-        ...["-netdev", `vhost-user,chardev=${id},id=${id}`],
+        ...["-netdev", `vhost-user,chardev=${id},id=${id}${netdevExtra}`],
         ...["-device", `virtio-net-pci,netdev=${id},vectors=0${extra}`],
       ];
     case "blk":
@@ -156,13 +166,19 @@ export class Sandbox {
       for (const d of options.devices) {
         const socket = box.socketPath(d.id);
         if (d.device !== undefined) {
-          const b = new VhostUserBackend(d.device, { ...d.backendOptions, socketPath: socket });
+          // QEMU keeps a net device's configuration space itself (and warns when offered it).
+          const b = new VhostUserBackend(d.device, {
+            ...(d.kind === "net" ? { configSpace: false } : {}),
+            ...d.backendOptions,
+            socketPath: socket,
+          });
           b.listen();
           backends.set(d.id, b);
         } else {
           const p = await startBackend(["--socket", socket, "--device", d.kind, ...d.cli!], {
             stdout: options.backendStdout,
             runtime: d.runtime,
+            prefix: d.prefix,
           });
           processes.set(d.id, p);
         }
@@ -186,7 +202,7 @@ export class Sandbox {
   /** The QEMU arguments attaching every device, in order. */
   qemuArgs(): string[] {
     return this.#devices.flatMap((d) =>
-      vhostUserQemuArgs(d.kind, d.id, this.socketPath(d.id), d.qemuProperties)
+      vhostUserQemuArgs(d.kind, d.id, this.socketPath(d.id), d.qemuProperties, d.netdevProperties)
     );
   }
 

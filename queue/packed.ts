@@ -88,6 +88,8 @@ export class PackedQueue implements Virtqueue {
   #lastAvailWrap = 1;
   // Ring descriptors each buffer id's list took, for skipping on addUsed.
   #listLen: Uint16Array;
+  // Scratch of addUsedMany: ids already seen in one call.
+  readonly #marks: Uint8Array;
   #signalled: number | undefined; // used position at the last notification decision
   #broken: QueueError | undefined;
   #mem: GuestMemory | undefined;
@@ -113,6 +115,7 @@ export class PackedQueue implements Virtqueue {
     this.maxSize = maxSize;
     this.size = maxSize;
     this.#listLen = new Uint16Array(maxSize);
+    this.#marks = new Uint8Array(maxSize);
     this.#writable = new Uint32Array(maxSize);
   }
 
@@ -491,6 +494,70 @@ export class PackedQueue implements Virtqueue {
       return;
     }
     this.#writeUsed(head, len, count);
+  }
+
+  /**
+   * Return several buffers so that the driver sees all of them or none: every used
+   * descriptor is written, the first one's flags last (the driver reads used descriptors in
+   * ring order, so it sees none of them before the first). A batch held back by
+   * VIRTIO_F_IN_ORDER goes first.
+   * @param mem Guest memory.
+   * @param heads Buffer ids, in order.
+   * @param lens Bytes written into each.
+   * @param count How many of `heads`/`lens` (default all of `heads`).
+   * @throws {QueueError} `InvalidUsedHead` for an id not in flight, or given twice (nothing is
+   *   published).
+   */
+  addUsedMany(
+    mem: GuestMemory,
+    heads: readonly number[],
+    lens: readonly number[],
+    count: number = heads.length,
+  ): void {
+    this.#ensure(mem);
+    const listLen = this.#listLen;
+    const marks = this.#marks;
+    // Check every id, marking each (a second use of the same id then fails the check).
+    for (let i = 0; i < count; i++) {
+      const head = heads[i];
+      const ok = Number.isInteger(head) && head >= 0 && head < this.size &&
+        listLen[head] !== 0 && marks[head] === 0;
+      if (!ok) {
+        for (let j = 0; j < i; j++) marks[heads[j]] = 0;
+        throw new QueueError("InvalidUsedHead", `buffer id ${head} is not in flight`);
+      }
+      marks[head] = 1;
+    }
+    this.flushUsed(mem);
+    const view = this.#ring.view;
+    const u16 = this.#ring.u16;
+    let idx = this.#usedIdx;
+    let wrap = this.#usedWrap;
+    let firstFlags = 0;
+    const first = idx;
+    for (let i = 0; i < count; i++) {
+      const head = heads[i];
+      const len = lens[i];
+      const descs = listLen[head];
+      listLen[head] = 0;
+      marks[head] = 0;
+      const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
+      view.setUint32(off + 8, len >>> 0, true);
+      view.setUint16(off + 12, head, true);
+      const flags = (wrap !== 0 ? VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED : 0) |
+        (len > 0 ? VIRTQ_DESC_F_WRITE : 0);
+      if (i === 0) firstFlags = flags;
+      else Atomics.store(u16, this.#flagsBase + 8 * idx, flags);
+      idx += descs;
+      if (idx >= this.size) {
+        idx -= this.size;
+        wrap ^= 1;
+      }
+    }
+    // Release: everything above is visible before the first descriptor turns used.
+    if (count > 0) Atomics.store(u16, this.#flagsBase + 8 * first, firstFlags);
+    this.#usedIdx = idx;
+    this.#usedWrap = wrap;
   }
 
   /**

@@ -528,6 +528,44 @@ export class SplitQueue implements Virtqueue {
   }
 
   /**
+   * Return several chains at once: every element is written first, then `used.idx` moves
+   * once, so the driver sees all of them or none. A received packet spread over several
+   * buffers (virtio-net with VIRTIO_F_MRG_RXBUF, virtio 1.2 §5.1.6.4) needs this: the driver
+   * reads its `num_buffers` entries as soon as it sees the first.
+   * @param mem Guest memory.
+   * @param heads Head indices of the chains, in order.
+   * @param lens Bytes written into each chain.
+   * @param count How many of `heads`/`lens` to return (default all of `heads`).
+   * @throws {QueueError} `InvalidUsedHead` for a head outside the table (nothing is published).
+   */
+  addUsedMany(
+    mem: GuestMemory,
+    heads: readonly number[],
+    lens: readonly number[],
+    count: number = heads.length,
+  ): void {
+    this.#ensure(mem);
+    for (let i = 0; i < count; i++) {
+      const head = heads[i];
+      if (!Number.isInteger(head) || head < 0 || head >= this.size) {
+        throw new QueueError("InvalidUsedHead", `head ${head} >= queue size ${this.size}`);
+      }
+    }
+    this.flushUsed(mem);
+    const view = this.#used.view;
+    let next = this.#nextUsed;
+    for (let i = 0; i < count; i++) {
+      const off = this.#usedOff + 4 + 8 * (next & (this.size - 1));
+      view.setUint32(off, heads[i], true);
+      view.setUint32(off + 4, lens[i] >>> 0, true);
+      next = (next + 1) & 0xffff;
+    }
+    this.#nextUsed = next;
+    // Release: every element above is visible before the new index.
+    Atomics.store(this.#used.u16, this.#usedIdxIndex, next);
+  }
+
+  /**
    * Whether the driver wants a used-buffer notification now (virtio 1.2 §2.7.7.2).
    * Call once after a batch of `addUsed`.
    * @param mem Guest memory.

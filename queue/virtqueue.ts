@@ -122,6 +122,22 @@ export interface Virtqueue {
    */
   addUsed(mem: GuestMemory, head: number, len: number): void;
   /**
+   * Return several chains so that the driver sees all of them or none (a received packet
+   * spread over several buffers, virtio-net MRG_RXBUF: the driver reads its `num_buffers`
+   * entries as soon as it sees the first). Entries an in-order batch held back go first.
+   * @param mem Guest memory.
+   * @param heads The chains' `head`s, in order.
+   * @param lens Bytes written into each.
+   * @param count How many of `heads`/`lens` (default all of `heads`).
+   * @throws {QueueError} For a head that was never handed out (nothing is published).
+   */
+  addUsedMany(
+    mem: GuestMemory,
+    heads: readonly number[],
+    lens: readonly number[],
+    count?: number,
+  ): void;
+  /**
    * Publish used entries an in-order batch held back (a no-op without VIRTIO_F_IN_ORDER);
    * `needsNotification` and `enableNotification` do it first.
    * @param mem Guest memory.

@@ -31,6 +31,8 @@ export interface RawLibc {
   pwrite(fd: number, buf: Uint8Array, count: bigint, offset: bigint): number;
   preadv(fd: number, iov: Uint8Array, iovcnt: number, offset: bigint): number;
   pwritev(fd: number, iov: Uint8Array, iovcnt: number, offset: bigint): number;
+  readv(fd: number, iov: Uint8Array, iovcnt: number): number;
+  writev(fd: number, iov: Uint8Array, iovcnt: number): number;
   mmap(addr: bigint, len: bigint, prot: number, flags: number, fd: number, off: bigint): bigint;
   munmap(addr: bigint, len: bigint): number;
   madvise(addr: bigint, len: bigint, advice: number): number;

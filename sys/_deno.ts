@@ -28,6 +28,8 @@ const SYMBOLS = {
   pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   preadv: { parameters: ["i32", "buffer", "i32", "i64"], result: "isize" },
   pwritev: { parameters: ["i32", "buffer", "i32", "i64"], result: "isize" },
+  readv: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  writev: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   mmap: { parameters: ["usize", "usize", "i32", "i32", "i32", "i64"], result: "usize" },
   munmap: { parameters: ["usize", "usize"], result: "i32" },
   madvise: { parameters: ["usize", "usize", "i32"], result: "i32" },
@@ -148,6 +150,8 @@ export function createDenoBackend(): Backend {
     pwrite: (fd, buf, count, offset) => Number(sym.pwrite(fd, buf, count, offset)),
     preadv: (fd, iov, iovcnt, offset) => Number(sym.preadv(fd, iov, iovcnt, offset)),
     pwritev: (fd, iov, iovcnt, offset) => Number(sym.pwritev(fd, iov, iovcnt, offset)),
+    readv: (fd, iov, iovcnt) => Number(sym.readv(fd, iov, iovcnt)),
+    writev: (fd, iov, iovcnt) => Number(sym.writev(fd, iov, iovcnt)),
     mmap: (addr, len, prot, flags, fd, off) =>
       BigInt.asIntN(64, BigInt(sym.mmap(addr, len, prot, flags, fd, off))),
     munmap: sym.munmap,

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { backend, check, cString, fail, libc, retry } from "./libc.ts";
+import { backend, check, cString, Errno, fail, lastErrno, libc, retry, SysError } from "./libc.ts";
 import { mappedAddressOf } from "./mman.ts";
 
 // open(2) flags. The values are those of x86-64 and the generic table (arm64 and others)
@@ -276,6 +276,114 @@ export function preadv(fd: number, bufs: readonly Uint8Array[], offset: number):
  */
 export function pwritev(fd: number, bufs: readonly Uint8Array[], offset: number): number {
   return vectored(true, fd, bufs, offset);
+}
+
+// Lay out `bufs` as iovecs in the scratch table (at most IOV_MAX of them): views of a Mapping by
+// the mapping's address, others by the address the runtime gives their buffer. The caller keeps
+// `bufs` referenced for the duration of the call, so those buffers stay alive and in place.
+function fillAnyIovecs(bufs: readonly Uint8Array[]): void {
+  for (let i = 0; i < bufs.length; i++) {
+    const b = bufs[i];
+    let address = mappedAddressOf(b);
+    if (address === undefined) address = b.byteLength === 0 ? 0 : Number(backend().addressOf(b));
+    const at = i * IOVEC_SIZE;
+    iovView.setUint32(at, address % 0x1_0000_0000, true);
+    iovView.setUint32(at + 4, Math.floor(address / 0x1_0000_0000), true);
+    iovView.setUint32(at + 8, b.byteLength, true);
+    iovView.setUint32(at + 12, 0, true);
+  }
+}
+
+// One readv/writev, EINTR retried; EAGAIN is -1 (a drained non-blocking descriptor).
+function streamVectored(write: boolean, fd: number, n: number): number {
+  for (;;) {
+    const r = write ? libc().writev(fd, iovBytes, n) : libc().readv(fd, iovBytes, n);
+    if (r >= 0) return r;
+    const errno = lastErrno();
+    if (errno === Errno.EINTR) continue;
+    if (errno === Errno.EAGAIN) return -1;
+    throw new SysError(write ? "writev" : "readv", errno);
+  }
+}
+
+function totalLength(bufs: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.byteLength;
+  return n;
+}
+
+/**
+ * Reads into `bufs`, in order, from the file position with one readv(2). One call matters for
+ * descriptors that hand out whole records: a tap device or a datagram socket fills the views
+ * with one frame. Views of a {@link Mapping} (guest memory) and ordinary buffers may be mixed;
+ * more than {@link IOV_MAX} views are read through one bounce buffer, still in one call.
+ *
+ * @example Read one datagram into two views
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { close, readv, SOCK_DGRAM, socketpair, write } from "./mod.ts";
+ * const [a, b] = socketpair(1, SOCK_DGRAM);
+ * write(a, new Uint8Array([1, 2, 3, 4, 5]));
+ * const head = new Uint8Array(2);
+ * const rest = new Uint8Array(8);
+ * assert.equal(readv(b, [head, rest]), 5);
+ * assert.deepEqual([...head, ...rest.subarray(0, 3)], [1, 2, 3, 4, 5]);
+ * close(a);
+ * close(b);
+ * ```
+ *
+ * @param fd The file descriptor.
+ * @param bufs Where to read to, in order.
+ * @returns The number of bytes read (0 at end of file), or -1 when the descriptor is
+ *   non-blocking and has nothing to read (EAGAIN: the normal end of draining it, not thrown).
+ * @throws {SysError} When readv(2) fails otherwise (EINTR is retried).
+ */
+export function readv(fd: number, bufs: readonly Uint8Array[]): number {
+  checkFd(fd);
+  if (bufs.length <= IOV_MAX) {
+    fillAnyIovecs(bufs);
+    return streamVectored(false, fd, bufs.length);
+  }
+  const bounce = new Uint8Array(totalLength(bufs));
+  fillAnyIovecs([bounce]);
+  const n = streamVectored(false, fd, 1);
+  let off = 0;
+  for (const b of bufs) {
+    if (off >= n) break;
+    const take = Math.min(b.byteLength, n - off);
+    b.set(bounce.subarray(off, off + take));
+    off += take;
+  }
+  return n;
+}
+
+/**
+ * Writes `bufs`, in order, at the file position with one writev(2): a tap device or a
+ * datagram socket receives them as one frame. Views of a {@link Mapping} and ordinary buffers
+ * may be mixed; more than {@link IOV_MAX} views are gathered into one bounce buffer first.
+ * writev(2) cannot ask for `MSG_NOSIGNAL`: use {@link sendmsg} on stream sockets, whose closed
+ * peer would raise `SIGPIPE`.
+ *
+ * @param fd The file descriptor.
+ * @param bufs The bytes to write, in order.
+ * @returns The number of bytes written, or -1 when the descriptor is non-blocking and full
+ *   (EAGAIN, not thrown: wait for `POLLOUT`).
+ * @throws {SysError} When writev(2) fails otherwise (EINTR is retried).
+ */
+export function writev(fd: number, bufs: readonly Uint8Array[]): number {
+  checkFd(fd);
+  if (bufs.length <= IOV_MAX) {
+    fillAnyIovecs(bufs);
+    return streamVectored(true, fd, bufs.length);
+  }
+  const bounce = new Uint8Array(totalLength(bufs));
+  let off = 0;
+  for (const b of bufs) {
+    bounce.set(b, off);
+    off += b.byteLength;
+  }
+  fillAnyIovecs([bounce]);
+  return streamVectored(true, fd, 1);
 }
 
 /**

@@ -99,9 +99,11 @@ export {
   pwrite,
   pwritev,
   read,
+  readv,
   setCloexec,
   setNonBlocking,
   write,
+  writev,
 } from "./fd.ts";
 export {
   AT_EACCESS,
@@ -291,6 +293,7 @@ export {
   MSG_PEEK,
   MSG_TRUNC,
   MSG_WAITALL,
+  recvDatagram,
   recvExact,
   recvmsg,
   type RecvResult,

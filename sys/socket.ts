@@ -340,6 +340,40 @@ export function recvmsg(
 }
 
 /**
+ * Receives one datagram without waiting (recvmsg(2) with `MSG_DONTWAIT | MSG_TRUNC`). The
+ * result is the datagram's full length even when it was longer than `buf` (only
+ * `buf.byteLength` bytes of it are kept; the rest is gone), so a truncated datagram shows.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { close, recvDatagram, sendmsg, SOCK_DGRAM, socketpair } from "./mod.ts";
+ * const [a, b] = socketpair(1, SOCK_DGRAM);
+ * assert.equal(recvDatagram(b, new Uint8Array(4)), -1);
+ * sendmsg(a, new Uint8Array(10));
+ * assert.equal(recvDatagram(b, new Uint8Array(4)), 10); // truncated: 10 > 4
+ * close(a);
+ * close(b);
+ * ```
+ *
+ * @param fd A datagram (or seqpacket) socket.
+ * @param buf Where the datagram goes.
+ * @returns The datagram's length, or -1 when none is waiting (EAGAIN, not thrown).
+ * @throws {SysError} When recvmsg(2) fails otherwise (EINTR is retried).
+ */
+export function recvDatagram(fd: number, buf: Uint8Array): number {
+  prepareHeader(buf, 0n, 0);
+  for (;;) {
+    const n = libc().recvmsg(fd, header, MSG_DONTWAIT | MSG_TRUNC);
+    if (n >= 0) return n;
+    const errno = lastErrno();
+    if (errno === Errno.EINTR) continue;
+    if (errno === Errno.EAGAIN) return -1;
+    throw new SysError("recvmsg", errno);
+  }
+}
+
+/**
  * Sends all of `data`, looping over short sends (sendmsg(2)); `fds` go with the first byte.
  * For blocking sockets: on a non-blocking one, a full buffer fails with EAGAIN midway.
  *

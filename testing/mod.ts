@@ -7,6 +7,8 @@
  * - {@linkcode MmioDriver}: drives the virtio-mmio register file through initialisation.
  * - {@linkcode VhostUserFrontend}: the VMM's side of vhost-user, driving a backend over its
  *   socket with memfd guest memory.
+ * - {@linkcode takeFrames}, {@linkcode netHeader}, {@linkcode ipv4Frame}: the virtio-net driver's
+ *   side of the queues, and frames with correct checksums.
  * - {@linkcode VsockDriver}: a virtio-vsock driver on any of those rings: raw packets in,
  *   decoded packets out.
  * - {@linkcode FuseSession}: a FUSE client (virtio-fs driver side) over a device's queues
@@ -27,3 +29,4 @@ export * from "./vhost_user_frontend.ts";
 export * from "./vsock_driver.ts";
 export * from "./bytes.ts";
 export * from "./fuse_client.ts";
+export * from "./net_driver.ts";

@@ -48,6 +48,7 @@ import {
 } from "../sys/mod.ts";
 import { existsSync, lstatSync, renameSync, unlinkSync } from "node:fs";
 import process from "node:process";
+import { clearImmediate, setImmediate } from "node:timers";
 import {
   BackendRequest,
   encode,
@@ -106,6 +107,13 @@ export interface VhostUserBackendOptions {
    * {@link BUSY_POLL_BUDGET_MS} at a time.
    */
   pollUs?: number;
+  /**
+   * Offer VHOST_USER_PROTOCOL_F_CONFIG and the backend request channel (GET_CONFIG,
+   * SET_CONFIG, configuration change messages). Default: when the device has a configuration
+   * space. QEMU keeps a net device's configuration itself and warns when a net backend offers
+   * it: pass `false` there.
+   */
+  configSpace?: boolean;
   /**
    * Refuse guest memory that is not sealed against shrinking (F_SEAL_SHRINK), instead of
    * serving it with a one-time {@link UnsealedMemoryWarning} (default false). A frontend that
@@ -179,10 +187,14 @@ export class VhostUserBackend {
   #backendReq = -1;
   #features = 0n;
   #protocolFeatures = 0n;
+  // SET_PROTOCOL_FEATURES was received: the frontend speaks protocol features even before
+  // SET_FEATURES acks bit 30 (QEMU's net sends SET_VRING_ENABLE that early).
+  #protocolNegotiated = false;
   #regions: MappedRegion[] = [];
   #memory: GuestMemory | undefined;
   #rings: Ring[];
   readonly #pollMs: number;
+  #pollResume: ReturnType<typeof setImmediate> | undefined;
   readonly #requireSealedMemory: boolean;
   #warnedUnsealed = false;
   #closedResolve!: () => void;
@@ -223,7 +235,7 @@ export class VhostUserBackend {
     });
     this.#rings = this.core.queues.map((q) => newRing(q.maxSize));
     // Offer CONFIG only to devices that have a configuration space (QEMU warns otherwise).
-    let hasConfig = true;
+    let hasConfig = options.configSpace ?? true;
     try {
       device.readConfig(0, new Uint8Array(1));
     } catch {
@@ -281,6 +293,8 @@ export class VhostUserBackend {
 
   /** Stop listening, drop the connection and release everything. */
   async close(): Promise<void> {
+    if (this.#pollResume !== undefined) clearImmediate(this.#pollResume);
+    this.#pollResume = undefined;
     this.#disconnect("backend closing");
     this.#listenWatch?.close();
     if (this.#acceptRetry !== undefined) clearTimeout(this.#acceptRetry);
@@ -455,6 +469,7 @@ export class VhostUserBackend {
           );
         }
         this.#protocolFeatures = f;
+        this.#protocolNegotiated = true;
         return undefined;
       }
       case R.GET_QUEUE_NUM:
@@ -562,12 +577,16 @@ export class VhostUserBackend {
         this.#requireOwner(rq);
         const { index, num } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
-        if ((this.#features & featureBit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
+        if (
+          (this.#features & featureBit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n &&
+          !this.#protocolNegotiated
+        ) {
           throw new VhostUserError("OutOfOrder", "SET_VRING_ENABLE without protocol features", rq);
         }
         if (num > 1) throw new VhostUserError("InvalidValue", `enable ${num}`, rq);
         ring.enabled = num === 1;
-        if (ring.enabled) ring.parked = false;
+        // Enabling is not starting: a ring stopped by GET_VRING_BASE stays stopped until the
+        // frontend programs it again (QEMU's net enables its rings before it reprograms them).
         if (ring.enabled) this.#maybeStart(index);
         else this.#stopRing(index);
         return undefined;
@@ -811,15 +830,19 @@ export class VhostUserBackend {
     q.availRing = this.#translate(ring.addr.avail, Request.SET_VRING_ADDR);
     q.usedRing = this.#translate(ring.addr.used, Request.SET_VRING_ADDR);
     try {
+      // Resume where the frontend says (a used index behind it means requests were in flight
+      // when the previous backend went away: serve them again) before the device sees the
+      // queue: it may use it at once (a net device delivers the frames that waited while the
+      // ring was stopped).
+      q.ready = true;
+      q.resume(this.#memory, ring.base);
       this.core.startQueue(index);
     } catch (err) {
+      q.ready = false;
       throw new VhostUserError("InvalidValue", `vring ${index}: ${asError(err).message}`, 0, {
         cause: err,
       });
     }
-    // Resume where the frontend says; a used index behind it means requests were in
-    // flight when the previous backend went away: serve them again.
-    q.resume(this.#memory, ring.base);
     ring.started = true;
     this.#log(`vring ${index} started (size ${ring.num}, base ${ring.base})`);
     ring.watch = this.#watchKick(index, ring.kick);
@@ -833,7 +856,7 @@ export class VhostUserBackend {
 
   /**
    * Keep serving every started ring that has new buffers until the poll window passes with
-   * none (each find restarts the window), or the budget is spent: the event loop, and with
+   * none used (each ring the device used restarts the window), or the budget is spent: the event loop, and with
    * it the frontend's messages, is never held for longer than {@link BUSY_POLL_BUDGET_MS}.
    * Stopping early loses nothing: serving re-enables notifications, so the driver kicks for
    * whatever it adds next, and a pass that stopped at its own budget is continued by the core.
@@ -850,8 +873,12 @@ export class VhostUserBackend {
         const q = this.core.queues[i];
         // A broken ring was reported when it broke; only a reset brings it back.
         if (!this.#rings[i].started || q.broken !== undefined) continue;
-        // A pass waiting for its turn will serve these buffers; polling them would not yield.
-        if (this.core.hasContinuation(i)) continue;
+        // A pass waiting for its turn will serve these buffers: let it run (it is queued
+        // behind this loop), then poll on.
+        if (this.core.hasContinuation(i)) {
+          this.#resumePoll();
+          return;
+        }
         let pending: boolean;
         try {
           pending = q.hasPending(memory);
@@ -859,11 +886,22 @@ export class VhostUserBackend {
           continue; // rings outside memory were refused when they started
         }
         if (!pending) continue;
+        // Buffers waiting are not always work (a net device's receive buffers wait for
+        // frames): only a ring the device used keeps the poll window open.
+        const used = q.nextUsed;
         this.core.notify(i);
-        deadline = performance.now() + window;
+        if (q.nextUsed !== used) deadline = performance.now() + window;
       }
       now = performance.now();
     }
+  }
+
+  #resumePoll(): void {
+    if (this.#pollResume !== undefined) return;
+    this.#pollResume = setImmediate(() => {
+      this.#pollResume = undefined;
+      if (this.#conn >= 0) this.#busyPoll();
+    });
   }
 
   #stopRing(index: number): void {
@@ -890,6 +928,7 @@ export class VhostUserBackend {
     }
     this.#features = 0n;
     this.#protocolFeatures = 0n;
+    this.#protocolNegotiated = false;
     this.#closeBackendReq();
   }
 

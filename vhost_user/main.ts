@@ -4,6 +4,7 @@
  * ```sh
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vblk.sock --device blk --file disk.img
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vrng.sock --device rng
+ * deno run --allow-all vhost_user/main.ts --socket /tmp/vnet.sock --device net --tap vt0
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vsock.sock --device vsock \
  *   --guest-cid 3 --uds-path /tmp/vsock.uds
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vfs.sock --device fs --shared-dir /srv --tag share
@@ -17,25 +18,33 @@ import process from "node:process";
 import type { VirtioDevice } from "../devices/device.ts";
 import { RNG_MAX_PERIOD_MS, RngDevice } from "../devices/rng.ts";
 import { BlockDevice, FileBackend, OverlayBackend } from "../devices/block.ts";
+import {
+  LoopbackNetBackend,
+  type NetBackend,
+  NetDevice,
+  SocketNetBackend,
+  TapNetBackend,
+} from "../devices/net.ts";
+import { writeFileSync } from "node:fs";
 import { MAX_POLL_US, UnsealedMemoryWarning, VhostUserBackend } from "./backend.ts";
 import { VsockDevice } from "../devices/vsock.ts";
 import { FsDevice } from "../devices/fs.ts";
 import { getrlimit, RLIMIT_NOFILE, setrlimit } from "../sys/mod.ts";
 
-const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk|vsock|fs [options]
+const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk|vsock|fs|net [options]
 
 Serves a virtio device to a vhost-user frontend (QEMU, Cloud Hypervisor, ...).
 
 Options:
   --socket PATH     Unix socket to listen on (required)
-  --device NAME     rng, blk, vsock or fs (required)
+  --device NAME     rng, blk, vsock, fs or net (required)
   --file PATH       blk: the raw disk image or block device
   --readonly        blk: refuse writes (VIRTIO_BLK_F_RO); fs: a read-only share (EROFS)
   --overlay PATH    blk: copy-on-write overlay file over --file, which is then opened
                     read-only and never written (the overlay is created when missing)
   --serial TEXT     blk: serial number reported by GET_ID (up to 20 bytes)
   --queues N        blk, fs: number of request queues (default 1; fs: at least QEMU's
-                    num-request-queues)
+                    num-request-queues); net: queue pairs
   --block-size N    blk: logical block size in bytes, a power of two from 512 (default 512)
   --physical-block-size N
                     blk: physical block size, a power-of-two multiple of --block-size
@@ -50,6 +59,22 @@ Options:
   --rng-max-bytes N rng: rate limit, at most N random bytes per period (default: no limit;
                     a request then waits in the ring for the next period)
   --rng-period-ms N rng: the rate limit's period in milliseconds (default 1000)
+  --tap NAME        net: a tap device, created when missing (needs root or CAP_NET_ADMIN);
+                    with --queues N above 1 it is multi-queue
+  --socket-peer PATH
+                    net: frames as Unix datagrams to the peer's socket, one frame per
+                    datagram preceded by its 12-byte virtio_net_hdr (offloads pass through);
+                    two backends with each other's paths are wired together
+  --socket-bind PATH
+                    net: this end's datagram socket (default: an abstract address)
+  --socket-raw      net: datagrams are bare Ethernet frames (as QEMU's -netdev dgram), no
+                    offloads
+  --loopback        net: every frame sent comes back (for benchmarks)
+  --mac MAC         net: MAC address for our own VMM (QEMU supplies its own; default random)
+  --mtu N           net: MTU offered, 68..65535 (default 1500)
+  --queue-size N    net: size of each queue, a power of two up to 32768 (default 256; QEMU's
+                    rx_queue_size/tx_queue_size go up to 1024)
+  --stats PATH      net: write the device counters there as JSON when the backend exits
   --guest-cid N     vsock: the guest's CID, 3 to 4294967294 (required)
   --uds-path PATH   vsock: host side as Unix sockets: host programs connect to PATH and
                     write "CONNECT <port>\\n" (answered "OK <host-port>\\n"); guest
@@ -72,7 +97,9 @@ Example with QEMU:
     -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \\
     -chardev socket,id=c0,path=PATH -device vhost-user-blk-pci,chardev=c0
   (fs: -device vhost-user-fs-pci,chardev=c0,tag=TAG; files are created as this process's
-   user and group)`;
+   user and group)
+  net: -chardev socket,id=n0,path=PATH -netdev vhost-user,chardev=n0,id=n0[,queues=N]
+    -device virtio-net-pci,netdev=n0,vectors=0 (QEMU 7.2 under TCG needs vectors=0)`;
 
 /**
  * An integer option: `fallback` when absent, `null` (after saying why) when it is not an
@@ -123,6 +150,15 @@ export async function main(argv: string[]): Promise<number> {
         tag: { type: "string" },
         cache: { type: "string" },
         writethrough: { type: "boolean", default: false },
+        tap: { type: "string" },
+        "socket-peer": { type: "string" },
+        "socket-bind": { type: "string" },
+        "socket-raw": { type: "boolean", default: false },
+        loopback: { type: "boolean", default: false },
+        mac: { type: "string" },
+        mtu: { type: "string" },
+        "queue-size": { type: "string" },
+        stats: { type: "string" },
         "require-sealed-memory": { type: "boolean", default: false },
         once: { type: "boolean", default: false },
         verbose: { type: "boolean", default: false },
@@ -171,6 +207,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   let device: VirtioDevice;
   let overlay: OverlayBackend | undefined;
+  let net: NetDevice | undefined;
   switch (args.device) {
     case "rng":
       device = new RngDevice({
@@ -277,6 +314,12 @@ export async function main(argv: string[]): Promise<number> {
       }
       break;
     }
+    case "net": {
+      const made = netDevice(args);
+      if (typeof made === "number") return made;
+      device = net = made;
+      break;
+    }
     default:
       console.error(`unknown device ${args.device}\n\n${USAGE}`);
       return 2;
@@ -285,6 +328,8 @@ export async function main(argv: string[]): Promise<number> {
   const backend = new VhostUserBackend(device, {
     socketPath: args.socket,
     pollUs,
+    // QEMU keeps a net device's configuration space itself.
+    configSpace: args.device !== "net",
     requireSealedMemory: args["require-sealed-memory"],
     log: verbose ? (m) => console.error(`vhost-user: ${m}`) : undefined,
     onError: (e) =>
@@ -312,6 +357,10 @@ export async function main(argv: string[]): Promise<number> {
   if (device instanceof VsockDevice) device.remove();
   // Persist the overlay's bitmap (a SIGKILL keeps what the last FLUSH made durable).
   overlay?.close();
+  if (net !== undefined) {
+    if (args.stats !== undefined) writeFileSync(args.stats, JSON.stringify(net.stats) + "\n");
+    net.remove();
+  }
   return 0;
 }
 
@@ -326,6 +375,61 @@ function raiseOpenFileLimit(): void {
       setrlimit(RLIMIT_NOFILE, { soft: Math.min(lim.hard, 1 << 20), hard: lim.hard });
     }
   } catch { /* keep the limit */ }
+}
+
+/** The net options of {@linkcode main}'s parsed arguments. */
+interface NetArgs {
+  tap?: string;
+  "socket-peer"?: string;
+  "socket-bind"?: string;
+  "socket-raw"?: boolean;
+  loopback?: boolean;
+  mac?: string;
+  mtu?: string;
+  queues?: string;
+  "queue-size"?: string;
+}
+
+/** Build the net device from the CLI arguments, or say why not (an exit code). */
+function netDevice(args: NetArgs): NetDevice | number {
+  const kinds = [args.tap !== undefined, args["socket-peer"] !== undefined, !!args.loopback];
+  if (kinds.filter((k) => k).length !== 1) {
+    console.error("--device net needs exactly one of --tap, --socket-peer and --loopback");
+    return 2;
+  }
+  if (
+    args["socket-peer"] === undefined && (args["socket-bind"] !== undefined || args["socket-raw"])
+  ) {
+    console.error("--socket-bind and --socket-raw go with --socket-peer");
+    return 2;
+  }
+  const queues = intOption(args.queues, "queues", 1, 1, 256);
+  const mtu = intOption(args.mtu, "mtu", 1500, 68, 65535);
+  const queueSize = intOption(args["queue-size"], "queue-size", 256, 2, 32768);
+  if (queues === null || mtu === null || queueSize === null) return 2;
+  let backend: NetBackend;
+  try {
+    if (args.tap !== undefined) backend = new TapNetBackend({ name: args.tap, queues });
+    else if (args.loopback) {
+      backend = new LoopbackNetBackend({ queuePairs: queues, capacity: 1024 });
+    } else {
+      backend = new SocketNetBackend({
+        peer: args["socket-peer"]!,
+        bind: args["socket-bind"],
+        vnetHdr: !args["socket-raw"],
+      });
+    }
+  } catch (err) {
+    console.error(`--device net: ${(err as Error).message}`);
+    return 1;
+  }
+  try {
+    return new NetDevice({ backend, mac: args.mac, queuePairs: queues, mtu, queueSize });
+  } catch (err) {
+    backend.close();
+    console.error(`--device net: ${(err as Error).message}`);
+    return 2;
+  }
 }
 
 if (import.meta.main) {

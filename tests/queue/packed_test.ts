@@ -125,6 +125,54 @@ describe("PackedQueue", () => {
     assert.equal(r.driver.takeAllUsed().length, 1);
   });
 
+  it("addUsedMany() marks the first descriptor used last, across the wrap, and checks every id", () => {
+    const r = rig({ size: 5 });
+    // Move the ring so the batch wraps: two lists served first.
+    r.driver.addChain([{ writable: 1 }]);
+    r.driver.addChain([{ writable: 1 }, { writable: 1 }]);
+    serveAll(r);
+    r.driver.takeAllUsed();
+    const ids = [
+      r.driver.addChain([{ writable: 4 }]),
+      r.driver.addChain([{ writable: 4 }, { writable: 4 }]),
+      r.driver.addChain([{ writable: 4 }]),
+    ];
+    const chains = ids.map(() => r.queue.pop(r.mem)!);
+    const heads = chains.map((c) => c.head);
+    expectQueueError(
+      () => r.queue.addUsedMany(r.mem, [heads[0], heads[0]], [1, 1]),
+      "InvalidUsedHead",
+      false,
+    );
+    expectQueueError(
+      () => r.queue.addUsedMany(r.mem, [heads[0], 4], [1, 1]),
+      "InvalidUsedHead",
+      false,
+    );
+    assert.equal(r.driver.pendingUsed(), 0, "nothing published by a refused call");
+    // Watch the driver's view as each flag turns used: nothing is visible before the last.
+    const seen: number[] = [];
+    const store = Atomics.store;
+    (Atomics as { store: typeof Atomics.store }).store =
+      ((a: Uint16Array, i: number, v: number) => {
+        const out = store(a, i, v);
+        seen.push(r.driver.pendingUsed());
+        return out;
+      }) as typeof Atomics.store;
+    try {
+      r.queue.addUsedMany(r.mem, heads, [4, 8, 4]);
+    } finally {
+      (Atomics as { store: typeof Atomics.store }).store = store;
+    }
+    assert.deepEqual(seen, [0, 0, 3]);
+    assert.deepEqual(r.driver.takeAllUsed().map((u) => [u.id, u.len]), [
+      [ids[0], 4],
+      [ids[1], 8],
+      [ids[2], 4],
+    ]);
+    assert.equal(r.driver.freeDescriptors, 5);
+  });
+
   it("follows an indirect table when the feature is on, and refuses it otherwise", () => {
     const r = rig({ indirect: true });
     const id = r.driver.addChain([{ readable: new Uint8Array([9]) }, { writable: 3 }], {

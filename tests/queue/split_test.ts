@@ -62,6 +62,25 @@ describe("SplitQueue basic operation", () => {
     assert.equal(queue.pop(mem), null);
   });
 
+  it("addUsedMany() publishes several chains with one used.idx move, or none", () => {
+    const { mem, driver, queue } = setup();
+    const heads = [0, 1, 2].map(() => driver.addChain([{ writable: 8 }]));
+    const chains = heads.map(() => queue.pop(mem)!);
+    // A bad head anywhere: nothing is published.
+    assert.throws(
+      () => queue.addUsedMany(mem, [chains[0].head, 999], [1, 1]),
+      (e: unknown) => e instanceof QueueError && e.code === "InvalidUsedHead",
+    );
+    assert.equal(driver.usedIdx(), 0);
+    queue.addUsedMany(mem, chains.map((c) => c.head), [8, 8, 3], 3);
+    assert.equal(driver.usedIdx(), 3);
+    assert.deepEqual(driver.takeAllUsed().map((u) => [u.id, u.len]), [
+      [heads[0], 8],
+      [heads[1], 8],
+      [heads[2], 3],
+    ]);
+  });
+
   it("addUsed() hands the chain back with its head and length", () => {
     const { mem, driver, queue } = setup();
     const head = driver.addChain([{ readable: bytes(1) }, { writable: 4 }]);

@@ -37,12 +37,16 @@ import {
   pwrite,
   pwritev,
   read,
+  readv,
+  recvDatagram,
   sendmsg,
   setCloexec,
   setNonBlocking,
+  SOCK_DGRAM,
   socketpair,
   SysError,
   write,
+  writev,
 } from "../../sys/mod.ts";
 
 let dir = "";
@@ -408,5 +412,61 @@ describe("fcntl helpers", () => {
     } finally {
       close(fd);
     }
+  });
+});
+
+describe("readv() and writev()", () => {
+  it("move one datagram between mapped and ordinary views in one call each", () => {
+    const [a, b] = socketpair(1, SOCK_DGRAM);
+    const fd = memfdCreate("iov");
+    ftruncate(fd, 4096);
+    const m = mmapFd(fd, 4096);
+    try {
+      const mapped = new Uint8Array(m.buffer, 100, 6);
+      mapped.set([3, 4, 5, 6, 7, 8]);
+      // Header from an ordinary buffer, body from mapped memory: one datagram of 8 bytes.
+      assert.equal(writev(a, [new Uint8Array([1, 2]), mapped]), 8);
+      const head = new Uint8Array(3);
+      const body = new Uint8Array(m.buffer, 2000, 16);
+      assert.equal(readv(b, [head, body]), 8);
+      assert.deepEqual([...head], [1, 2, 3]);
+      assert.deepEqual([...body.subarray(0, 5)], [4, 5, 6, 7, 8]);
+      // Nothing left: -1, not a throw, on a non-blocking descriptor.
+      setNonBlocking(b);
+      assert.equal(readv(b, [head]), -1);
+      assert.equal(recvDatagram(b, head), -1);
+    } finally {
+      m.unmap();
+      close(fd);
+      close(a);
+      close(b);
+    }
+  });
+
+  it("keep one call with more views than IOV_MAX", () => {
+    const [a, b] = socketpair(1, SOCK_DGRAM);
+    try {
+      const parts = Array.from({ length: IOV_MAX + 5 }, (_, i) => new Uint8Array([i & 0xff]));
+      assert.equal(writev(a, parts), IOV_MAX + 5);
+      const outs = Array.from({ length: IOV_MAX + 5 }, () => new Uint8Array(1));
+      assert.equal(readv(b, outs), IOV_MAX + 5);
+      assert.equal(outs[IOV_MAX + 4][0], (IOV_MAX + 4) & 0xff);
+    } finally {
+      close(a);
+      close(b);
+    }
+  });
+
+  it("report a full non-blocking datagram socket as -1 and other failures as SysError", () => {
+    const [a, b] = socketpair(1, SOCK_DGRAM);
+    setNonBlocking(a);
+    let n = 0;
+    const big = new Uint8Array(60000);
+    while (writev(a, [big]) > 0) if (++n > 10000) break;
+    assert.ok(n > 0 && n < 10000, `queued ${n} datagrams before EAGAIN`);
+    close(b);
+    assert.equal(sysCode(() => writev(a, [big])), "ECONNREFUSED");
+    close(a);
+    assert.equal(sysCode(() => readv(a, [big])), "EBADF");
   });
 });

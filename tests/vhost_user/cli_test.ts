@@ -1,11 +1,11 @@
-// The vhost-user CLI (vhost_user/main.ts): its block options reach the device's configuration
+// The vhost-user CLI (vhost_user/main.ts): its block and net options reach the device's configuration
 // space as a frontend sees it, and bad options are refused with a usage error before anything
 // listens.
 
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startBackend } from "../../launcher/backends.ts";
@@ -13,6 +13,8 @@ import { VhostUserFrontend } from "../../testing/vhost_user_frontend.ts";
 import { main } from "../../vhost_user/main.ts";
 import { BlockConfigOffset, VIRTIO_BLK_F_RO } from "../../devices/block.ts";
 import { featureBit } from "../../devices/device.ts";
+import { VIRTIO_NET_F_MQ } from "../../devices/net.ts";
+import { concatBytes, ethFrame, netHeader, takeFrames } from "../../testing/net_driver.ts";
 import { VIRTIO_F_EVENT_IDX } from "../../queue/split.ts";
 import { delay, T } from "./_harness.ts";
 import {
@@ -91,6 +93,46 @@ describe("vhost_user/main.ts", () => {
     }
   });
 
+  it(
+    "--device net --loopback serves queue pairs and writes its counters with --stats",
+    T,
+    async () => {
+      const socket = join(dir, "net.sock");
+      const stats = join(dir, "net-stats.json");
+      const backend = await startBackend([
+        ...["--socket", socket, "--device", "net", "--loopback", "--queues", "2"],
+        ...["--mtu", "9000", "--mac", "02:00:00:00:00:42", "--stats", stats],
+      ]);
+      try {
+        const fe = await VhostUserFrontend.connect(socket, { memorySize: 8 << 20 });
+        try {
+          const r = await fe.start({ queueSize: 64 });
+          assert.equal(r.queueNum, 5);
+          assert.notEqual(r.features & featureBit(VIRTIO_NET_F_MQ), 0n);
+          const rx = fe.ring(0).driver;
+          for (let i = 0; i < 4; i++) rx.addChain([{ writable: 2048 }]);
+          fe.kick(0, { force: true });
+          const f = ethFrame({ payload: new Uint8Array(1000).fill(5) });
+          fe.ring(1).driver.addChain([{ readable: concatBytes(netHeader(), f) }]);
+          fe.kick(1, { force: true });
+          let got: Uint8Array[] = [];
+          while (got.length === 0) {
+            assert.ok(await fe.waitCall(0, 5000));
+            got = takeFrames(rx).map((x) => x.frame);
+          }
+          assert.deepEqual(got, [f]);
+        } finally {
+          await fe.close();
+        }
+      } finally {
+        await backend.stop();
+      }
+      const counters = JSON.parse(readFileSync(stats, "utf8"));
+      assert.equal(counters.txFrames, 1);
+      assert.equal(counters.rxFrames, 1);
+    },
+  );
+
   it("refuses bad options with a usage error and listens on nothing", async () => {
     const socket = join(dir, "never.sock");
     const blk = ["--socket", socket, "--device", "blk", "--file", disk];
@@ -116,7 +158,15 @@ describe("vhost_user/main.ts", () => {
     }
     assert.equal(await main([...rng, "--rng-period-ms", "100"]), 2, "a period without a limit");
     assert.equal(await main([...blk, "--rng-max-bytes", "100"]), 2, "an rng option for blk");
-    assert.equal(await main(["--socket", socket, "--device", "net"]), 2);
+    const net = ["--socket", socket, "--device", "net"];
+    assert.equal(await main(net), 2, "no net backend");
+    assert.equal(await main([...net, "--loopback", "--tap", "vt0"]), 2, "two backends");
+    assert.equal(await main([...net, "--loopback", "--socket-bind", "/tmp/x"]), 2);
+    assert.equal(await main([...net, "--tap", "vt0", "--socket-raw"]), 2);
+    assert.equal(await main([...net, "--loopback", "--mtu", "67"]), 2);
+    assert.equal(await main([...net, "--loopback", "--queues", "0"]), 2);
+    assert.equal(await main([...net, "--loopback", "--mac", "01:00:5e:00:00:01"]), 2);
+    assert.equal(await main([...net, "--tap", "no/such"]), 1);
     // Values the device refuses, and a file that is not there.
     assert.equal(await main([...blk, "--block-size", "1000"]), 1);
     assert.equal(await main([...blk, "--physical-block-size", "256"]), 1);
