@@ -24,7 +24,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { MicroVm, NO_KVM_REASON } from "../kvm/mod.ts";
+import { MicroVm } from "../kvm/mod.ts";
+import { kvmUnavailableReason } from "../sys/mod.ts";
 import { RngDevice } from "../devices/rng.ts";
 import { ensureGuest, scriptCpio } from "../launcher/qemu.ts";
 import {
@@ -167,7 +168,7 @@ function emulatedKvm(): boolean {
 
 if (!MicroVm.available()) {
   console.log(
-    `${NO_KVM_REASON}; run it as: scripts/kvm-guest.sh node_modules/.bin/deno run --allow-all ` +
+    `${kvmUnavailableReason()}; run it as: scripts/kvm-guest.sh node_modules/.bin/deno run --allow-all ` +
       "bench/boot_bench.ts",
   );
 } else {

@@ -14,7 +14,8 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { MicroVm, NO_KVM_REASON } from "../kvm/mod.ts";
+import { MicroVm } from "../kvm/mod.ts";
+import { kvmUnavailableReason } from "../sys/mod.ts";
 import { RngDevice } from "../devices/rng.ts";
 import { BlockDevice } from "../devices/block.ts";
 import type { VirtioDevice } from "../devices/device.ts";
@@ -23,7 +24,7 @@ import { ensureGuest, scriptCpio } from "../launcher/qemu.ts";
 const args = globalThis.process?.argv ?? [];
 if (!MicroVm.available()) {
   console.log(
-    `demo/kvm.ts: ${NO_KVM_REASON}; this demo needs KVM ` +
+    `demo/kvm.ts: ${kvmUnavailableReason()}; this demo needs KVM ` +
       "(scripts/kvm-guest.sh node_modules/.bin/deno run --allow-all demo/kvm.ts runs it nested)",
   );
   process.exit(0);

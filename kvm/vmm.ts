@@ -37,6 +37,7 @@ import type { VirtioDevice } from "../devices/device.ts";
 import {
   EventFd,
   hasKvm,
+  kvmUnavailableReason,
   type Mapping,
   mmapAnonymous,
   mmapFd,
@@ -128,13 +129,17 @@ export interface RunResult {
 }
 
 /**
- * Thrown by {@link MicroVm.create} when `/dev/kvm` is absent; its message is
- * {@link NO_KVM_REASON}.
+ * Thrown by {@link MicroVm.create} when this host cannot run KVM guests: `/dev/kvm` is absent or
+ * not accessible, or it is a software KVM such as PVM (see `kvmUnavailableReason` in `sys/`).
  */
 export class KvmUnavailableError extends KvmError {
-  /** Creates the error with the message {@link NO_KVM_REASON}. */
-  constructor() {
-    super(NO_KVM_REASON);
+  /**
+   * Creates the error.
+   *
+   * @param reason Why KVM is unusable (default {@link NO_KVM_REASON}).
+   */
+  constructor(reason: string = NO_KVM_REASON) {
+    super(reason);
     this.name = "KvmUnavailableError";
   }
 }
@@ -231,7 +236,8 @@ export class MicroVm {
   }
 
   /**
-   * Whether this host can run a {@link MicroVm} (`/dev/kvm` can be opened read-write).
+   * Whether this host can run a {@link MicroVm} (`/dev/kvm` can be opened read-write and the CPU
+   * has VT-x or AMD-V).
    *
    * @returns True if KVM is usable.
    */
@@ -246,13 +252,14 @@ export class MicroVm {
    *
    * @param options Kernel, initramfs, command line, RAM, vCPUs and devices.
    * @returns The VM, ready to {@link MicroVm.run}.
-   * @throws {KvmUnavailableError} When `/dev/kvm` is absent.
+   * @throws {KvmUnavailableError} When `/dev/kvm` is absent, inaccessible or not hardware-assisted.
    * @throws {KvmError} When KVM lacks a needed capability.
    * @throws {RangeError} For a vCPU count outside 1–{@link MAX_VCPUS}.
    * @throws {BootError} When the kernel cannot be loaded.
    */
   static create(options: MicroVmOptions): MicroVm {
-    if (!hasKvm()) throw new KvmUnavailableError();
+    const unusable = kvmUnavailableReason();
+    if (unusable !== undefined) throw new KvmUnavailableError(unusable);
     const memorySize = options.memorySize ?? DEFAULT_MEMORY_SIZE;
     const mmioBase = options.mmioBase ?? DEFAULT_MMIO_BASE;
     const firstIrq = options.firstIrq ?? DEFAULT_FIRST_IRQ;

@@ -26,7 +26,7 @@ reason="$(kvm_tests_impossible)"
 if [[ -n "$reason" ]]; then
   echo "== KVM tests not run: $reason"
 else
-  echo "== KVM tests (deno and bun; $([[ -w /dev/kvm ]] && echo "on /dev/kvm" || echo "in a nested-KVM guest"))"
+  echo "== KVM tests (deno and bun; $(hardware_kvm && echo "on /dev/kvm" || echo "in a nested-KVM guest"))"
   start=$SECONDS
   run_kvm_tests
   echo "== KVM tests passed in $((SECONDS - start)) s"

@@ -48,7 +48,7 @@ export {
   SysError,
   unsafeView,
 } from "./libc.ts";
-export { hasKvm } from "./runtime.ts";
+export { hasKvm, kvmUnavailableReason } from "./runtime.ts";
 export {
   close,
   dup,

@@ -11,8 +11,8 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { hasKvm } from "../../sys/mod.ts";
-import { MicroVm, NO_KVM_REASON } from "../../kvm/mod.ts";
+import { kvmUnavailableReason } from "../../sys/mod.ts";
+import { MicroVm } from "../../kvm/mod.ts";
 import { RngDevice } from "../../devices/rng.ts";
 import { BlockDevice } from "../../devices/block.ts";
 import { ensureGuest, scriptCpio } from "../../launcher/qemu.ts";
@@ -67,7 +67,7 @@ for (const cpus of [1, 2, 4]) {
   test(
     `MicroVm boots the stock Debian kernel on ${cpus} vCPU(s) with virtio-rng and a ${cpus}-queue virtio-blk found through ACPI`,
     {
-      skip: hasKvm() ? false : NO_KVM_REASON,
+      skip: kvmUnavailableReason() === undefined ? false : `skipped: ${kvmUnavailableReason()}`,
       timeout: 10 * 60_000,
     },
     async () => {

@@ -5,11 +5,11 @@
 // inside a nested-KVM guest where the host has none).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { hasKvm } from "../../sys/mod.ts";
-import { MicroVm, NO_KVM_REASON } from "../../kvm/mod.ts";
+import { kvmUnavailableReason } from "../../sys/mod.ts";
+import { MicroVm } from "../../kvm/mod.ts";
 import { BootParamsOffset as O, XLF_KERNEL_64 } from "../../kvm/boot.ts";
 
-const skip = hasKvm() ? false : NO_KVM_REASON;
+const skip = kvmUnavailableReason() === undefined ? false : `skipped: ${kvmUnavailableReason()}`;
 
 /** A bzImage whose 64-bit entry point (kernel + 0x200) runs `code`. */
 function tinyKernel(code: number[]): Uint8Array {
