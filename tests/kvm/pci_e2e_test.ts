@@ -45,14 +45,13 @@ rmmod virtio_pci || fail "rmmod virtio_pci"
 insmod "$ko" force_legacy=1 || fail "insmod virtio_pci force_legacy=1"
 `
     : "";
+  const vectors = c.cpus + 1;
   const irqCheck = c.legacy
-    ? `grep -E 'IO-APIC.*fasteoi.*virtio' /proc/interrupts || fail "no level-triggered I/O APIC virtio interrupt"
-grep -q 'PCI-MSI' /proc/interrupts && fail "MSI in use with pci=nomsi"`
-    : `grep -qE 'PCI-MSI.*virtio[0-9]+-(requests|input)' /proc/interrupts || fail "no MSI-X virtio queue interrupt"
-grep -q 'IO-APIC.*virtio' /proc/interrupts && fail "a virtio interrupt on the I/O APIC"
-expect_eq "$(ls /sys/bus/pci/devices/0000:00:02.0/msi_irqs | wc -l)" ${
-      c.cpus + 1
-    } "block MSI-X vectors"`;
+    ? `grep -qE 'IO-APIC.*fasteoi.*virtio' /proc/interrupts || fail "no level-triggered virtio IRQ"
+if grep -q 'PCI-MSI' /proc/interrupts; then fail "MSI in use with pci=nomsi"; fi`
+    : `grep -qE 'PCI-MSI.*virtio[0-9]+-(req|input)' /proc/interrupts || fail "no MSI-X queue IRQ"
+if grep -q 'IO-APIC.*virtio' /proc/interrupts; then fail "a virtio IRQ on the I/O APIC"; fi
+expect_eq "$(ls /sys/bus/pci/devices/0000:00:02.0/msi_irqs | wc -l)" ${vectors} "MSI-X vectors"`;
   return `
 step cpus
 expect_eq "$(nproc)" ${c.cpus} "nproc"
@@ -62,7 +61,9 @@ for f in /sys/bus/pci/devices/*; do
 done
 expect_eq "$(cat /sys/bus/pci/devices/0000:00:00.0/class)" 0x060000 "host bridge class"
 grep -q 'PCI MMCONFIG' /proc/iomem && echo "VT-MMCONFIG: yes" || echo "VT-MMCONFIG: no"
-dmesg | grep -iE 'ACPI (BIOS )?(Error|Warning)|AE_[A-Z_]+' | sed 's/^/VT-ACPI-COMPLAINT: /' || true
+# (No _OSC: Linux keeps to conventional PCI, which is what these functions are; it says so.)
+dmesg | grep -iE 'ACPI (BIOS )?(Error|Warning)|AE_[A-Z_]+' | grep -v '_OSC' |
+  sed 's/^/VT-ACPI-COMPLAINT: /' || true
 ${rebind}
 step virtio-pci-bound
 wait_for /sys/bus/virtio/devices/virtio1 50
@@ -73,6 +74,10 @@ ids="$(cat /sys/bus/virtio/devices/*/device | tr '\\n' ' ')"
 echo "VT-DEVICE-IDS: $ids"
 case "$ids" in *0x0004*) ;; *) fail "no virtio-rng among: $ids" ;; esac
 case "$ids" in *0x0002*) ;; *) fail "no virtio-blk among: $ids" ;; esac
+# Feature bit 32 (VERSION_1) tells the modern driver from the legacy one.
+for d in /sys/bus/virtio/devices/*; do
+  expect_eq "$(cut -c33 $d/features)" ${c.legacy ? 0 : 1} "VERSION_1 of \${d##*/}"
+done
 step hwrng
 wait_for /dev/hwrng
 echo "VT-RNG-CURRENT: $(cat /sys/class/misc/hw_random/rng_current)"
