@@ -310,6 +310,7 @@ export class Conf1Ports {
   readonly #latch: Int32Array;
 
   /**
+   * Creates the ports over a latch.
    * @param latch One `Int32` shared by every vCPU thread (default: a private one).
    */
   constructor(latch: Int32Array = new Int32Array(1)) {
@@ -380,6 +381,7 @@ export class BarAllocator {
   readonly #end: Record<"io" | "mem32" | "mem64", number>;
 
   /**
+   * Starts every window at its base.
    * @param layout The windows.
    */
   constructor(layout: PciLayout) {
@@ -420,6 +422,7 @@ export class IntxLines {
   readonly #set: (gsi: number, level: boolean) => void;
 
   /**
+   * Creates the lines, all low.
    * @param set Drives a line (e.g. `KVM_IRQ_LINE`).
    */
   constructor(set: (gsi: number, level: boolean) => void) {
