@@ -159,8 +159,10 @@ export class PciDevices {
         const transport: PciTransport = new PciTransport(device, options.memory, {
           transitional: options.transitional,
           interrupts: {
-            msi: (vector) => this.#slots[i]?.vectorFds[vector]?.write(1n),
-            intx: (level) => this.#intx.drive(gsi, slot, level),
+            msi: (vector) => this.#signal(i, vector),
+            intx: (level) => {
+              if (!this.#closed) this.#intx.drive(gsi, slot, level);
+            },
           },
           onBarChanged: (bar) => this.#barChanged(i, bar),
           onMsixChanged: (vector) => this.#msixChanged(i, vector),
@@ -219,6 +221,21 @@ export class PciDevices {
       msiGsi: s.msiGsi,
       vectors: s.transport.msixVectors,
     }));
+  }
+
+  /** Whether any function has an I/O BAR (transitional devices). */
+  get hasIoBars(): boolean {
+    return this.#slots.some((s) => s.transport.bars().some((b) => b.kind === "io"));
+  }
+
+  // A vector's interrupt: its irqfd's eventfd (a device may complete after the VM closed).
+  #signal(index: number, vector: number): void {
+    if (this.#closed) return;
+    try {
+      this.#slots[index]?.vectorFds[vector]?.write(1n);
+    } catch (err) {
+      this.#onError(new PciWiringError(`MSI-X vector ${vector}: ${(err as Error).message}`));
+    }
   }
 
   /** The current routing table (the base routes and one MSI route per vector). */

@@ -620,7 +620,8 @@ export class MicroVm {
           pci: this.#pci === undefined ? undefined : {
             conf1: this.#conf1,
             ioBase: this.#pci.layout.io.base,
-            ioSize: this.#pci.layout.io.size,
+            // Without I/O BARs nothing answers there: the worker's "all ones" is the answer.
+            ioSize: this.#pci.hasIoBars ? this.#pci.layout.io.size : 0,
           },
         };
         worker.postMessage(start);
