@@ -377,7 +377,7 @@ export class PciDevices {
     else this.bus.configRead(offset, data);
   }
 
-  /** Stops watching the notify eventfds and closes every eventfd (the VM's close drops the rest). */
+  /** Stops watching the notify eventfds and closes every eventfd (closing the VM does the rest). */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;

@@ -28,7 +28,7 @@ export const PCI_HOST_BRIDGE_DEVICE = 0x0008;
 
 /** Enable bit of the configuration address register. */
 const CONF1_ENABLE = 0x8000_0000;
-/** The bits of the configuration address register that hold something (bus, device, function, register). */
+/** The defined bits of the configuration address register (enable, bus, devfn, register). */
 const CONF1_MASK = 0x80ff_fffc;
 
 /**

@@ -1,5 +1,6 @@
 /**
- * The smallest VMM that boots a Linux bzImage with our virtio-mmio devices on KVM.
+ * The smallest VMM that boots a Linux bzImage with our virtio devices (over virtio-mmio or
+ * virtio-pci) on KVM.
  *
  * Design:
  * - Guest RAM is one anonymous `mmap` registered as KVM memory slot 0 and, at the same time, the
@@ -27,9 +28,8 @@
  *   cheap enough, and device state stays on one thread.
  * - Stopping: the stop flag, `kvm_run.immediate_exit` and a SIGWINCH to each vCPU thread (blocked
  *   there except inside `KVM_RUN`) bring every vCPU out, halted ones included.
- *
- * - With `transport: "pci"` the devices are virtio-pci functions instead (virtio 1.2 §4.1), one per
- *   slot of bus 0 behind a host bridge at 00:00.0 (`pci.ts`, `_pci_devices.ts`): configuration
+ * - With `transport: "pci"` the devices are virtio-pci functions instead (virtio 1.2 §4.1), one
+ *   per slot of bus 0 behind a host bridge at 00:00.0 (`pci.ts`, `_pci_devices.ts`): configuration
  *   mechanism #1 (the 0xCF8 latch lives in the vCPU workers, shared; data accesses go to the main
  *   thread through the mailbox) and ECAM (an MCFG table, and the window reserved in e820 and by a
  *   PNP0C02 device); BARs placed in the 32-bit, 64-bit and I/O windows the DSDT's `\_SB.PCI0`
