@@ -28,6 +28,8 @@ import { EventFd, type Watch, watchReadable } from "../sys/mod.ts";
 import type { GsiRoute } from "./abi.ts";
 import {
   BarAllocator,
+  CONFIG_SHADOW_SIZE,
+  ConfigShadow,
   intxGsi,
   IntxLines,
   PCI_SLOTS,
@@ -118,6 +120,9 @@ export class PciDevices {
   readonly transports: readonly PciTransport[];
   /** The layout. */
   readonly layout: PciLayout;
+  /** The copy of bus 0's configuration space the vCPU threads answer reads from. */
+  readonly configShadow: SharedArrayBuffer = new SharedArrayBuffer(CONFIG_SHADOW_SIZE);
+  readonly #shadow = new ConfigShadow(this.configShadow);
   readonly #slots: Slot[] = [];
   readonly #kvm: PciKvmOps;
   readonly #baseRoutes: readonly GsiRoute[];
@@ -161,7 +166,9 @@ export class PciDevices {
           interrupts: {
             msi: (vector) => this.#signal(i, vector),
             intx: (level) => {
-              if (!this.#closed) this.#intx.drive(gsi, slot, level);
+              if (this.#closed) return;
+              this.#intx.drive(gsi, slot, level);
+              this.#shadow.refresh(slot, this.bus.functionAt(slot), [1]); // the status register
             },
           },
           onBarChanged: (bar) => this.#barChanged(i, bar),
@@ -209,6 +216,9 @@ export class PciDevices {
     } catch (err) {
       this.close();
       throw err;
+    }
+    for (let slot = 0; slot < PCI_SLOTS; slot++) {
+      this.#shadow.refresh(slot, this.bus.functionAt(slot));
     }
     this.transports = this.#slots.map((s) => s.transport);
   }
@@ -337,6 +347,7 @@ export class PciDevices {
     const ecam = addr - this.layout.ecamBase;
     if (ecam >= 0 && ecam < this.layout.buses * 0x10_0000) {
       this.bus.ecamAccess(ecam, write, data);
+      if (write) this.#configWritten(ecam);
       return true;
     }
     for (const s of this.#slots) {
@@ -373,8 +384,17 @@ export class PciDevices {
    * @param data The value or where it goes.
    */
   config(offset: number, write: boolean, data: Uint8Array): void {
-    if (write) this.bus.configWrite(offset, data);
-    else this.bus.configRead(offset, data);
+    if (write) {
+      this.bus.configWrite(offset, data);
+      this.#configWritten(offset);
+    } else this.bus.configRead(offset, data);
+  }
+
+  // After a write the slot's copy is refreshed before the vCPU resumes (it may read it next).
+  #configWritten(offset: number): void {
+    if (offset < 0 || offset >= 0x10_0000 || this.#closed) return;
+    const slot = (offset >>> 15) & 31;
+    this.#shadow.refresh(slot, this.bus.functionAt(slot));
   }
 
   /** Stops watching the notify eventfds and closes every eventfd (closing the VM does the rest). */

@@ -5,9 +5,10 @@
 // in order). MMIO exits belong to the transports on the main thread: the worker writes the access
 // into its Mailbox, rings the main thread with postMessage and sleeps in Atomics.wait until the
 // main thread has served it. With PCI, the configuration address latch (0xCF8) is kept here, in
-// memory shared by every vCPU, and only data-port accesses (0xCFC–0xCFF) and ports in the PCI I/O
-// window travel to the main thread, the same way. Queue notifications and device interrupts never
-// come here: they travel through ioeventfd/irqfd.
+// memory shared by every vCPU, and so is a copy of the configuration space that reads are answered
+// from (the main thread refreshes it after each write, before the writer resumes); writes, reads
+// the copy cannot answer, and ports in the PCI I/O window travel to the main thread, the same way.
+// Queue notifications and device interrupts never come here: they travel through ioeventfd/irqfd.
 //
 // Stopping: SIGWINCH is blocked in this thread except while KVM_RUN runs (KVM_SET_SIGNAL_MASK), so
 // the main thread's tgkill makes a running or halted vCPU leave KVM_RUN with EINTR, after which the
@@ -23,7 +24,7 @@ import { decodeExit, dispatchExit, LegacyIo, type StopReason, VcpuError } from "
 import { kvmRun } from "./vm.ts";
 import { ConsoleChannel } from "./_console.ts";
 import { AccessKind, Mailbox } from "./_mailbox.ts";
-import { Conf1Ports } from "./pci.ts";
+import { Conf1Ports, ConfigShadow } from "./pci.ts";
 
 /** The start message. */
 export interface VcpuStart {
@@ -37,8 +38,11 @@ export interface VcpuStart {
   mailbox: SharedArrayBuffer;
   /** The VM's {@link ConsoleChannel}. */
   console: SharedArrayBuffer;
-  /** With PCI: the shared configuration address latch (4 bytes) and the I/O window. */
-  pci?: { conf1: SharedArrayBuffer; ioBase: number; ioSize: number };
+  /**
+   * With PCI: the shared configuration address latch (4 bytes), the copy of the configuration
+   * space reads are answered from (`ConfigShadow`), and the I/O window.
+   */
+  pci?: { conf1: SharedArrayBuffer; shadow: SharedArrayBuffer; ioBase: number; ioSize: number };
 }
 
 /** Messages the worker posts. */
@@ -88,8 +92,11 @@ function runVcpu(start: VcpuStart): void {
   const ring = () => post({ type: "mmio", index });
   const pci = start.pci;
   const conf1 = pci === undefined ? undefined : new Conf1Ports(new Int32Array(pci.conf1, 0, 1));
-  const config = (offset: number, write: boolean, data: Uint8Array) =>
+  const shadow = pci === undefined ? undefined : new ConfigShadow(pci.shadow);
+  const config = (offset: number, write: boolean, data: Uint8Array) => {
+    if (!write && shadow?.read(offset, data)) return;
     mailbox.request(offset, write, data, ring, AccessKind.PCI_CONFIG);
+  };
   const handlers = {
     io,
     mmio: (addr: number, write: boolean, data: Uint8Array) => {

@@ -119,6 +119,11 @@ export interface PciFunction {
    * @param data The value, little-endian.
    */
   configWrite(offset: number, data: Uint8Array): void;
+  /**
+   * Registers whose accesses have side effects (a copy of the space must not answer them);
+   * none when absent.
+   */
+  readonly configPassThrough?: { offset: number; length: number };
 }
 
 /**
@@ -209,6 +214,15 @@ export class PciBus {
     }
     if (this.#slots[slot] !== undefined) throw new RangeError(`PCI slot ${slot} is taken`);
     this.#slots[slot] = fn;
+  }
+
+  /**
+   * The function in a slot of bus 0.
+   * @param slot 0–31.
+   * @returns The function, or undefined for an empty slot.
+   */
+  functionAt(slot: number): PciFunction | undefined {
+    return this.#slots[slot];
   }
 
   /**
@@ -369,6 +383,109 @@ export class Conf1Ports {
     const devfn = (address >>> 8) & 0xff;
     const offset = bus * 0x10_0000 + devfn * 0x1000 + (address & 0xfc) + byte;
     config(offset, write, data);
+  }
+}
+
+// Per slot: 64 dwords of configuration space, then its state and pass-through range.
+const SHADOW_DWORDS = 64;
+const SHADOW_STRIDE = SHADOW_DWORDS + 2;
+const SHADOW_UNKNOWN = 0; // never filled: ask the owner
+const SHADOW_PRESENT = 1;
+const SHADOW_EMPTY = 2;
+
+/** Bytes of shared memory a {@link ConfigShadow} needs. */
+export const CONFIG_SHADOW_SIZE: number = PCI_SLOTS * SHADOW_STRIDE * 4;
+
+/**
+ * A copy of the standard configuration space (256 bytes) of every slot of bus 0, in memory
+ * shared with the vCPU threads, so that configuration reads (most of what a guest does while it
+ * enumerates and probes) are answered where the exit happens instead of by a round trip to the
+ * thread that owns the devices. The owner refreshes a slot after every configuration write to it
+ * and whenever the function's state shows in its space (the INTx status bit); empty slots and
+ * functions 1–7 read as all ones; reads of a function's pass-through registers, of other buses,
+ * of extended space and of slots never filled are not answered here. Dwords are stored and
+ * loaded with `Atomics`: a read never sees half an update.
+ *
+ * @example The owner fills slot 0; a vCPU thread reads the vendor id
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { CONFIG_SHADOW_SIZE, ConfigShadow, PciBus } from "./pci.ts";
+ * const sab = new SharedArrayBuffer(CONFIG_SHADOW_SIZE);
+ * const bus = new PciBus();
+ * new ConfigShadow(sab).refresh(0, bus.functionAt(0));
+ * const vendor = new Uint8Array(2);
+ * assert.equal(new ConfigShadow(sab).read(0, vendor), true);
+ * assert.deepEqual([...vendor], [0x36, 0x1b]);
+ * ```
+ */
+export class ConfigShadow {
+  readonly #i32: Int32Array;
+  readonly #dword = new Uint8Array(4);
+
+  /**
+   * Views the shared copy.
+   * @param sab {@link CONFIG_SHADOW_SIZE} bytes shared by the owner and the vCPU threads.
+   */
+  constructor(sab: SharedArrayBuffer) {
+    this.#i32 = new Int32Array(sab, 0, PCI_SLOTS * SHADOW_STRIDE);
+  }
+
+  /**
+   * Owner side: copies a slot's configuration space (or marks the slot empty).
+   * @param slot 0–31.
+   * @param fn The function there, or undefined.
+   * @param dwords Only these dword indexes (default: all 64).
+   */
+  refresh(slot: number, fn: PciFunction | undefined, dwords?: readonly number[]): void {
+    const base = slot * SHADOW_STRIDE;
+    if (fn === undefined) {
+      Atomics.store(this.#i32, base + SHADOW_DWORDS, SHADOW_EMPTY);
+      return;
+    }
+    const pass = fn.configPassThrough;
+    const view = new DataView(this.#dword.buffer);
+    const one = (d: number) => {
+      const o = d * 4;
+      if (pass !== undefined && o < pass.offset + pass.length && pass.offset < o + 4) return;
+      fn.configRead(o, this.#dword);
+      Atomics.store(this.#i32, base + d, view.getInt32(0, true));
+    };
+    if (dwords === undefined) { for (let d = 0; d < SHADOW_DWORDS; d++) one(d); }
+    else for (const d of dwords) one(d);
+    const p = pass === undefined ? 0 : ((pass.length & 0xffff) << 16) | (pass.offset & 0xffff);
+    Atomics.store(this.#i32, base + SHADOW_DWORDS + 1, p);
+    Atomics.store(this.#i32, base + SHADOW_DWORDS, SHADOW_PRESENT);
+  }
+
+  /**
+   * vCPU side: answers a configuration read from the copy, if it can.
+   * @param offset ECAM-style offset, aligned to the width (as {@link Conf1Ports} produces).
+   * @param data 1, 2 or 4 bytes to fill.
+   * @returns False when the read must go to the owner (another bus, extended space, a
+   *   pass-through register, or a slot the owner never filled).
+   */
+  read(offset: number, data: Uint8Array): boolean {
+    if (offset >= 0x10_0000 || offset < 0) return false;
+    const reg = offset & 0xfff;
+    if (reg + data.length > 256) return false;
+    const slot = (offset >>> 15) & 31;
+    const base = slot * SHADOW_STRIDE;
+    const state = Atomics.load(this.#i32, base + SHADOW_DWORDS);
+    if (state === SHADOW_UNKNOWN) return false;
+    // An empty slot, or functions 1–7 (every device here is single-function).
+    if (state === SHADOW_EMPTY || (offset & 0x7000) !== 0) {
+      data.fill(0xff);
+      return true;
+    }
+    const p = Atomics.load(this.#i32, base + SHADOW_DWORDS + 1);
+    const passOffset = p & 0xffff;
+    const passLength = p >>> 16;
+    if (passLength > 0 && reg < passOffset + passLength && passOffset < reg + data.length) {
+      return false;
+    }
+    const v = Atomics.load(this.#i32, base + (reg >> 2)) >>> (8 * (reg & 3));
+    for (let i = 0; i < data.length; i++) data[i] = (v >>> (8 * i)) & 0xff;
+    return true;
   }
 }
 

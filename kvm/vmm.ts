@@ -30,12 +30,13 @@
  *   there except inside `KVM_RUN`) bring every vCPU out, halted ones included.
  * - With `transport: "pci"` the devices are virtio-pci functions instead (virtio 1.2 §4.1), one
  *   per slot of bus 0 behind a host bridge at 00:00.0 (`pci.ts`, `_pci_devices.ts`): configuration
- *   mechanism #1 (the 0xCF8 latch lives in the vCPU workers, shared; data accesses go to the main
- *   thread through the mailbox) and ECAM (an MCFG table, and the window reserved in e820 and by a
- *   PNP0C02 device); BARs placed in the 32-bit, 64-bit and I/O windows the DSDT's `\_SB.PCI0`
- *   declares; an ioeventfd per queue on its notify address (re-registered when the guest moves
- *   the BAR); MSI-X vectors as GSIs routed with `KVM_SET_GSI_ROUTING`, each with its irqfd; INTx
- *   through `KVM_IRQ_LINE` on the I/O APIC pin the `_PRT` names.
+ *   mechanism #1 (the 0xCF8 latch lives in the vCPU workers, shared, and reads are answered there
+ *   from a copy of the configuration space; writes go to the main thread through the mailbox)
+ *   and ECAM (an MCFG table, and the window reserved in e820 and by a PNP0C02 device); BARs
+ *   placed in the 32-bit, 64-bit and I/O windows the DSDT's `\_SB.PCI0` declares; an ioeventfd
+ *   per queue on its notify address (re-registered when the guest moves the BAR); MSI-X vectors
+ *   as GSIs routed with `KVM_SET_GSI_ROUTING`, each with its irqfd; INTx through `KVM_IRQ_LINE`
+ *   on the I/O APIC pin the `_PRT` names.
  *
  * @module
  */
@@ -619,6 +620,7 @@ export class MicroVm {
           console: this.#consoleBuffer,
           pci: this.#pci === undefined ? undefined : {
             conf1: this.#conf1,
+            shadow: this.#pci.configShadow,
             ioBase: this.#pci.layout.io.base,
             // Without I/O BARs nothing answers there: the worker's "all ones" is the answer.
             ioSize: this.#pci.hasIoBars ? this.#pci.layout.io.size : 0,

@@ -495,6 +495,16 @@ export class PciTransport {
     return this.#intxLevel;
   }
 
+  /**
+   * The configuration registers whose accesses have side effects: the data field of the PCI
+   * configuration access capability (virtio 1.2 §4.1.4.9), which reads and writes a BAR. Every
+   * other register reads without side effects, so a VMM may answer reads from a copy it
+   * refreshes after each configuration write and INTx change.
+   */
+  get configPassThrough(): { offset: number; length: number } {
+    return { offset: this.#pciCfgCap + 16, length: 4 };
+  }
+
   /** The BARs the function has. */
   bars(): PciBarInfo[] {
     const out: PciBarInfo[] = [];

@@ -11,7 +11,7 @@ import { BlockDevice, MemoryBackend } from "../../devices/block.ts";
 import { EventFd } from "../../sys/mod.ts";
 import type { GsiRoute } from "../../kvm/abi.ts";
 import { defaultIrqchipRoutes } from "../../kvm/vm.ts";
-import { DEFAULT_PCI_LAYOUT } from "../../kvm/pci.ts";
+import { ConfigShadow, DEFAULT_PCI_LAYOUT } from "../../kvm/pci.ts";
 import { PciDevices, type PciKvmOps, PciWiringError } from "../../kvm/_pci_devices.ts";
 import {
   PCI_LEGACY_BAR,
@@ -337,6 +337,50 @@ test("hostile accesses through the VMM's paths are refused with typed errors, ne
     // A BAR written with garbage while decoding is on maps nothing outside the address space.
     m.cfg(1, 0x10 + 4 * (PCI_MODERN_BAR + 1), 4, 0xffffffff);
     assert.equal(m.kvm.notifyAddresses().length, 2, "device 1's notification unmapped, not thrown");
+  } finally {
+    m.devices.close();
+  }
+});
+
+test("the vCPUs' copy of configuration space answers as the functions do, and follows writes and INTx", async () => {
+  const m = machine();
+  try {
+    const shadow = new ConfigShadow(m.devices.configShadow);
+    const a = new Uint8Array(4), b = new Uint8Array(4);
+    for (const slot of [0, 1, 2, 3]) {
+      const pass = slot === 0 ? undefined : m.devices.transports[slot - 1]?.configPassThrough;
+      for (let reg = 0; reg < 256; reg += 4) {
+        const offset = (slot << 15) | reg;
+        if (pass !== undefined && reg === pass.offset) {
+          assert.equal(shadow.read(offset, a), false, "the PCI_CFG window goes to the function");
+          continue;
+        }
+        assert.equal(shadow.read(offset, a), true);
+        m.devices.config(offset, false, b);
+        assert.deepEqual([...a], [...b], `slot ${slot} register 0x${reg.toString(16)}`);
+      }
+    }
+    const one = new Uint8Array(1);
+    assert.ok(shadow.read((1 << 15) | (3 << 12), a) && a.every((x) => x === 0xff), "function 3");
+    assert.ok(shadow.read((1 << 15) | 0x0b, one) && one[0] === 0xff, "class byte of device 1");
+    assert.equal(shadow.read(0x10_0000, a), false, "bus 1 is the owner's business");
+    assert.equal(shadow.read((1 << 15) | 0x100, a), false, "extended space too");
+    // A write reaches the copy before the writer could read it back.
+    m.devices.config((1 << 15) | 0x04, true, new Uint8Array([0x07, 0x04]));
+    shadow.read((1 << 15) | 0x04, a);
+    assert.deepEqual([a[0], a[1]], [0x07, 0x04], "command: I/O, memory, bus master, INTx disable");
+    m.devices.config((1 << 15) | 0x04, true, new Uint8Array([0x07, 0x00]));
+    // An interrupt without MSI-X shows in the status register's copy.
+    const driver = new PciDriver(m.devices.transports[0], m.memory);
+    const [q] = driver.init({ msix: false });
+    q.addChain([{ writable: 8 }]);
+    driver.kick(0, true);
+    await until(() => m.kvm.lines.length > 0, "the line rose");
+    shadow.read((1 << 15) | 0x06, one);
+    assert.equal(one[0] & 0x08, 0x08, "interrupt status");
+    driver.readIsr();
+    shadow.read((1 << 15) | 0x06, one);
+    assert.equal(one[0] & 0x08, 0);
   } finally {
     m.devices.close();
   }
