@@ -2,7 +2,7 @@ import { describe, it } from "node:test";
 import { setImmediate } from "node:timers";
 import assert from "node:assert/strict";
 import { GuestMemory } from "../../memory/guest_memory.ts";
-import { type DriverBuffer, DriverQueue } from "../../testing/queue_driver.ts";
+import type { DriverBuffer, DriverQueue } from "../../testing/queue_driver.ts";
 import { MmioDriver } from "../../testing/mmio_driver.ts";
 import { type MmioError, MmioRegister, MmioTransport } from "../../transport/mmio.ts";
 import {
