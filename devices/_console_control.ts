@@ -150,23 +150,20 @@ export function parseConsoleControl(chain: DescriptorChain, maxPorts: number): C
   const id = r.readU32();
   const event = r.readU16();
   const value = r.readU16();
-  return checkConsoleControl(id, event, value, maxPorts);
+  return checkConsoleControl({ id, event, value }, maxPorts);
 }
 
 /**
  * The rules of {@linkcode parseConsoleControl} on decoded fields.
- * @param id The port id.
- * @param event The event.
- * @param value The value.
+ * @param fields The port id, event and value.
  * @param maxPorts `max_nr_ports`.
  * @returns The message, or why it is refused.
  */
 export function checkConsoleControl(
-  id: number,
-  event: number,
-  value: number,
+  fields: { id: number; event: number; value: number },
   maxPorts: number,
 ): ConsoleControlParse {
+  const { id, event, value } = fields;
   switch (event) {
     case VIRTIO_CONSOLE_DEVICE_READY:
     case VIRTIO_CONSOLE_PORT_READY:
@@ -185,51 +182,55 @@ export function checkConsoleControl(
 // ---------------------------------------------------------------------------
 // Encoders
 
+/** A control message to encode: the header fields and what follows them. */
+export interface ConsoleControlMessage {
+  /** Port id. */
+  id: number;
+  /** `VIRTIO_CONSOLE_*` event. */
+  event: number;
+  /** Event value (default 0). */
+  value?: number;
+  /** Bytes that follow the header (a RESIZE's size, a PORT_NAME's name). */
+  data?: Uint8Array;
+}
+
 /**
  * Encode a control message (virtio 1.2 §5.3.6.2), for the device's control receiveq or a
  * driver harness's control transmitq.
- * @param id Port id.
- * @param event `VIRTIO_CONSOLE_*` event.
- * @param value Event value.
- * @param extra Bytes that follow the header (a RESIZE's size, a PORT_NAME's name).
+ * @param message The fields, and what follows the header.
  * @returns The message bytes.
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
  * import { consoleControl, VIRTIO_CONSOLE_PORT_OPEN } from "./console.ts";
- * const m = consoleControl(1, VIRTIO_CONSOLE_PORT_OPEN, 1);
+ * const m = consoleControl({ id: 1, event: VIRTIO_CONSOLE_PORT_OPEN, value: 1 });
  * assert.deepEqual([...m], [1, 0, 0, 0, 6, 0, 1, 0]);
  * ```
  */
-export function consoleControl(
-  id: number,
-  event: number,
-  value: number,
-  extra?: Uint8Array,
-): Uint8Array {
-  const out = new Uint8Array(CONSOLE_CONTROL_SIZE + (extra?.length ?? 0));
+export function consoleControl(message: ConsoleControlMessage): Uint8Array {
+  const data = message.data;
+  const out = new Uint8Array(CONSOLE_CONTROL_SIZE + (data?.length ?? 0));
   const v = new DataView(out.buffer);
-  v.setUint32(0, id >>> 0, true);
-  v.setUint16(4, event & 0xffff, true);
-  v.setUint16(6, value & 0xffff, true);
-  if (extra !== undefined) out.set(extra, CONSOLE_CONTROL_SIZE);
+  v.setUint32(0, message.id >>> 0, true);
+  v.setUint16(4, message.event & 0xffff, true);
+  v.setUint16(6, (message.value ?? 0) & 0xffff, true);
+  if (data !== undefined) out.set(data, CONSOLE_CONTROL_SIZE);
   return out;
 }
 
 /**
  * Encode a RESIZE message: the header, then le16 cols and le16 rows (virtio 1.2 §5.3.6.2).
  * @param id Port id.
- * @param cols Columns.
- * @param rows Rows.
+ * @param size The console size.
  * @returns The 12 bytes.
  */
-export function consoleResize(id: number, cols: number, rows: number): Uint8Array {
-  const size = new Uint8Array(CONSOLE_RESIZE_SIZE);
-  const v = new DataView(size.buffer);
-  v.setUint16(0, cols, true);
-  v.setUint16(2, rows, true);
-  return consoleControl(id, VIRTIO_CONSOLE_RESIZE, 0, size);
+export function consoleResize(id: number, size: { cols: number; rows: number }): Uint8Array {
+  const data = new Uint8Array(CONSOLE_RESIZE_SIZE);
+  const v = new DataView(data.buffer);
+  v.setUint16(0, size.cols, true);
+  v.setUint16(2, size.rows, true);
+  return consoleControl({ id, event: VIRTIO_CONSOLE_RESIZE, data });
 }
 
 /** A control message decoded from device-written bytes (for drivers and tests). */

@@ -45,10 +45,11 @@ import {
   CONSOLE_CONFIG_SIZE,
   CONSOLE_CONTROL_RX_QUEUE,
   CONSOLE_CONTROL_TX_QUEUE,
+  CONSOLE_RESIZE_SIZE,
   consoleControl,
+  type ConsoleControlMessage,
   type ConsoleControlRefusal,
   consoleQueueRole,
-  consoleResize,
   consoleRxQueue,
   consoleTxQueue,
   parseConsoleControl,
@@ -83,6 +84,7 @@ export {
   CONSOLE_MAX_NAME_BYTES,
   CONSOLE_RESIZE_SIZE,
   consoleControl,
+  type ConsoleControlMessage,
   type ConsoleControlParse,
   type ConsoleControlRefusal,
   type ConsoleDeviceMessage,
@@ -188,6 +190,15 @@ interface ControlEntry {
   id: number;
   event: number;
   bytes: Uint8Array;
+}
+
+// virtio 1.2 §5.3.6.2: RESIZE carries le16 cols, le16 rows after the header.
+function resizeMessage(id: number, size: { cols: number; rows: number }): ConsoleControlMessage {
+  const data = new Uint8Array(CONSOLE_RESIZE_SIZE);
+  const v = new DataView(data.buffer);
+  v.setUint16(0, size.cols, true);
+  v.setUint16(2, size.rows, true);
+  return { id, event: VIRTIO_CONSOLE_RESIZE, data };
 }
 
 function emptyDrops(): Record<ConsoleDropReason, number> {
@@ -403,7 +414,7 @@ export class ConsoleDevice extends VirtioDeviceBase {
         this.#control = this.#control.filter((m) =>
           m.id !== id || m.event === VIRTIO_CONSOLE_PORT_REMOVE
         );
-        this.#queueControl(consoleControl(id, VIRTIO_CONSOLE_PORT_REMOVE, 0), id);
+        this.#queueControl({ id, event: VIRTIO_CONSOLE_PORT_REMOVE });
       }
     }
     ch.end("PortRemoved", `port ${id} was removed`);
@@ -677,8 +688,9 @@ export class ConsoleDevice extends VirtioDeviceBase {
 
   // Queue a message for the driver. A PORT_OPEN or RESIZE replaces one for the same port still
   // waiting (only the latest state matters), so the queue holds at most a few per port.
-  #queueControl(bytes: Uint8Array, id: number): void {
-    const event = bytes[4] | (bytes[5] << 8);
+  #queueControl(message: ConsoleControlMessage): void {
+    const { id, event } = message;
+    const bytes = consoleControl(message);
     if (event === VIRTIO_CONSOLE_PORT_OPEN || event === VIRTIO_CONSOLE_RESIZE) {
       const same = this.#control.find((m) => m.id === id && m.event === event);
       if (same !== undefined) {
@@ -692,7 +704,7 @@ export class ConsoleDevice extends VirtioDeviceBase {
 
   #announce(ch: PortChannel): void {
     ch.added = true;
-    this.#queueControl(consoleControl(ch.id, VIRTIO_CONSOLE_PORT_ADD, 0), ch.id);
+    this.#queueControl({ id: ch.id, event: VIRTIO_CONSOLE_PORT_ADD });
   }
 
   // ----- control transmitq (driver → device) --------------------------------------------------
@@ -741,15 +753,15 @@ export class ConsoleDevice extends VirtioDeviceBase {
       } else if (!ch.ready) {
         // Also after a reset without DEVICE_READY (Linux's restore path): tell it all again.
         ch.ready = true;
-        if (ch.console) this.#queueControl(consoleControl(id, VIRTIO_CONSOLE_CONSOLE_PORT, 1), id);
+        if (ch.console) this.#queueControl({ id, event: VIRTIO_CONSOLE_CONSOLE_PORT, value: 1 });
         if (ch.nameBytes !== undefined) {
-          this.#queueControl(consoleControl(id, VIRTIO_CONSOLE_PORT_NAME, 0, ch.nameBytes), id);
+          this.#queueControl({ id, event: VIRTIO_CONSOLE_PORT_NAME, data: ch.nameBytes });
         }
         if (ch.console && (ch.cols !== 0 || ch.rows !== 0)) {
-          this.#queueControl(consoleResize(id, ch.cols, ch.rows), id);
+          this.#queueControl(resizeMessage(id, ch.size));
         }
         if (ch.hostConnected) {
-          this.#queueControl(consoleControl(id, VIRTIO_CONSOLE_PORT_OPEN, 1), id);
+          this.#queueControl({ id, event: VIRTIO_CONSOLE_PORT_OPEN, value: 1 });
         }
       }
       return 0;
@@ -768,10 +780,11 @@ export class ConsoleDevice extends VirtioDeviceBase {
 
   #hostConnection(ch: PortChannel): void {
     if (this.#ports[ch.id] !== ch || !this.#multiportActive || !ch.ready) return;
-    this.#queueControl(
-      consoleControl(ch.id, VIRTIO_CONSOLE_PORT_OPEN, ch.hostConnected ? 1 : 0),
-      ch.id,
-    );
+    this.#queueControl({
+      id: ch.id,
+      event: VIRTIO_CONSOLE_PORT_OPEN,
+      value: ch.hostConnected ? 1 : 0,
+    });
   }
 
   #resized(ch: PortChannel): void {
@@ -780,7 +793,7 @@ export class ConsoleDevice extends VirtioDeviceBase {
     const config = this.active;
     if (config === undefined) return;
     if (this.#multiport) {
-      if (ch.ready && ch.console) this.#queueControl(consoleResize(ch.id, ch.cols, ch.rows), ch.id);
+      if (ch.ready && ch.console) this.#queueControl(resizeMessage(ch.id, ch.size));
     } else if (ch.id === 0 && this.info.hasFeature(VIRTIO_CONSOLE_F_SIZE)) {
       // virtio 1.2 §5.3.6: without MULTIPORT the size is read from the configuration.
       config.notifyDeviceChanges();

@@ -37,12 +37,16 @@ function chainOf(buffers: DriverBuffer[]): DescriptorChain {
 describe("console control messages (virtio 1.2 §5.3.6.2)", () => {
   it("encodes the 8-byte header little-endian, with what follows", () => {
     assert.deepEqual(
-      [...consoleControl(0x01020304, VIRTIO_CONSOLE_PORT_OPEN, 1)],
+      [...consoleControl({ id: 0x01020304, event: VIRTIO_CONSOLE_PORT_OPEN, value: 1 })],
       [4, 3, 2, 1, 6, 0, 1, 0],
     );
-    const name = consoleControl(2, VIRTIO_CONSOLE_PORT_NAME, 0, new TextEncoder().encode("ab"));
+    const name = consoleControl({
+      id: 2,
+      event: VIRTIO_CONSOLE_PORT_NAME,
+      data: new TextEncoder().encode("ab"),
+    });
     assert.deepEqual([...name], [2, 0, 0, 0, 7, 0, 0, 0, 0x61, 0x62]);
-    const resize = decodeConsoleControl(consoleResize(0, 132, 43));
+    const resize = decodeConsoleControl(consoleResize(0, { cols: 132, rows: 43 }));
     assert.equal(resize.event, VIRTIO_CONSOLE_RESIZE);
     assert.deepEqual([...resize.data], [132, 0, 43, 0]);
     assert.throws(() => decodeConsoleControl(new Uint8Array(7)), RangeError);
@@ -73,7 +77,7 @@ describe("console control messages (virtio 1.2 §5.3.6.2)", () => {
   for (const [what, id, event, value] of accepted) {
     it(`accepts ${what}`, () => {
       const p = parseConsoleControl(
-        chainOf([{ readable: consoleControl(id, event, value) }]),
+        chainOf([{ readable: consoleControl({ id, event, value }) }]),
         8,
       );
       assert.deepEqual(p, { ok: true, message: { id, event, value } });
@@ -97,12 +101,12 @@ describe("console control messages (virtio 1.2 §5.3.6.2)", () => {
   for (const [what, id, event, value, refusal] of refused) {
     it(`refuses ${what}`, () => {
       const p = parseConsoleControl(
-        chainOf([{ readable: consoleControl(id, event, value) }]),
+        chainOf([{ readable: consoleControl({ id, event, value }) }]),
         8,
       );
       assert.equal(p.ok, false);
       assert.equal(!p.ok && p.refusal, refusal);
-      assert.deepEqual(checkConsoleControl(id, event, value, 8), p);
+      assert.deepEqual(checkConsoleControl({ id, event, value }, 8), p);
     });
   }
 
@@ -111,7 +115,7 @@ describe("console control messages (virtio 1.2 §5.3.6.2)", () => {
       const p = parseConsoleControl(chainOf(buffers), 8);
       assert.deepEqual(p, { ok: false, refusal: "short" });
     }
-    const whole = consoleControl(2, VIRTIO_CONSOLE_PORT_OPEN, 1);
+    const whole = consoleControl({ id: 2, event: VIRTIO_CONSOLE_PORT_OPEN, value: 1 });
     const split = parseConsoleControl(
       chainOf([{ readable: whole.subarray(0, 3) }, { readable: whole.subarray(3) }]),
       8,
@@ -120,7 +124,7 @@ describe("console control messages (virtio 1.2 §5.3.6.2)", () => {
   });
 
   it("refuses a chain with device-writable buffers and ignores trailing bytes", () => {
-    const msg = consoleControl(1, VIRTIO_CONSOLE_PORT_OPEN, 1);
+    const msg = consoleControl({ id: 1, event: VIRTIO_CONSOLE_PORT_OPEN, value: 1 });
     assert.deepEqual(parseConsoleControl(chainOf([{ readable: msg }, { writable: 8 }]), 8), {
       ok: false,
       refusal: "badChain",

@@ -42,6 +42,11 @@ const NO_MULTIPORT = ALL & ~featureBit(VIRTIO_CONSOLE_F_MULTIPORT);
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
+/** A control message's bytes. */
+function msg(id: number, event: number, value: number, data?: Uint8Array): Uint8Array {
+  return consoleControl({ id, event, value, data });
+}
+
 /** Let microtasks and one turn of the event loop run (the device serves host actions there). */
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -114,7 +119,7 @@ function send(r: Rig, index: number, buffers: DriverBuffer[], indirect = false):
 
 /** The driver sends one control message; returns the used length the device gave it. */
 function control(r: Rig, id: number, event: number, value: number, extra?: Uint8Array): number {
-  send(r, 3, [{ readable: consoleControl(id, event, value, extra) }]);
+  send(r, 3, [{ readable: msg(id, event, value, extra) }]);
   const used = r.q[3].takeUsed();
   assert.ok(used !== null, "the device took the control message");
   return used.len;
@@ -618,49 +623,49 @@ describe("ConsoleDevice: MULTIPORT", () => {
     ["a 4-byte message", [{ readable: new Uint8Array(4) }], "short"],
     ["an empty chain", [{ readable: new Uint8Array(0) }], "short"],
     ["a message with a writable buffer", [{
-      readable: consoleControl(1, VIRTIO_CONSOLE_PORT_OPEN, 1),
+      readable: msg(1, VIRTIO_CONSOLE_PORT_OPEN, 1),
     }, { writable: 8 }], "badChain"],
     [
       "PORT_ADD from the driver",
-      [{ readable: consoleControl(1, VIRTIO_CONSOLE_PORT_ADD, 0) }],
+      [{ readable: msg(1, VIRTIO_CONSOLE_PORT_ADD, 0) }],
       "badEvent",
     ],
     ["PORT_REMOVE from the driver", [{
-      readable: consoleControl(1, VIRTIO_CONSOLE_PORT_REMOVE, 0),
+      readable: msg(1, VIRTIO_CONSOLE_PORT_REMOVE, 0),
     }], "badEvent"],
     ["CONSOLE_PORT from the driver", [{
-      readable: consoleControl(0, VIRTIO_CONSOLE_CONSOLE_PORT, 1),
+      readable: msg(0, VIRTIO_CONSOLE_CONSOLE_PORT, 1),
     }], "badEvent"],
     [
       "RESIZE from the driver",
-      [{ readable: consoleControl(0, VIRTIO_CONSOLE_RESIZE, 0) }],
+      [{ readable: msg(0, VIRTIO_CONSOLE_RESIZE, 0) }],
       "badEvent",
     ],
     [
       "PORT_NAME from the driver",
-      [{ readable: consoleControl(1, VIRTIO_CONSOLE_PORT_NAME, 0) }],
+      [{ readable: msg(1, VIRTIO_CONSOLE_PORT_NAME, 0) }],
       "badEvent",
     ],
-    ["event 200", [{ readable: consoleControl(1, 200, 0) }], "badEvent"],
+    ["event 200", [{ readable: msg(1, 200, 0) }], "badEvent"],
     [
       "PORT_OPEN value 2",
-      [{ readable: consoleControl(1, VIRTIO_CONSOLE_PORT_OPEN, 2) }],
+      [{ readable: msg(1, VIRTIO_CONSOLE_PORT_OPEN, 2) }],
       "badValue",
     ],
     ["PORT_READY value 0x8000", [{
-      readable: consoleControl(1, VIRTIO_CONSOLE_PORT_READY, 0x8000),
+      readable: msg(1, VIRTIO_CONSOLE_PORT_READY, 0x8000),
     }], "badValue"],
     ["PORT_OPEN for port max_nr_ports", [{
-      readable: consoleControl(4, VIRTIO_CONSOLE_PORT_OPEN, 1),
+      readable: msg(4, VIRTIO_CONSOLE_PORT_OPEN, 1),
     }], "badPort"],
     ["PORT_OPEN for port ~0", [{
-      readable: consoleControl(0xffffffff, VIRTIO_CONSOLE_PORT_OPEN, 1),
+      readable: msg(0xffffffff, VIRTIO_CONSOLE_PORT_OPEN, 1),
     }], "badPort"],
     ["PORT_OPEN for a port that does not exist", [{
-      readable: consoleControl(3, VIRTIO_CONSOLE_PORT_OPEN, 1),
+      readable: msg(3, VIRTIO_CONSOLE_PORT_OPEN, 1),
     }], "unknownPort"],
     ["PORT_READY for a port that does not exist", [{
-      readable: consoleControl(2, VIRTIO_CONSOLE_PORT_READY, 1),
+      readable: msg(2, VIRTIO_CONSOLE_PORT_READY, 1),
     }], "unknownPort"],
   ];
   for (const [what, buffers, reason] of hostile) {
@@ -737,7 +742,7 @@ describe("ConsoleDevice: MULTIPORT", () => {
     });
     assert.equal(r.dev.multiport, false);
     assert.equal(r.q.length, 6);
-    send(r, 3, [{ readable: consoleControl(0, VIRTIO_CONSOLE_DEVICE_READY, 1) }]);
+    send(r, 3, [{ readable: msg(0, VIRTIO_CONSOLE_DEVICE_READY, 1) }]);
     send(r, 5, [{ readable: enc.encode("x") }]);
     assert.equal(r.q[3].takeUsed(), null);
     assert.equal(r.q[5].takeUsed(), null);
@@ -764,7 +769,7 @@ describe("ConsoleDevice: MULTIPORT", () => {
     q[2].addChain([{ writable: 64 }]);
     r.driver.kick(2, true);
     q[3].addChain([{
-      readable: consoleControl(VIRTIO_CONSOLE_BAD_ID, VIRTIO_CONSOLE_DEVICE_READY, 1),
+      readable: msg(VIRTIO_CONSOLE_BAD_ID, VIRTIO_CONSOLE_DEVICE_READY, 1),
     }]);
     r.driver.kick(3, true);
     await tick();
