@@ -278,6 +278,19 @@ for (const version of [2, 1] as const) {
       assert.deepEqual(seen, ["open", "close"]);
     });
 
+    it("delivers a host write made before the driver started once port 0 is up", async () => {
+      const r = rig({ version, init: false });
+      const w = hostWrite(r.dev.port(0)!, enc.encode("early"));
+      await tick();
+      assert.equal(w.state.settled, false);
+      r.q = r.driver.init();
+      send(r, 0, [{ writable: 16 }]);
+      await tick();
+      assert.equal(w.state.settled, true);
+      const used = r.q[0].takeUsed()!;
+      assert.equal(dec.decode(used.written.subarray(0, used.len)), "early");
+    });
+
     it("passes guest output to the readable, whatever the chain's shape", async () => {
       const r = rig({ version });
       const out = collect(r.dev.port(0)!);
@@ -733,6 +746,14 @@ describe("ConsoleDevice: MULTIPORT", () => {
     send(r, consoleTxQueue(1), [{ readable: enc.encode("still here") }]);
     await tick();
     assert.equal(out.text, "still here");
+  });
+
+  it("refuses to start when the driver took MULTIPORT without the control queues", () => {
+    const r = rig({ init: false, device: { ports: [{ console: true }, { name: "a" }] } });
+    r.driver.init({ queues: 2 });
+    assert.equal(r.transport.isActive, false);
+    assert.ok(r.transport.readU32(MmioRegister.Status) & 0x40, "NEEDS_RESET");
+    assert.ok(r.transportErrors.some((e) => e.code === "ActivationFailed"));
   });
 
   it("ignores the control and other ports' queues when the driver did not take MULTIPORT", () => {
