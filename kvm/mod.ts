@@ -8,7 +8,9 @@
  *   {@link parseBzImage}, {@link e820Map}, {@link longModeSregs}), pure TypeScript.
  * - `vm.ts`: the KVM ioctls ({@link Kvm}, {@link Vm}, {@link Vcpu}).
  * - `abi.ts`: ioctl numbers and structure layouts of `<linux/kvm.h>`.
- * - `acpi.ts`: RSDP, XSDT, FADT, MADT and DSDT ({@link writeAcpiTables}), pure TypeScript.
+ * - `acpi.ts`: RSDP, XSDT, FADT, MADT, DSDT and MCFG ({@link writeAcpiTables}), pure TypeScript.
+ * - `pci.ts`: with `transport: "pci"`, the host bridge and bus 0 ({@link PciBus}), configuration
+ *   mechanism #1 ({@link Conf1Ports}), BAR windows ({@link DEFAULT_PCI_LAYOUT}), INTx wiring.
  * - `exits.ts`, `serial.ts`: exit decoding and the legacy devices (COM1, ACPI registers, i8042
  *   reset).
  *
@@ -40,6 +42,7 @@ export {
   decodeRegs,
   decodeSregs,
   encodeCpuid2,
+  encodeGsiRouting,
   encodeIoeventfd,
   encodeIrqfd,
   encodeIrqLevel,
@@ -48,6 +51,7 @@ export {
   encodeRegs,
   encodeSignalMask,
   encodeSregs,
+  type GsiRoute,
   IOC_NONE,
   IOC_READ,
   IOC_WRITE,
@@ -57,6 +61,8 @@ export {
   KVM_IOEVENTFD_FLAG_DATAMATCH,
   KVM_IOEVENTFD_FLAG_DEASSIGN,
   KVM_IOEVENTFD_FLAG_PIO,
+  KVM_IRQ_ROUTING_IRQCHIP,
+  KVM_IRQ_ROUTING_MSI,
   KVM_IRQFD_FLAG_DEASSIGN,
   KVM_PIT_SPEAKER_DUMMY,
   KvmCap,
@@ -64,6 +70,7 @@ export {
   KvmExit,
   KVMIO,
   KvmIoctl,
+  KvmIrqchip,
   type KvmRegs,
   KvmRunOffset,
   type KvmSegment,
@@ -149,6 +156,7 @@ export {
   CPUID_1_ECX_HYPERVISOR,
   CPUID_1_ECX_TSC_DEADLINE,
   CPUID_1_EDX_HTT,
+  defaultIrqchipRoutes,
   guestCpuid,
   type GuestCpuidOptions,
   Kvm,
@@ -164,6 +172,7 @@ export {
   DEFAULT_FIRST_IRQ,
   DEFAULT_MEMORY_SIZE,
   DEFAULT_MMIO_BASE,
+  DEFAULT_PCI_CMDLINE,
   IDENTITY_MAP_ADDRESS,
   KvmUnavailableError,
   MAX_VCPUS,
@@ -172,3 +181,24 @@ export {
   type RunResult,
   TSS_ADDRESS,
 } from "./vmm.ts";
+export {
+  BarAllocator,
+  Conf1Ports,
+  DEFAULT_PCI_LAYOUT,
+  intxGsi,
+  IntxLines,
+  PCI_CONFIG_ADDRESS_PORT,
+  PCI_CONFIG_DATA_PORT,
+  PCI_FUNCTION_CONFIG_SIZE,
+  PCI_HOST_BRIDGE_DEVICE,
+  PCI_HOST_BRIDGE_VENDOR,
+  PCI_INTX_LINES,
+  PCI_SLOTS,
+  PciBus,
+  PciBusError,
+  type PciBusErrorCode,
+  type PciBusOptions,
+  type PciFunction,
+  PciHostBridge,
+  type PciLayout,
+} from "./pci.ts";
