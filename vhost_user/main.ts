@@ -20,21 +20,14 @@
 import { parseArgs } from "node:util";
 import process from "node:process";
 import type { VirtioDevice } from "../devices/device.ts";
-import { RNG_MAX_PERIOD_MS, RngDevice } from "../devices/rng.ts";
-import { BlockDevice, FileBackend, OverlayBackend } from "../devices/block.ts";
-import {
-  LoopbackNetBackend,
-  type NetBackend,
-  NetDevice,
-  SocketNetBackend,
-  TapNetBackend,
-} from "../devices/net.ts";
+// The device modules are loaded when a device of their kind is asked for: a process serving
+// block devices holds no file server, network or socket device code.
+import type { OverlayBackend } from "../devices/block.ts";
+import type { NetBackend, NetDevice } from "../devices/net.ts";
 import { writeFileSync } from "node:fs";
 import { MAX_POLL_US, UnsealedMemoryWarning } from "./backend.ts";
 import { VhostUserBackendSet } from "./backend_set.ts";
 import { DeviceSpecError, specArgs } from "./_device_spec.ts";
-import { VsockDevice } from "../devices/vsock.ts";
-import { FsDevice } from "../devices/fs.ts";
 import { getrlimit, RLIMIT_NOFILE, setrlimit, SysError } from "../sys/mod.ts";
 
 const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk|vsock|fs|net [options]
@@ -204,7 +197,7 @@ interface Built {
  * Make one device from its options, or say why not (an exit code: 2 for a usage error, 1 when
  * something could not be opened).
  */
-function buildDevice(args: DeviceArgs): Built | number {
+async function buildDevice(args: DeviceArgs): Promise<Built | number> {
   if (args.socket === undefined || args.device === undefined) {
     console.error(`--socket and --device are required\n\n${USAGE}`);
     return 2;
@@ -228,7 +221,9 @@ function buildDevice(args: DeviceArgs): Built | number {
     return 2;
   }
   const rngMaxBytes = intOption(args["rng-max-bytes"], "rng-max-bytes", undefined, 1);
-  const rngPeriodMs = intOption(args["rng-period-ms"], "rng-period-ms", 1000, 1, RNG_MAX_PERIOD_MS);
+  // (Without rng options the period is the default and its bound does not matter.)
+  const maxPeriod = rngOptions ? (await import("../devices/rng.ts")).RNG_MAX_PERIOD_MS : 1000;
+  const rngPeriodMs = intOption(args["rng-period-ms"], "rng-period-ms", 1000, 1, maxPeriod);
   if (rngMaxBytes === null || rngPeriodMs === null) return 2;
   const vsockOptions = args["guest-cid"] !== undefined || args["uds-path"] !== undefined ||
     args["vsock-buffer-size"] !== undefined;
@@ -239,14 +234,17 @@ function buildDevice(args: DeviceArgs): Built | number {
   let device: VirtioDevice;
   let overlay: OverlayBackend | undefined;
   let net: NetDevice | undefined;
+  let remove: (() => void) | undefined;
   switch (args.device) {
-    case "rng":
+    case "rng": {
+      const { RngDevice } = await import("../devices/rng.ts");
       device = new RngDevice({
         rateLimit: rngMaxBytes === undefined
           ? undefined
           : { bytes: rngMaxBytes, periodMs: rngPeriodMs },
       });
       break;
+    }
     case "blk": {
       if (args.file === undefined) {
         console.error("--device blk needs --file");
@@ -269,6 +267,7 @@ function buildDevice(args: DeviceArgs): Built | number {
         physicalBlockSize,
         writeback: !args.writethrough,
       };
+      const { BlockDevice, FileBackend, OverlayBackend } = await import("../devices/block.ts");
       try {
         if (args.overlay !== undefined) {
           const base = new FileBackend(args.file, { readOnly: true });
@@ -304,13 +303,17 @@ function buildDevice(args: DeviceArgs): Built | number {
         0xffffffff,
       );
       if (cid === null || bufferSize === null) return 2;
+      const { VsockDevice } = await import("../devices/vsock.ts");
       try {
-        device = new VsockDevice({
+        const vsock = new VsockDevice({
           guestCid: cid,
           udsPath: args["uds-path"],
           bufferSize,
           onError: args.verbose ? (e) => console.error(`vsock: ${e.message}`) : undefined,
         });
+        // Close the vsock Unix socket and its connections.
+        remove = () => vsock.remove();
+        device = vsock;
       } catch (err) {
         console.error(`--device vsock: ${(err as Error).message}`);
         return 1;
@@ -330,6 +333,7 @@ function buildDevice(args: DeviceArgs): Built | number {
       const queues = intOption(args.queues, "queues", 1, 1, 64);
       if (queues === null) return 2;
       raiseOpenFileLimit();
+      const { FsDevice } = await import("../devices/fs.ts");
       try {
         device = new FsDevice({
           sharedDir: args["shared-dir"],
@@ -346,7 +350,7 @@ function buildDevice(args: DeviceArgs): Built | number {
       break;
     }
     case "net": {
-      const made = netDevice(args);
+      const made = await netDevice(args);
       if (typeof made === "number") return made;
       device = net = made;
       break;
@@ -356,8 +360,7 @@ function buildDevice(args: DeviceArgs): Built | number {
       return 2;
   }
   const finish = () => {
-    // Close the vsock Unix socket and its connections.
-    if (device instanceof VsockDevice) device.remove();
+    remove?.();
     // Persist the overlay's bitmap (a SIGKILL keeps what the last FLUSH made durable).
     overlay?.close();
     if (net !== undefined) {
@@ -447,7 +450,7 @@ export async function main(argv: string[]): Promise<number> {
   };
   const ids = new Map<string, number>();
   for (const a of deviceArgs) {
-    const b = buildDevice(a);
+    const b = await buildDevice(a);
     if (typeof b === "number") {
       finishAll();
       return b;
@@ -542,7 +545,7 @@ interface NetArgs {
 }
 
 /** Build the net device from the CLI arguments, or say why not (an exit code). */
-function netDevice(args: NetArgs): NetDevice | number {
+async function netDevice(args: NetArgs): Promise<NetDevice | number> {
   const kinds = [args.tap !== undefined, args["socket-peer"] !== undefined, !!args.loopback];
   if (kinds.filter((k) => k).length !== 1) {
     console.error("--device net needs exactly one of --tap, --socket-peer and --loopback");
@@ -558,6 +561,9 @@ function netDevice(args: NetArgs): NetDevice | number {
   const mtu = intOption(args.mtu, "mtu", 1500, 68, 65535);
   const queueSize = intOption(args["queue-size"], "queue-size", 256, 2, 32768);
   if (queues === null || mtu === null || queueSize === null) return 2;
+  const { LoopbackNetBackend, NetDevice, SocketNetBackend, TapNetBackend } = await import(
+    "../devices/net.ts"
+  );
   let backend: NetBackend;
   try {
     if (args.tap !== undefined) backend = new TapNetBackend({ name: args.tap, queues });
