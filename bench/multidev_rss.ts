@@ -30,7 +30,7 @@ import { fileURLToPath } from "node:url";
 import { mkdtempSync } from "node:fs";
 import { type BackendProcess, spawnListening } from "../launcher/backends.ts";
 import { VhostUserFrontend } from "../testing/vhost_user_frontend.ts";
-import { BlkLoad, readCapacity } from "./_blk_load.ts";
+import { BlkLoad, readCapacity, type Workload } from "./_blk_load.ts";
 import { hasQsd } from "./_blk_backends.ts";
 import { getrlimit, RLIMIT_NOFILE, setrlimit } from "../sys/mod.ts";
 
@@ -67,6 +67,8 @@ if (!opts["no-qsd"] && !withQsd) {
 const IMAGE_MIB = 64;
 /** Guest memory of each frontend (only the pages a backend touches count in its RSS). */
 const GUEST_MEMORY = 4 << 20;
+/** How long one device is driven (4K randread QD1) after the idle reading. */
+const IO_MS = 2000;
 /** When the "after set-up" reading is taken. */
 const SETUP_MS = 3000;
 /** QEMU's default queue size for vhost-user-blk. */
@@ -105,7 +107,10 @@ function raiseOpenFileLimit(): void {
 }
 
 /** Connect to `socket`, start one ring, read and write a few blocks; stay connected. */
-async function connectDevice(socket: string, seed: number): Promise<VhostUserFrontend> {
+async function connectDevice(
+  socket: string,
+  seed: number,
+): Promise<{ fe: VhostUserFrontend; load: BlkLoad }> {
   const fe = await VhostUserFrontend.connect(socket, { memorySize: GUEST_MEMORY });
   try {
     await fe.start({ queues: 0 });
@@ -116,7 +121,7 @@ async function connectDevice(socket: string, seed: number): Promise<VhostUserFro
       const r = await load.run(w, { maxOps: 4, seed });
       if (r.ops !== 4) throw new Error(`${socket}: ${r.ops} of 4 requests completed`);
     }
-    return fe;
+    return { fe, load };
   } catch (err) {
     await fe.close();
     throw err;
@@ -129,19 +134,29 @@ async function measure(
   n: number,
   start: (sockets: string[]) => Promise<BackendProcess>,
   dir: string,
-): Promise<{ setup: Rss; idle: Rss }> {
+): Promise<{ setup: Rss; idle: Rss; iops: number }> {
   const sockets = Array.from({ length: n }, (_, i) => join(dir, `${name}-${i}.sock`));
   for (const s of sockets) rmSync(s, { force: true });
   const proc = await start(sockets);
   const frontends: VhostUserFrontend[] = [];
   try {
     // The process listens on every socket before the last one appears.
-    for (let i = 0; i < n; i++) frontends.push(await connectDevice(sockets[i], i + 1));
+    let first: BlkLoad | undefined;
+    for (let i = 0; i < n; i++) {
+      const { fe, load } = await connectDevice(sockets[i], i + 1);
+      frontends.push(fe);
+      first ??= load;
+    }
     const pid = proc.child.pid!;
     await delay(SETUP_MS);
     const setup = readRss(pid);
     await delay(Math.max(0, idleMs - SETUP_MS));
-    return { setup, idle: readRss(pid) };
+    const idle = readRss(pid);
+    // The hot path with the others idle: each kick wakes a poll(2) over every device's
+    // descriptors.
+    const w = { name: "4K randread QD1", op: "read", blockSize: 4096, queueDepth: 1, random: true };
+    const { iops } = await first!.run(w as Workload, { durationMs: IO_MS });
+    return { setup, idle, iops };
   } finally {
     for (const fe of frontends) await fe.close();
     await proc.stop();
@@ -211,16 +226,20 @@ try {
     spawnSync(bin, r === "bun" ? [main, "--help"] : ["run", "--allow-all", main, "--help"]);
   }
   const results = new Map<string, Map<number, Rss>>();
+  const rates = new Map<string, Map<number, number>>();
   for (const n of counts) {
     for (const c of columns) {
-      const { setup, idle } = await measure(c.label.replace(/\W+/g, ""), n, c.start(n), dir);
+      const label = c.label.replace(/\W+/g, "");
+      const { setup, idle, iops } = await measure(label, n, c.start(n), dir);
       if (!results.has(c.label)) results.set(c.label, new Map());
       results.get(c.label)!.set(n, idle);
+      if (!rates.has(c.label)) rates.set(c.label, new Map());
+      rates.get(c.label)!.set(n, iops);
       const show = (r: Rss) =>
         `${mib(r.rss)} MiB (anon ${mib(r.anon)}, file ${mib(r.file)}, shmem ${mib(r.shmem)})`;
       console.error(
         `  ${c.label} N=${n}: after set-up ${show(setup)}; idle ${show(idle)}; ` +
-          `${idle.threads} threads`,
+          `${idle.threads} threads; one device 4K randread QD1 ${iops.toFixed(0)} IOPS`,
       );
     }
   }
@@ -267,6 +286,16 @@ try {
     (r) => r.anon,
   );
   if (hi > lo) console.log(`\n(per device: MiB, the slope from N=${lo} to N=${hi})`);
+  console.log(
+    `\nOne device driven (4K randread QD1, ${IO_MS} ms) while the N−1 others stay idle, IOPS`,
+  );
+  console.log(`| N | ${columns.map((c) => c.label).join(" | ")} |`);
+  console.log(`|--:|${columns.map(() => "--:").join("|")}|`);
+  for (const n of sorted) {
+    console.log(
+      `| ${n} | ${columns.map((c) => rates.get(c.label)!.get(n)!.toFixed(0)).join(" | ")} |`,
+    );
+  }
 } finally {
   rmSync(dir, { recursive: true, force: true });
 }
