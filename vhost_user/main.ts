@@ -28,7 +28,7 @@ import { writeFileSync } from "node:fs";
 import { MAX_POLL_US, UnsealedMemoryWarning } from "./backend.ts";
 import { VhostUserBackendSet } from "./backend_set.ts";
 import { DeviceSpecError, specArgs } from "./_device_spec.ts";
-import { getrlimit, RLIMIT_NOFILE, setrlimit, SysError } from "../sys/mod.ts";
+import { getrlimit, RLIMIT_NOFILE, setrlimit } from "../sys/mod.ts";
 
 const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk|vsock|fs|net [options]
        vhost_user/main.ts --device KIND,socket=PATH[,option[=value]...] [--device ...]
@@ -487,12 +487,23 @@ export async function main(argv: string[]): Promise<number> {
         requireSealedMemory: b.requireSealedMemory,
       });
     }
-    set.listen();
   } catch (err) {
-    console.error(`${(err as Error).message}`);
+    // One socket path given twice.
+    console.error((err as Error).message);
     await set.close();
     finishAll();
-    return err instanceof SysError ? 1 : 2;
+    return 2;
+  }
+  // Listening one by one to say which socket failed; those already listening are closed.
+  for (const b of built) {
+    try {
+      set.get(b.id)!.listen();
+    } catch (err) {
+      console.error(`cannot listen on ${b.socket}: ${(err as Error).message}`);
+      await set.close();
+      finishAll();
+      return 1;
+    }
   }
   for (const b of built) {
     console.error(

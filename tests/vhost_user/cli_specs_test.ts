@@ -86,6 +86,9 @@ describe("vhost_user/main.ts with --device specs", () => {
     assert.equal(await main(["--device", a, "--device", same]), 2, "one socket twice");
     assert.equal(await main(["--device", a, "--device", `${b},file=${dir}/none.img`]), 2);
     assert.equal(await main(["--device", a, "--device", `${b.replace("b.img", "none.img")}`]), 1);
+    // A socket that cannot be bound: the ones already listening are closed and removed.
+    const unbindable = `rng,socket=${join(dir, "no", "such", "dir.sock")}`;
+    assert.equal(await main(["--device", a, "--device", unbindable]), 1);
     assert.equal(existsSync(join(dir, "a.sock")), false);
     assert.equal(existsSync(join(dir, "b.sock")), false);
   });
