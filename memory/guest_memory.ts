@@ -8,6 +8,8 @@
  * @module
  */
 
+import { intRep } from "./_int.ts";
+
 /** Any buffer that can back a guest memory region. */
 export type GuestBuffer = ArrayBuffer | SharedArrayBuffer;
 
@@ -85,9 +87,10 @@ export class GuestRegion {
     if (!Number.isSafeInteger(options.base + size)) {
       throw new RangeError("Region end is not a safe integer");
     }
-    this.base = options.base;
-    this.size = size;
-    this.end = options.base + size;
+    // Held as int32 where they fit: offsets computed from them index DataViews (see _int.ts).
+    this.base = intRep(options.base);
+    this.size = intRep(size);
+    this.end = intRep(options.base + size);
     this.bytes = new Uint8Array(options.buffer, offset, size);
     this.view = new DataView(options.buffer, offset, size);
   }
@@ -194,13 +197,20 @@ export class GuestMemory {
     const regions = this.regions;
     const last = this.#last;
     if (addr >= last.base && addr < last.end) return this.#lastIndex;
-    for (let i = 0; i < regions.length; i++) {
-      const r = regions[i];
-      if (addr >= r.base && addr < r.end) {
-        this.#last = r;
-        this.#lastIndex = i;
-        return i;
-      }
+    // Binary search for the last region starting at or below `addr` (a memory table may hold
+    // many regions).
+    let lo = 0;
+    let hi = regions.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (regions[mid].base <= addr) lo = mid;
+      else hi = mid - 1;
+    }
+    const r = regions[lo];
+    if (addr >= r.base && addr < r.end) {
+      this.#last = r;
+      this.#lastIndex = lo;
+      return lo;
     }
     return -1;
   }
@@ -409,7 +419,7 @@ export class GuestMemory {
     const lo = r.view.getUint32(off, true);
     const hi = r.view.getUint32(off + 4, true);
     if (hi > 0x1fffff) return -1;
-    return hi * 0x1_0000_0000 + lo;
+    return hi === 0 ? lo : hi * 0x1_0000_0000 + lo;
   }
 
   /**

@@ -8,7 +8,7 @@
  */
 
 import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
-import { DescriptorChain } from "./chain.ts";
+import { DescriptorChain, type DescriptorChainParts } from "./chain.ts";
 import { CHAIN_TOKEN } from "./_chain_token.ts";
 import type { QueueErrorCode } from "./error.ts";
 
@@ -97,24 +97,37 @@ export class DescriptorTable {
  * the total stays below 2^32 and the segment count below {@linkcode CHAIN_SEGMENT_LIMIT}.
  */
 export class ChainBuilder {
-  #addrs: number[] = [];
-  #lens: number[] = [];
+  // Scratch segment list `[addr0, len0, …]`, reused from chain to chain: `finish` copies it
+  // out at its exact length, so a chain costs one array and nothing per descriptor.
+  readonly #segs: number[] = [];
+  #count = 0; // segments
   #readableCount = 0;
   #readableBytes = 0;
   #writableBytes = 0;
-  #total = 0;
   #sawWritable = false;
   /** Descriptors followed so far, indirect ones included. */
   descriptorCount = 0;
+  // What `finish` hands to the chain's constructor, which copies it: reused too.
+  readonly #parts: DescriptorChainParts = {
+    memory: undefined as unknown as GuestMemory,
+    head: 0,
+    segments: [],
+    readableCount: 0,
+    readableBytes: 0,
+    writableBytes: 0,
+    descriptorCount: 0,
+  };
 
   /** Start a new chain. */
   start(): void {
-    this.#addrs = [];
-    this.#lens = [];
+    if (this.#segs.length > SCRATCH_KEEP) {
+      // A huge chain went by (a hostile memory table cut it into many segments): let it go.
+      this.#segs.length = 0;
+    }
+    this.#count = 0;
     this.#readableCount = 0;
     this.#readableBytes = 0;
     this.#writableBytes = 0;
-    this.#total = 0;
     this.#sawWritable = false;
     this.descriptorCount = 0;
   }
@@ -134,8 +147,8 @@ export class ChainBuilder {
     const pieces = this.#pieces(mem, addr, len);
     if (pieces === 0) return "DescriptorOutOfBounds";
     if (pieces < 0) return "TooManySegments";
-    this.#total += len;
-    if (this.#total > 0xffffffff) return "ChainTooLarge";
+    // Both totals are below 2^32 before this buffer and `len` is below 2^32: no precision loss.
+    if (this.#readableBytes + this.#writableBytes + len > 0xffffffff) return "ChainTooLarge";
     if (writable) this.#writableBytes += len;
     else {
       this.#readableCount += pieces;
@@ -150,12 +163,13 @@ export class ChainBuilder {
     if (i < 0) return 0;
     const regions = mem.regions;
     let r = regions[i];
-    const addrs = this.#addrs;
-    const lens = this.#lens;
-    if (addrs.length >= CHAIN_SEGMENT_LIMIT) return -1;
+    const segs = this.#segs;
+    let n = this.#count;
+    if (n >= CHAIN_SEGMENT_LIMIT) return -1;
     if (addr + len <= r.end) {
-      addrs.push(addr);
-      lens.push(len);
+      segs[2 * n] = addr;
+      segs[2 * n + 1] = len;
+      this.#count = n + 1;
       return 1;
     }
     // Check the whole span first, so a refused buffer adds nothing.
@@ -168,15 +182,17 @@ export class ChainBuilder {
       a = rj.end;
       pieces++;
     }
-    if (addrs.length + pieces > CHAIN_SEGMENT_LIMIT) return -1;
+    if (n + pieces > CHAIN_SEGMENT_LIMIT) return -1;
     a = addr;
     while (a < end) {
-      const n = Math.min(end, r.end) - a;
-      addrs.push(a);
-      lens.push(n);
-      a += n;
+      const k = Math.min(end, r.end) - a;
+      segs[2 * n] = a;
+      segs[2 * n + 1] = k;
+      n++;
+      a += k;
       r = regions[++i];
     }
+    this.#count = n;
     return pieces;
   }
 
@@ -187,18 +203,25 @@ export class ChainBuilder {
    * @returns The chain.
    */
   finish(mem: GuestMemory, head: number): DescriptorChain {
-    return new DescriptorChain(CHAIN_TOKEN, {
-      memory: mem,
-      head,
-      addrs: this.#addrs,
-      lens: this.#lens,
-      readableCount: this.#readableCount,
-      readableBytes: this.#readableBytes,
-      writableBytes: this.#writableBytes,
-      descriptorCount: this.descriptorCount,
-    });
+    const n = this.#count;
+    const parts = this.#parts;
+    parts.memory = mem;
+    parts.head = head;
+    const segs = this.#segs;
+    parts.segments = n === 1 ? [segs[0], segs[1]] : segs.slice(0, 2 * n);
+    parts.readableCount = this.#readableCount;
+    parts.readableBytes = this.#readableBytes;
+    parts.writableBytes = this.#writableBytes;
+    parts.descriptorCount = this.descriptorCount;
+    const chain = new DescriptorChain(CHAIN_TOKEN, parts);
+    parts.segments = EMPTY;
+    return chain;
   }
 }
+
+const EMPTY: number[] = [];
+// Scratch entries kept between chains.
+const SCRATCH_KEEP = 2048;
 
 /**
  * The message of a broken buffer rule, as both ring formats report it.

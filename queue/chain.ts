@@ -14,10 +14,11 @@ export interface DescriptorChainParts {
   memory: GuestMemory;
   /** Head descriptor index. */
   head: number;
-  /** Guest addresses of the segments, readable ones first. */
-  addrs: number[];
-  /** Lengths of the segments. */
-  lens: number[];
+  /**
+   * The segments, readable ones first, as `[addr0, len0, addr1, len1, …]`: the chain keeps
+   * this array (one allocation per chain, none per descriptor).
+   */
+  segments: number[];
   /** How many segments are device-readable. */
   readableCount: number;
   /** Bytes in device-readable segments. */
@@ -27,6 +28,9 @@ export interface DescriptorChainParts {
   /** Descriptors followed, indirect ones included. */
   descriptorCount: number;
 }
+
+// The cursors' way to a chain's segments, which nothing outside this module sees.
+let segmentsOf: (chain: DescriptorChain) => readonly number[];
 
 /**
  * One descriptor chain taken off a virtqueue, already validated: every buffer
@@ -47,14 +51,17 @@ export class DescriptorChain {
   readonly head: number;
   /** The guest memory the buffers live in. */
   readonly memory: GuestMemory;
-  readonly #addrs: readonly number[];
-  readonly #lens: readonly number[];
+  readonly #segments: readonly number[];
   readonly #readableCount: number;
   readonly #readableBytes: number;
   readonly #writableBytes: number;
   readonly #descriptorCount: number;
   #reader: ChainReader | undefined;
   #writer: ChainWriter | undefined;
+
+  static {
+    segmentsOf = (chain) => chain.#segments;
+  }
 
   /**
    * Only a queue's `pop()` makes chains, once it has validated every descriptor: the token
@@ -69,8 +76,7 @@ export class DescriptorChain {
     }
     this.memory = parts.memory;
     this.head = parts.head;
-    this.#addrs = parts.addrs;
-    this.#lens = parts.lens;
+    this.#segments = parts.segments;
     this.#readableCount = parts.readableCount;
     this.#readableBytes = parts.readableBytes;
     this.#writableBytes = parts.writableBytes;
@@ -97,19 +103,28 @@ export class DescriptorChain {
     return this.#descriptorCount;
   }
 
-  /** Guest addresses of the segments, readable ones first; each segment lies in one region. */
-  get addrs(): readonly number[] {
-    return this.#addrs;
+  /**
+   * Guest addresses of the segments, readable ones first; each segment lies in one region.
+   * A new array on every call.
+   */
+  get addrs(): number[] {
+    const s = this.#segments;
+    const out: number[] = [];
+    for (let i = 0; i < s.length; i += 2) out.push(s[i]);
+    return out;
   }
 
-  /** Lengths of the segments, in the order of `addrs`. */
-  get lens(): readonly number[] {
-    return this.#lens;
+  /** Lengths of the segments, in the order of `addrs`. A new array on every call. */
+  get lens(): number[] {
+    const s = this.#segments;
+    const out: number[] = [];
+    for (let i = 1; i < s.length; i += 2) out.push(s[i]);
+    return out;
   }
 
   /** Number of segments (non-empty buffers, cut at region boundaries). */
   get length(): number {
-    return this.addrs.length;
+    return this.#segments.length >> 1;
   }
 
   /** Whether segment `i` is device-writable. */
@@ -119,16 +134,16 @@ export class DescriptorChain {
 
   /** Cursor over the device-readable part; created on first use. */
   get reader(): ChainReader {
-    return this.#reader ??= new ChainReader(this, 0, this.readableCount, this.readableBytes);
+    return this.#reader ??= new ChainReader(this, 0, this.#readableCount, this.#readableBytes);
   }
 
   /** Cursor over the device-writable part; created on first use. */
   get writer(): ChainWriter {
     return this.#writer ??= new ChainWriter(
       this,
-      this.readableCount,
-      this.addrs.length,
-      this.writableBytes,
+      this.#readableCount,
+      this.#segments.length >> 1,
+      this.#writableBytes,
     );
   }
 }
@@ -140,6 +155,8 @@ const scratchView = new DataView(scratch.buffer);
 export abstract class ChainCursor {
   /** The chain walked. */
   protected readonly chain: DescriptorChain;
+  /** The chain's segments, `[addr0, len0, addr1, len1, …]`. */
+  protected readonly segments: readonly number[];
   /** Current segment index. */
   protected seg: number;
   /** Offset inside the current segment. */
@@ -159,6 +176,7 @@ export abstract class ChainCursor {
    */
   constructor(chain: DescriptorChain, start: number, end: number, total: number) {
     this.chain = chain;
+    this.segments = segmentsOf(chain);
     this.seg = start;
     this.endSeg = end;
     this.#total = total;
@@ -181,10 +199,11 @@ export abstract class ChainCursor {
   views(n: number, out: Uint8Array[] = []): Uint8Array[] {
     this.need(n);
     let left = n;
+    const segs = this.segments;
     while (left > 0) {
-      const len = this.chain.lens[this.seg];
+      const len = segs[2 * this.seg + 1];
       const take = Math.min(left, len - this.segOff);
-      out.push(this.chain.memory.slice(this.chain.addrs[this.seg] + this.segOff, take));
+      out.push(this.chain.memory.slice(segs[2 * this.seg] + this.segOff, take));
       this.advance(take, len);
       left -= take;
     }
@@ -199,8 +218,9 @@ export abstract class ChainCursor {
   skip(n: number): void {
     this.need(n);
     let left = n;
+    const segs = this.segments;
     while (left > 0) {
-      const len = this.chain.lens[this.seg];
+      const len = segs[2 * this.seg + 1];
       const take = Math.min(left, len - this.segOff);
       this.advance(take, len);
       left -= take;
@@ -246,10 +266,11 @@ export abstract class ChainCursor {
     const n = Math.min(buf.length, this.remaining);
     let done = 0;
     const mem = this.chain.memory;
+    const segs = this.segments;
     while (done < n) {
-      const len = this.chain.lens[this.seg];
+      const len = segs[2 * this.seg + 1];
       const take = Math.min(n - done, len - this.segOff);
-      const view = mem.slice(this.chain.addrs[this.seg] + this.segOff, take);
+      const view = mem.slice(segs[2 * this.seg] + this.segOff, take);
       if (toGuest) view.set(buf.subarray(done, done + take));
       else buf.set(view, done);
       this.advance(take, len);

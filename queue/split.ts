@@ -14,6 +14,7 @@ import {
   DescriptorTable,
 } from "./_chain_builder.ts";
 import { QueueError } from "./error.ts";
+import { intRep } from "../memory/_int.ts";
 
 /** Descriptor continues via the `next` field (virtio 1.2 §2.7.5). */
 export const VIRTQ_DESC_F_NEXT = 1;
@@ -60,6 +61,11 @@ export function availRingSize(size: number): number {
 /** Bytes taken by the used ring of a queue of `size` entries (with `avail_event`). */
 export function usedRingSize(size: number): number {
   return 6 + 8 * size;
+}
+
+// A chain broke a rule: it is consumed and goes back to the driver with length 0.
+function chainError(head: number, code: QueueError["code"], msg: string): never {
+  throw new QueueError(code, `${msg} (chain ${head})`, { head });
 }
 
 function isPowerOfTwo(n: number): boolean {
@@ -117,6 +123,9 @@ export class SplitQueue implements Virtqueue {
   #batchHead = 0;
   #batchLen = 0;
   #nextAvail = 0;
+  // The last avail.idx read: the entries up to it are known to be published, so `pop` reads
+  // avail.idx again (one Atomics.load) only once it has taken all of them.
+  #availSeen = 0;
   #nextUsed = 0;
   #signalledUsed: number | undefined;
   #broken: QueueError | undefined;
@@ -153,6 +162,7 @@ export class SplitQueue implements Virtqueue {
   }
   set nextAvail(v: number) {
     this.#nextAvail = v & 0xffff;
+    this.#availSeen = this.#nextAvail;
   }
 
   /** Next used-ring index the device will write (wraps at 2^16). */
@@ -247,6 +257,7 @@ export class SplitQueue implements Virtqueue {
     this.inOrder = false;
     this.#batch = 0;
     this.#nextAvail = 0;
+    this.#availSeen = 0;
     this.#nextUsed = 0;
     this.#signalledUsed = undefined;
     this.#broken = undefined;
@@ -296,7 +307,7 @@ export class SplitQueue implements Virtqueue {
           { fatal: true },
         );
       }
-      const offset = addr - region.base;
+      const offset = intRep(addr - region.base);
       if ((region.bytes.byteOffset + offset) % align !== 0) {
         throw new QueueError("InvalidRing", `${name} is misaligned in its backing buffer`, {
           fatal: true,
@@ -317,10 +328,10 @@ export class SplitQueue implements Virtqueue {
     this.#descOff = d.offset;
     this.#avail = a.region;
     this.#availOff = a.offset;
-    this.#availIdxIndex = (a.offset + 2) >>> 1;
+    this.#availIdxIndex = intRep((a.offset + 2) / 2);
     this.#used = u.region;
     this.#usedOff = u.offset;
-    this.#usedIdxIndex = (u.offset + 2) >>> 1;
+    this.#usedIdxIndex = intRep((u.offset + 2) / 2);
     this.#mem = mem;
   }
 
@@ -380,17 +391,22 @@ export class SplitQueue implements Virtqueue {
   pop(mem: GuestMemory): DescriptorChain | null {
     this.#ensure(mem);
     const size = this.size;
-    const availIdx = Atomics.load(this.#avail.u16, this.#availIdxIndex);
-    const pending = (availIdx - this.#nextAvail) & 0xffff;
-    if (pending === 0) return null;
-    if (pending > size) {
-      this.#fail(
-        new QueueError(
-          "AvailIdxJump",
-          `avail.idx ${availIdx} is ${pending} entries past ${this.#nextAvail} (size ${size})`,
-          { fatal: true },
-        ),
-      );
+    const next = this.#nextAvail;
+    if (next === this.#availSeen) {
+      // Everything seen so far is taken: look at avail.idx again.
+      const availIdx = Atomics.load(this.#avail.u16, this.#availIdxIndex);
+      const pending = (availIdx - next) & 0xffff;
+      if (pending === 0) return null;
+      if (pending > size) {
+        this.#fail(
+          new QueueError(
+            "AvailIdxJump",
+            `avail.idx ${availIdx} is ${pending} entries past ${next} (size ${size})`,
+            { fatal: true },
+          ),
+        );
+      }
+      this.#availSeen = availIdx;
     }
     const slot = this.#nextAvail & (size - 1);
     const head = this.#avail.view.getUint16(this.#availOff + 4 + 2 * slot, true);
@@ -413,47 +429,63 @@ export class SplitQueue implements Virtqueue {
   }
 
   #parse(mem: GuestMemory, head: number): DescriptorChain {
-    const table = this.#table;
-    table.inRegion(mem, this.#desc, this.#descOff);
     const chain = this.#builder;
     chain.start();
-    let entries = this.size;
-    let ttl = this.size;
+    const size = this.size;
+    // The descriptor table is read in place while the chain stays in it; an indirect table
+    // (which may run across regions) is read through `#table`.
+    const ring = this.#desc.view;
+    const ringOff = this.#descOff;
+    const table = this.#table;
+    let entries = size;
+    let ttl = size;
     let inIndirect = false;
     let idx = head;
-    const bad = (code: QueueError["code"], msg: string): never => {
-      throw new QueueError(code, `${msg} (chain ${head})`, { head });
-    };
     for (;;) {
       if (idx >= entries) {
-        bad("DescriptorIndexOutOfRange", `descriptor ${idx} >= table size ${entries}`);
+        chainError(head, "DescriptorIndexOutOfRange", `descriptor ${idx} >= table size ${entries}`);
       }
-      if (ttl-- === 0) bad("ChainTooLong", `more than ${entries} descriptors`);
+      if (ttl-- === 0) chainError(head, "ChainTooLong", `more than ${entries} descriptors`);
       chain.descriptorCount++;
-      table.at(idx);
-      const view = table.view;
-      const off = table.offset;
+      let view = ring;
+      let off = ringOff + DESCRIPTOR_SIZE * idx;
+      if (inIndirect) {
+        table.at(idx);
+        view = table.view;
+        off = table.offset;
+      }
       const lo = view.getUint32(off, true);
       const hi = view.getUint32(off + 4, true);
       const len = view.getUint32(off + 8, true);
       const flags = view.getUint16(off + 12, true);
-      const next = view.getUint16(off + 14, true);
-      if (hi > 0x1fffff) bad("DescriptorOutOfBounds", "address above 2^53");
-      const addr = hi * 0x1_0000_0000 + lo;
+      if (hi > 0x1fffff) chainError(head, "DescriptorOutOfBounds", "address above 2^53");
+      const addr = hi === 0 ? lo : hi * 0x1_0000_0000 + lo;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         // virtio 1.2 §2.7.5.3.1 / §2.7.5.3.2
-        if (!this.indirect) bad("IndirectNotNegotiated", "INDIRECT flag without the feature");
-        if (inIndirect) bad("NestedIndirect", "indirect descriptor in an indirect table");
-        if (flags & VIRTQ_DESC_F_NEXT) bad("IndirectWithNext", "INDIRECT and NEXT both set");
+        if (!this.indirect) {
+          chainError(head, "IndirectNotNegotiated", "INDIRECT flag without the feature");
+        }
+        if (inIndirect) {
+          chainError(head, "NestedIndirect", "indirect descriptor in an indirect table");
+        }
+        if (flags & VIRTQ_DESC_F_NEXT) {
+          chainError(head, "IndirectWithNext", "INDIRECT and NEXT both set");
+        }
         if (len === 0 || len % DESCRIPTOR_SIZE !== 0) {
-          bad("InvalidIndirectLength", `indirect table length ${len}`);
+          chainError(head, "InvalidIndirectLength", `indirect table length ${len}`);
         }
         const n = len / DESCRIPTOR_SIZE;
-        if (n > MAX_INDIRECT_ENTRIES) bad("InvalidIndirectLength", `${n} indirect entries`);
+        if (n > MAX_INDIRECT_ENTRIES) {
+          chainError(head, "InvalidIndirectLength", `${n} indirect entries`);
+        }
         // An indirect table is ordinary driver memory, read across adjacent regions;
         // a table over a hole is out of bounds.
         if (!table.span(mem, addr, len)) {
-          bad("DescriptorOutOfBounds", `indirect table at 0x${addr.toString(16)} (+${len})`);
+          chainError(
+            head,
+            "DescriptorOutOfBounds",
+            `indirect table at 0x${addr.toString(16)} (+${len})`,
+          );
         }
         entries = n;
         ttl = n;
@@ -462,9 +494,9 @@ export class SplitQueue implements Virtqueue {
         continue;
       }
       const problem = chain.add(mem, addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
-      if (problem !== undefined) bad(problem, chainProblem(problem, idx, addr, len));
+      if (problem !== undefined) chainError(head, problem, chainProblem(problem, idx, addr, len));
       if (!(flags & VIRTQ_DESC_F_NEXT)) return chain.finish(mem, head);
-      idx = next;
+      idx = view.getUint16(off + 14, true);
     }
   }
 

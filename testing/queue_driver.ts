@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { GuestMemory } from "../memory/guest_memory.ts";
+import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
 import type { Virtqueue } from "../queue/virtqueue.ts";
 import {
   availRingSize,
@@ -347,14 +347,21 @@ export class DriverQueue {
     this.#lastUsed = idx & 0xffff;
   }
 
+  // The rings lie in one region (checked by the constructor): no allocation per access.
+  #ringRegion(addr: number): GuestRegion {
+    const region = this.memory.regionOf(addr, 2);
+    if (region === undefined) throw new RangeError(`Ring index at 0x${addr.toString(16)}`);
+    return region;
+  }
+
   #storeU16(addr: number, value: number): void {
-    const { region, offset } = this.memory.resolve(addr, 2);
-    Atomics.store(region.u16, offset >>> 1, value);
+    const region = this.#ringRegion(addr);
+    Atomics.store(region.u16, (addr - region.base) / 2, value);
   }
 
   #loadU16(addr: number): number {
-    const { region, offset } = this.memory.resolve(addr, 2);
-    return Atomics.load(region.u16, offset >>> 1);
+    const region = this.#ringRegion(addr);
+    return Atomics.load(region.u16, (addr - region.base) / 2);
   }
 
   /**

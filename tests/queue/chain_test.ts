@@ -460,8 +460,7 @@ describe("DescriptorChain", () => {
         new DescriptorChainClass(Symbol("forged"), {
           memory: mem,
           head: 0,
-          addrs: [0],
-          lens: [0x1_0000_0000],
+          segments: [0, 0x1_0000_0000],
           readableCount: 0,
           readableBytes: 0,
           writableBytes: 0x1_0000_0000,
