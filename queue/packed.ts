@@ -8,7 +8,8 @@
 
 import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
 import type { DescriptorChain } from "./chain.ts";
-import { QueueError } from "./error.ts";
+import { QueueError, type QueueErrorCode } from "./error.ts";
+import { intRep } from "../memory/_int.ts";
 import { ChainBuilder, chainProblem, DescriptorTable } from "./_chain_builder.ts";
 import type { Virtqueue, VirtqueueState } from "./virtqueue.ts";
 import {
@@ -35,6 +36,13 @@ export const RING_EVENT_FLAGS_DISABLE = 0x1;
 export const RING_EVENT_FLAGS_DESC = 0x2;
 /** Bytes of an event suppression structure. */
 export const EVENT_SUPPRESSION_SIZE = 4;
+
+// virtio 1.2 §2.8.1: available when AVAIL matches the wrap counter and USED does not.
+function isAvail(flags: number, wrap: number): boolean {
+  const avail = (flags & VIRTQ_DESC_F_AVAIL) !== 0 ? 1 : 0;
+  const used = (flags & VIRTQ_DESC_F_USED) !== 0 ? 1 : 0;
+  return avail === wrap && used !== wrap;
+}
 
 /**
  * The device side of one packed virtqueue. Same interface as {@linkcode SplitQueue}: devices
@@ -259,7 +267,7 @@ export class PackedQueue implements Virtqueue {
           { fatal: true },
         );
       }
-      const offset = addr - region.base;
+      const offset = intRep(addr - region.base);
       if ((region.bytes.byteOffset + offset) % align !== 0) {
         throw new QueueError("InvalidRing", `${name} is misaligned in its backing buffer`, {
           fatal: true,
@@ -272,11 +280,11 @@ export class PackedQueue implements Virtqueue {
     const dev = area("device event suppression", this.usedRing, EVENT_SUPPRESSION_SIZE, 4);
     this.#ring = d.region;
     this.#ringOff = d.offset;
-    this.#flagsBase = (d.offset + 14) >>> 1;
+    this.#flagsBase = intRep((d.offset + 14) / 2);
     this.#driverEvent = drv.region;
-    this.#driverEventIndex = drv.offset >>> 1;
+    this.#driverEventIndex = intRep(drv.offset / 2);
     this.#deviceEvent = dev.region;
-    this.#deviceEventIndex = dev.offset >>> 1;
+    this.#deviceEventIndex = intRep(dev.offset / 2);
     this.#mem = mem;
     if (this.#availIdx >= size) this.#availIdx %= size;
     if (this.#usedIdx >= size) this.#usedIdx %= size;
@@ -310,13 +318,6 @@ export class PackedQueue implements Virtqueue {
     return Atomics.load(this.#ring.u16, this.#flagsBase + 8 * index);
   }
 
-  // virtio 1.2 §2.8.1: available when AVAIL matches the wrap counter and USED does not.
-  #isAvail(flags: number, wrap: number): boolean {
-    const avail = (flags & VIRTQ_DESC_F_AVAIL) !== 0 ? 1 : 0;
-    const used = (flags & VIRTQ_DESC_F_USED) !== 0 ? 1 : 0;
-    return avail === wrap && used !== wrap;
-  }
-
   /**
    * Whether the driver has made a buffer available that the device has not taken.
    * @param mem Guest memory.
@@ -325,7 +326,7 @@ export class PackedQueue implements Virtqueue {
    */
   hasPending(mem: GuestMemory): boolean {
     this.#ensure(mem);
-    return this.#isAvail(this.#flags(this.#availIdx), this.#availWrap);
+    return isAvail(this.#flags(this.#availIdx), this.#availWrap);
   }
 
   /**
@@ -341,34 +342,74 @@ export class PackedQueue implements Virtqueue {
     const size = this.size;
     const start = this.#availIdx;
     const startWrap = this.#availWrap;
-    if (!this.#isAvail(this.#flags(start), startWrap)) return null;
-    // First pass: the list's extent and its buffer id (in the last descriptor).
+    // Acquire: the driver stores the first descriptor's flags last (virtio 1.2 §2.8.21.1), so
+    // once they read available, the rest of the list is visible.
+    let flags = Atomics.load(this.#ring.u16, this.#flagsBase + 8 * start);
+    if (!isAvail(flags, startWrap)) return null;
+    // One pass over the list: its extent and buffer id (the id of its last descriptor,
+    // §2.8.6), and its buffers. A broken buffer rule is remembered and reported once the id
+    // is known; a list that is not wholly available or never ends breaks the queue.
     const view = this.#ring.view;
+    const ringOff = this.#ringOff;
+    const chain = this.#builder;
+    chain.start();
     let idx = start;
     let wrap = startWrap;
     let count = 0;
     let id = 0;
+    let problem: QueueErrorCode | undefined;
+    let problemMsg = "";
+    let indirectAddr = -1;
+    let indirectLen = 0;
     for (;;) {
       if (count === size) {
         this.#fail(
-          new QueueError("ChainTooLong", `list longer than the ring (${size})`, {
-            fatal: true,
-          }),
+          new QueueError("ChainTooLong", `list longer than the ring (${size})`, { fatal: true }),
         );
       }
-      const flags = this.#flags(idx);
-      if (count > 0 && !this.#isAvail(flags, wrap)) {
-        this.#fail(
-          new QueueError(
-            "InvalidChain",
-            `descriptor ${idx} of the list at ${start} is not available`,
-            { fatal: true },
-          ),
-        );
+      const off = ringOff + DESCRIPTOR_SIZE * idx;
+      if (count > 0) {
+        flags = view.getUint16(off + 14, true);
+        if (!isAvail(flags, wrap)) {
+          this.#fail(
+            new QueueError(
+              "InvalidChain",
+              `descriptor ${idx} of the list at ${start} is not available`,
+              { fatal: true },
+            ),
+          );
+        }
       }
       count++;
-      const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
       id = view.getUint16(off + 12, true);
+      if (problem === undefined) {
+        const lo = view.getUint32(off, true);
+        const hi = view.getUint32(off + 4, true);
+        const len = view.getUint32(off + 8, true);
+        chain.descriptorCount++;
+        if (hi > 0x1fffff) {
+          problem = "DescriptorOutOfBounds";
+          problemMsg = "address above 2^53";
+        } else {
+          const addr = hi === 0 ? lo : hi * 0x1_0000_0000 + lo;
+          if (flags & VIRTQ_DESC_F_INDIRECT) {
+            // virtio 1.2 §2.8.19: only with the feature, and alone in its list.
+            if (!this.indirect) {
+              problem = "IndirectNotNegotiated";
+              problemMsg = "INDIRECT flag without the feature";
+            } else if (count !== 1 || (flags & VIRTQ_DESC_F_NEXT) !== 0) {
+              problem = "IndirectWithNext";
+              problemMsg = "INDIRECT descriptor in a list";
+            } else {
+              indirectAddr = addr;
+              indirectLen = len;
+            }
+          } else {
+            problem = chain.add(mem, addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
+            if (problem !== undefined) problemMsg = chainProblem(problem, idx, addr, len);
+          }
+        }
+      }
       idx++;
       if (idx === size) {
         idx = 0;
@@ -388,55 +429,22 @@ export class PackedQueue implements Virtqueue {
     this.#availIdx = idx;
     this.#availWrap = wrap;
     this.#listLen[id] = count;
-    try {
-      const chain = this.#parse(mem, start, count, id);
-      this.#writable[id] = chain.writableBytes;
-      return chain;
-    } catch (err) {
-      this.#writable[id] = 0xffffffff; // returned with an explicit length, never batched
-      throw err;
+    // A refused list goes back with an explicit length, never inside an in-order batch.
+    this.#writable[id] = 0xffffffff;
+    if (problem !== undefined) {
+      throw new QueueError(problem, `${problemMsg} (buffer ${id})`, { head: id });
     }
+    if (indirectAddr >= 0) this.#indirect(mem, indirectAddr, indirectLen, id);
+    const result = chain.finish(mem, id);
+    this.#writable[id] = result.writableBytes;
+    return result;
   }
 
-  #parse(mem: GuestMemory, start: number, count: number, id: number): DescriptorChain {
-    const size = this.size;
-    const chain = this.#builder;
-    chain.start();
-    const view = this.#ring.view;
-    const bad = (code: QueueError["code"], msg: string): never => {
+  // An indirect table: consecutive packed descriptors; only WRITE counts (virtio 1.2 §2.8.7).
+  #indirect(mem: GuestMemory, addr: number, len: number, id: number): void {
+    const bad = (code: QueueErrorCode, msg: string): never => {
       throw new QueueError(code, `${msg} (buffer ${id})`, { head: id });
     };
-    let idx = start;
-    for (let n = 0; n < count; n++) {
-      const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
-      const lo = view.getUint32(off, true);
-      const hi = view.getUint32(off + 4, true);
-      const len = view.getUint32(off + 8, true);
-      const flags = view.getUint16(off + 14, true);
-      chain.descriptorCount++;
-      if (hi > 0x1fffff) bad("DescriptorOutOfBounds", "address above 2^53");
-      const addr = hi * 0x1_0000_0000 + lo;
-      if (flags & VIRTQ_DESC_F_INDIRECT) {
-        // virtio 1.2 §2.8.19: only with the feature, never inside a NEXT list.
-        if (!this.indirect) bad("IndirectNotNegotiated", "INDIRECT flag without the feature");
-        if (count !== 1) bad("IndirectWithNext", "INDIRECT descriptor in a list");
-        this.#indirect(mem, addr, len, bad);
-        return chain.finish(mem, id);
-      }
-      const problem = chain.add(mem, addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
-      if (problem !== undefined) bad(problem, chainProblem(problem, idx, addr, len));
-      idx = idx + 1 === size ? 0 : idx + 1;
-    }
-    return chain.finish(mem, id);
-  }
-
-  // An indirect table: consecutive packed descriptors; only WRITE counts (virtio 1.2 §2.8.8).
-  #indirect(
-    mem: GuestMemory,
-    addr: number,
-    len: number,
-    bad: (code: QueueError["code"], msg: string) => never,
-  ): void {
     if (len === 0 || len % DESCRIPTOR_SIZE !== 0) {
       bad("InvalidIndirectLength", `indirect table length ${len}`);
     }
@@ -457,7 +465,7 @@ export class PackedQueue implements Virtqueue {
       const flags = v.getUint16(o + 14, true);
       chain.descriptorCount++;
       if (hi > 0x1fffff) bad("DescriptorOutOfBounds", "address above 2^53");
-      const baddr = hi * 0x1_0000_0000 + lo;
+      const baddr = hi === 0 ? lo : hi * 0x1_0000_0000 + lo;
       const problem = chain.add(mem, baddr, blen, (flags & VIRTQ_DESC_F_WRITE) !== 0);
       if (problem !== undefined) bad(problem, chainProblem(problem, i, baddr, blen));
     }
@@ -638,7 +646,7 @@ export class PackedQueue implements Virtqueue {
     } else {
       Atomics.store(u16, this.#deviceEventIndex + 1, RING_EVENT_FLAGS_ENABLE);
     }
-    return this.#isAvail(this.#flags(this.#availIdx), this.#availWrap);
+    return isAvail(this.#flags(this.#availIdx), this.#availWrap);
   }
 
   /**

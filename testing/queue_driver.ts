@@ -330,6 +330,30 @@ export class DriverQueue {
   }
 
   /**
+   * Put several heads in the available ring, then move `avail.idx` once past all of them (a
+   * driver adding a burst of buffers before it exposes them, as DPDK's virtio driver does).
+   * @param heads Descriptor indexes to publish, in order (at most the queue size).
+   * @throws {RangeError} When there are more heads than the ring has entries.
+   */
+  publishMany(heads: readonly number[]): void {
+    if (heads.length > this.size) {
+      throw new RangeError(`${heads.length} heads do not fit a ring of ${this.size}`);
+    }
+    const region = this.#ringRegion(this.availRing + 2);
+    const view = region.view;
+    const ring = this.availRing + 4 - region.base;
+    const mask = this.size - 1;
+    let idx = this.#availIdx;
+    for (let i = 0; i < heads.length; i++) {
+      view.setUint16(ring + 2 * (idx & mask), heads[i], true);
+      idx = (idx + 1) & 0xffff;
+    }
+    if (this.inOrder) this.#order.push(...heads);
+    this.#availIdx = idx;
+    this.#storeU16(this.availRing + 2, idx);
+  }
+
+  /**
    * Force `avail.idx` to a value (for hostile tests and wrap-around tests).
    * @param idx The new index.
    */
