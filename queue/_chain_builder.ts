@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
+import { type GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
 import { DescriptorChain, type DescriptorChainParts } from "./chain.ts";
 import { CHAIN_TOKEN } from "./_chain_token.ts";
 import type { QueueErrorCode } from "./error.ts";
@@ -18,6 +18,8 @@ export const DESCRIPTOR_BYTES = 16;
 export const CHAIN_SEGMENT_LIMIT = 1 << 17;
 
 const scratch = new Uint8Array(DESCRIPTOR_BYTES);
+// The builder's region before its first lookup (never consulted: no memory goes with it).
+const NO_REGION = new GuestRegion({ base: 0, buffer: new ArrayBuffer(8) });
 const scratchView = new DataView(scratch.buffer);
 
 /**
@@ -105,6 +107,10 @@ export class ChainBuilder {
   #readableBytes = 0;
   #writableBytes = 0;
   #sawWritable = false;
+  // The region the last buffer started in, and the memory it belongs to (a GuestMemory never
+  // changes its regions, so the pair stays valid).
+  #mem: GuestMemory | undefined;
+  #region: GuestRegion = NO_REGION;
   /** Descriptors followed so far, indirect ones included. */
   descriptorCount = 0;
   // What `finish` hands to the chain's constructor, which copies it: reused too.
@@ -144,9 +150,20 @@ export class ChainBuilder {
     if (writable) this.#sawWritable = true;
     else if (this.#sawWritable) return "ReadableAfterWritable";
     if (len === 0) return undefined;
-    const pieces = this.#pieces(mem, addr, len);
-    if (pieces === 0) return "DescriptorOutOfBounds";
-    if (pieces < 0) return "TooManySegments";
+    let pieces = 1;
+    const n = this.#count;
+    const r = this.#region;
+    if (mem === this.#mem && addr >= r.base && addr + len <= r.end && n < CHAIN_SEGMENT_LIMIT) {
+      // Inside the region the previous buffer was found in: one segment, no search.
+      const segs = this.#segs;
+      segs[2 * n] = addr;
+      segs[2 * n + 1] = len;
+      this.#count = n + 1;
+    } else {
+      pieces = this.#pieces(mem, addr, len);
+      if (pieces === 0) return "DescriptorOutOfBounds";
+      if (pieces < 0) return "TooManySegments";
+    }
     // Both totals are below 2^32 before this buffer and `len` is below 2^32: no precision loss.
     if (this.#readableBytes + this.#writableBytes + len > 0xffffffff) return "ChainTooLarge";
     if (writable) this.#writableBytes += len;
@@ -163,6 +180,8 @@ export class ChainBuilder {
     if (i < 0) return 0;
     const regions = mem.regions;
     let r = regions[i];
+    this.#mem = mem;
+    this.#region = r;
     const segs = this.#segs;
     let n = this.#count;
     if (n >= CHAIN_SEGMENT_LIMIT) return -1;

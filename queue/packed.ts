@@ -39,9 +39,8 @@ export const EVENT_SUPPRESSION_SIZE = 4;
 
 // virtio 1.2 §2.8.1: available when AVAIL matches the wrap counter and USED does not.
 function isAvail(flags: number, wrap: number): boolean {
-  const avail = (flags & VIRTQ_DESC_F_AVAIL) !== 0 ? 1 : 0;
-  const used = (flags & VIRTQ_DESC_F_USED) !== 0 ? 1 : 0;
-  return avail === wrap && used !== wrap;
+  return (flags & (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)) ===
+    (wrap !== 0 ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED);
 }
 
 /**
@@ -101,7 +100,8 @@ export class PackedQueue implements Virtqueue {
   #signalled: number | undefined; // used position at the last notification decision
   #broken: QueueError | undefined;
   #mem: GuestMemory | undefined;
-  #ring!: GuestRegion;
+  #ringView!: DataView;
+  #ringU16!: Uint16Array;
   #ringOff = 0;
   #flagsBase = 0; // Uint16Array index of descriptor 0's flags
   #driverEvent!: GuestRegion;
@@ -278,7 +278,8 @@ export class PackedQueue implements Virtqueue {
     const d = area("descriptor ring", this.descTable, DESCRIPTOR_SIZE * size, 16);
     const drv = area("driver event suppression", this.availRing, EVENT_SUPPRESSION_SIZE, 4);
     const dev = area("device event suppression", this.usedRing, EVENT_SUPPRESSION_SIZE, 4);
-    this.#ring = d.region;
+    this.#ringView = d.region.view;
+    this.#ringU16 = d.region.u16;
     this.#ringOff = d.offset;
     this.#flagsBase = intRep((d.offset + 14) / 2);
     this.#driverEvent = drv.region;
@@ -315,7 +316,7 @@ export class PackedQueue implements Virtqueue {
   }
 
   #flags(index: number): number {
-    return Atomics.load(this.#ring.u16, this.#flagsBase + 8 * index);
+    return Atomics.load(this.#ringU16, this.#flagsBase + 8 * index);
   }
 
   /**
@@ -344,12 +345,12 @@ export class PackedQueue implements Virtqueue {
     const startWrap = this.#availWrap;
     // Acquire: the driver stores the first descriptor's flags last (virtio 1.2 §2.8.21.1), so
     // once they read available, the rest of the list is visible.
-    let flags = Atomics.load(this.#ring.u16, this.#flagsBase + 8 * start);
+    let flags = Atomics.load(this.#ringU16, this.#flagsBase + 8 * start);
     if (!isAvail(flags, startWrap)) return null;
     // One pass over the list: its extent and buffer id (the id of its last descriptor,
     // §2.8.6), and its buffers. A broken buffer rule is remembered and reported once the id
     // is known; a list that is not wholly available or never ends breaks the queue.
-    const view = this.#ring.view;
+    const view = this.#ringView;
     const ringOff = this.#ringOff;
     const chain = this.#builder;
     chain.start();
@@ -493,7 +494,7 @@ export class PackedQueue implements Virtqueue {
     }
     this.#listLen[head] = 0;
     if (this.inOrder) {
-      // virtio 1.2 §2.8.12: one used descriptor (the last buffer's id) for a batch of buffers
+      // virtio 1.2 §2.8.8: one used descriptor (the last buffer's id) for a batch of buffers
       // used in order, the others completely; the ring skips every list of the batch.
       this.#batchDescs += count;
       this.#batchId = head;
@@ -537,8 +538,8 @@ export class PackedQueue implements Virtqueue {
       marks[head] = 1;
     }
     this.flushUsed(mem);
-    const view = this.#ring.view;
-    const u16 = this.#ring.u16;
+    const view = this.#ringView;
+    const u16 = this.#ringU16;
     let idx = this.#usedIdx;
     let wrap = this.#usedWrap;
     let firstFlags = 0;
@@ -585,13 +586,13 @@ export class PackedQueue implements Virtqueue {
   #writeUsed(head: number, len: number, count: number): void {
     const idx = this.#usedIdx;
     const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
-    const view = this.#ring.view;
+    const view = this.#ringView;
     view.setUint32(off + 8, len >>> 0, true);
     view.setUint16(off + 12, head, true);
     const wrapBits = this.#usedWrap !== 0 ? VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED : 0;
     // Release: id and length are visible before the flags that make the descriptor used.
     Atomics.store(
-      this.#ring.u16,
+      this.#ringU16,
       this.#flagsBase + 8 * idx,
       wrapBits | (len > 0 ? VIRTQ_DESC_F_WRITE : 0),
     );

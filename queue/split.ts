@@ -137,6 +137,8 @@ export class SplitQueue implements Virtqueue {
   #availOff = 0;
   #availIdxIndex = 0;
   #used!: GuestRegion;
+  #usedView!: DataView;
+  #usedU16!: Uint16Array;
   #usedOff = 0;
   #usedIdxIndex = 0;
   readonly #table = new DescriptorTable();
@@ -330,6 +332,8 @@ export class SplitQueue implements Virtqueue {
     this.#availOff = a.offset;
     this.#availIdxIndex = intRep((a.offset + 2) / 2);
     this.#used = u.region;
+    this.#usedView = u.region.view;
+    this.#usedU16 = u.region.u16;
     this.#usedOff = u.offset;
     this.#usedIdxIndex = intRep((u.offset + 2) / 2);
     this.#mem = mem;
@@ -551,12 +555,13 @@ export class SplitQueue implements Virtqueue {
   #writeUsed(head: number, len: number, count: number): void {
     const slot = this.#nextUsed & (this.size - 1);
     const off = this.#usedOff + 4 + 8 * slot;
-    const view = this.#used.view;
+    const view = this.#usedView;
     view.setUint32(off, head, true);
     view.setUint32(off + 4, len >>> 0, true);
-    this.#nextUsed = (this.#nextUsed + count) & 0xffff;
+    const next = (this.#nextUsed + count) & 0xffff;
+    this.#nextUsed = next;
     // Release: the element above is visible before the new index.
-    Atomics.store(this.#used.u16, this.#usedIdxIndex, this.#nextUsed);
+    Atomics.store(this.#usedU16, this.#usedIdxIndex, next);
   }
 
   /**

@@ -371,6 +371,40 @@ describe("Chains across adjacent guest memory regions", () => {
     assert.equal(chain.reader.readU64(), 0x0807060504030201n);
   });
 
+  it("a buffer after one in the same region, then one crossing out of it, are cut right", () => {
+    // The builder remembers the region the previous buffer lay in: a buffer wholly inside it
+    // is one segment without a search, one that runs past its end is cut like any other.
+    const mem = regions([EDGE]);
+    const { driver, queue } = queueOn(mem);
+    driver.addChain([
+      { readable: seq(4), at: 0x20000 },
+      { readable: seq(4, 5), at: 0x20010 },
+      { readable: seq(8, 9), at: EDGE - 4 },
+      { readable: seq(4, 17), at: EDGE + 0x10 },
+    ]);
+    const chain = queue.pop(mem)!;
+    assert.deepEqual(chain.addrs, [0x20000, 0x20010, EDGE - 4, EDGE, EDGE + 0x10]);
+    assert.deepEqual(chain.lens, [4, 4, 4, 4, 4]);
+    const got = new Uint8Array(20);
+    chain.reader.readExact(got);
+    assert.deepEqual(got, seq(20));
+  });
+
+  it("what the builder remembers of one guest memory is never used for another", () => {
+    // Two memories over the same first buffer: in `a` a second region follows it, in `b`
+    // nothing does. A buffer there is served from `a`, then refused from `b`.
+    const a = regions([EDGE]);
+    const b = new GuestMemory([{ base: 0, buffer: a.regions[0].bytes.buffer }]);
+    const { driver, queue } = queueOn(a);
+    driver.addChain([{ writable: 16, at: EDGE + 0x100 }]);
+    const chain = queue.pop(a)!;
+    assert.deepEqual(chain.addrs, [EDGE + 0x100]);
+    queue.addUsed(a, chain.head, 0);
+    driver.takeUsed();
+    driver.addChain([{ writable: 16, at: EDGE + 0x100 }]);
+    assertPopRefuses(queue, b, "DescriptorOutOfBounds", chain.head);
+  });
+
   it("an indirect table straddling two regions is read descriptor by descriptor", () => {
     const mem = regions([EDGE]);
     const { driver, queue } = queueOn(mem, true);
