@@ -23,31 +23,20 @@ const NO_REGION = new GuestRegion({ base: 0, buffer: new ArrayBuffer(8) });
 const scratchView = new DataView(scratch.buffer);
 
 /**
- * A table of descriptors in guest memory: a ring (one region, resolved once) or an indirect
- * table, which is ordinary driver memory and may run on into an adjacent region (virtio 1.2
- * §2.7.5.3 and §2.8.16 put no region rule on it). `at(i)` points `view`/`offset` at entry `i`;
- * an entry that itself straddles a boundary is copied into a scratch buffer.
+ * An indirect table of descriptors in guest memory: ordinary driver memory, which may run on
+ * into an adjacent region (virtio 1.2 §2.7.5.3 and §2.8.16 put no region rule on it). `at(i)`
+ * points `view`/`offset` at entry `i`; an entry that itself straddles a boundary is copied into
+ * a scratch buffer. `offset` is always a small integer (see memory/_int.ts): a table past the
+ * first 2 GiB of a region is read through a view of its own.
  */
 export class DescriptorTable {
   /** The view holding the current entry. */
-  view!: DataView;
+  view: DataView = scratchView;
   /** Offset of the current entry in `view`. */
   offset = 0;
   #mem!: GuestMemory;
-  #region: GuestRegion | undefined;
-  #base = 0;
-
-  /**
-   * Read from a table that lies in one region.
-   * @param mem Guest memory.
-   * @param region The region.
-   * @param offset Offset of the table in it.
-   */
-  inRegion(mem: GuestMemory, region: GuestRegion, offset: number): void {
-    this.#mem = mem;
-    this.#region = region;
-    this.#base = offset;
-  }
+  #table: DataView | undefined; // the table's view when it lies in one region
+  #base = 0; // offset of the table in `#table`, or its guest address when it spans regions
 
   /**
    * Read from a table of `len` bytes at `addr`, in one region or across adjacent ones.
@@ -57,14 +46,22 @@ export class DescriptorTable {
    * @returns False when a byte of the table is not backed.
    */
   span(mem: GuestMemory, addr: number, len: number): boolean {
+    this.#mem = mem;
     const region = mem.regionOf(addr, len);
     if (region !== undefined) {
-      this.inRegion(mem, region, addr - region.base);
+      const offset = addr - region.base;
+      if (offset + len <= 0x7fffffff) {
+        this.#table = region.view;
+        this.#base = offset | 0;
+      } else {
+        const bytes = region.bytes;
+        this.#table = new DataView(bytes.buffer, bytes.byteOffset + offset, len);
+        this.#base = 0;
+      }
       return true;
     }
     if (!mem.checkSpan(addr, len)) return false;
-    this.#mem = mem;
-    this.#region = undefined;
+    this.#table = undefined;
     this.#base = addr;
     return true;
   }
@@ -74,16 +71,17 @@ export class DescriptorTable {
    * @param i Entry index (the caller checked it against the table size).
    */
   at(i: number): void {
-    if (this.#region !== undefined) {
-      this.view = this.#region.view;
+    if (this.#table !== undefined) {
+      this.view = this.#table;
       this.offset = this.#base + DESCRIPTOR_BYTES * i;
       return;
     }
     const addr = this.#base + DESCRIPTOR_BYTES * i;
     const region = this.#mem.regionOf(addr, DESCRIPTOR_BYTES);
-    if (region !== undefined) {
+    const offset = region === undefined ? -1 : addr - region.base;
+    if (region !== undefined && offset <= 0x7fffffff - DESCRIPTOR_BYTES) {
       this.view = region.view;
-      this.offset = addr - region.base;
+      this.offset = offset | 0;
     } else {
       this.#mem.read(addr, scratch);
       this.view = scratchView;

@@ -6,10 +6,9 @@
  * @module
  */
 
-import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
+import type { GuestMemory } from "../memory/guest_memory.ts";
 import type { DescriptorChain } from "./chain.ts";
 import { QueueError, type QueueErrorCode } from "./error.ts";
-import { intRep } from "../memory/_int.ts";
 import { ChainBuilder, chainProblem, DescriptorTable } from "./_chain_builder.ts";
 import type { Virtqueue, VirtqueueState } from "./virtqueue.ts";
 import {
@@ -100,14 +99,12 @@ export class PackedQueue implements Virtqueue {
   #signalled: number | undefined; // used position at the last notification decision
   #broken: QueueError | undefined;
   #mem: GuestMemory | undefined;
+  // Views over exactly the ring and the two structures, so that every offset into them is a
+  // small integer (see memory/_int.ts), whatever their place in a large region.
   #ringView!: DataView;
-  #ringU16!: Uint16Array;
-  #ringOff = 0;
-  #flagsBase = 0; // Uint16Array index of descriptor 0's flags
-  #driverEvent!: GuestRegion;
-  #driverEventIndex = 0; // Uint16Array index of off_wrap
-  #deviceEvent!: GuestRegion;
-  #deviceEventIndex = 0;
+  #ringU16!: Uint16Array; // descriptor i's flags at [8 * i + 7]
+  #driverEvent!: Uint16Array; // [0] off_wrap, [1] flags
+  #deviceEvent!: Uint16Array;
   readonly #table = new DescriptorTable();
   readonly #builder = new ChainBuilder();
 
@@ -267,25 +264,24 @@ export class PackedQueue implements Virtqueue {
           { fatal: true },
         );
       }
-      const offset = intRep(addr - region.base);
-      if ((region.bytes.byteOffset + offset) % align !== 0) {
+      const at = region.bytes.byteOffset + (addr - region.base);
+      if (at % align !== 0) {
         throw new QueueError("InvalidRing", `${name} is misaligned in its backing buffer`, {
           fatal: true,
         });
       }
-      return { region, offset };
+      return {
+        view: new DataView(region.bytes.buffer, at, len),
+        u16: new Uint16Array(region.bytes.buffer, at, len >> 1),
+      };
     };
     const d = area("descriptor ring", this.descTable, DESCRIPTOR_SIZE * size, 16);
     const drv = area("driver event suppression", this.availRing, EVENT_SUPPRESSION_SIZE, 4);
     const dev = area("device event suppression", this.usedRing, EVENT_SUPPRESSION_SIZE, 4);
-    this.#ringView = d.region.view;
-    this.#ringU16 = d.region.u16;
-    this.#ringOff = d.offset;
-    this.#flagsBase = intRep((d.offset + 14) / 2);
-    this.#driverEvent = drv.region;
-    this.#driverEventIndex = intRep(drv.offset / 2);
-    this.#deviceEvent = dev.region;
-    this.#deviceEventIndex = intRep(dev.offset / 2);
+    this.#ringView = d.view;
+    this.#ringU16 = d.u16;
+    this.#driverEvent = drv.u16;
+    this.#deviceEvent = dev.u16;
     this.#mem = mem;
     if (this.#availIdx >= size) this.#availIdx %= size;
     if (this.#usedIdx >= size) this.#usedIdx %= size;
@@ -316,7 +312,7 @@ export class PackedQueue implements Virtqueue {
   }
 
   #flags(index: number): number {
-    return Atomics.load(this.#ringU16, this.#flagsBase + 8 * index);
+    return Atomics.load(this.#ringU16, 7 + 8 * index);
   }
 
   /**
@@ -345,13 +341,12 @@ export class PackedQueue implements Virtqueue {
     const startWrap = this.#availWrap;
     // Acquire: the driver stores the first descriptor's flags last (virtio 1.2 §2.8.21.1), so
     // once they read available, the rest of the list is visible.
-    let flags = Atomics.load(this.#ringU16, this.#flagsBase + 8 * start);
+    let flags = Atomics.load(this.#ringU16, 7 + 8 * start);
     if (!isAvail(flags, startWrap)) return null;
     // One pass over the list: its extent and buffer id (the id of its last descriptor,
     // §2.8.6), and its buffers. A broken buffer rule is remembered and reported once the id
     // is known; a list that is not wholly available or never ends breaks the queue.
     const view = this.#ringView;
-    const ringOff = this.#ringOff;
     const chain = this.#builder;
     chain.start();
     let idx = start;
@@ -368,9 +363,11 @@ export class PackedQueue implements Virtqueue {
           new QueueError("ChainTooLong", `list longer than the ring (${size})`, { fatal: true }),
         );
       }
-      const off = ringOff + DESCRIPTOR_SIZE * idx;
+      const off = DESCRIPTOR_SIZE * idx;
+      // Buffer id (bytes 12–13) and flags (14–15) in one read.
+      const idFlags = view.getUint32(off + 12, true);
       if (count > 0) {
-        flags = view.getUint16(off + 14, true);
+        flags = idFlags >>> 16;
         if (!isAvail(flags, wrap)) {
           this.#fail(
             new QueueError(
@@ -382,7 +379,7 @@ export class PackedQueue implements Virtqueue {
         }
       }
       count++;
-      id = view.getUint16(off + 12, true);
+      id = idFlags & 0xffff;
       if (problem === undefined) {
         const lo = view.getUint32(off, true);
         const hi = view.getUint32(off + 4, true);
@@ -550,13 +547,13 @@ export class PackedQueue implements Virtqueue {
       const descs = listLen[head];
       listLen[head] = 0;
       marks[head] = 0;
-      const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
+      const off = DESCRIPTOR_SIZE * idx;
       view.setUint32(off + 8, len >>> 0, true);
       view.setUint16(off + 12, head, true);
       const flags = (wrap !== 0 ? VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED : 0) |
         (len > 0 ? VIRTQ_DESC_F_WRITE : 0);
       if (i === 0) firstFlags = flags;
-      else Atomics.store(u16, this.#flagsBase + 8 * idx, flags);
+      else Atomics.store(u16, 7 + 8 * idx, flags);
       idx += descs;
       if (idx >= this.size) {
         idx -= this.size;
@@ -564,7 +561,7 @@ export class PackedQueue implements Virtqueue {
       }
     }
     // Release: everything above is visible before the first descriptor turns used.
-    if (count > 0) Atomics.store(u16, this.#flagsBase + 8 * first, firstFlags);
+    if (count > 0) Atomics.store(u16, 7 + 8 * first, firstFlags);
     this.#usedIdx = idx;
     this.#usedWrap = wrap;
   }
@@ -585,7 +582,7 @@ export class PackedQueue implements Virtqueue {
 
   #writeUsed(head: number, len: number, count: number): void {
     const idx = this.#usedIdx;
-    const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
+    const off = DESCRIPTOR_SIZE * idx;
     const view = this.#ringView;
     view.setUint32(off + 8, len >>> 0, true);
     view.setUint16(off + 12, head, true);
@@ -593,7 +590,7 @@ export class PackedQueue implements Virtqueue {
     // Release: id and length are visible before the flags that make the descriptor used.
     Atomics.store(
       this.#ringU16,
-      this.#flagsBase + 8 * idx,
+      7 + 8 * idx,
       wrapBits | (len > 0 ? VIRTQ_DESC_F_WRITE : 0),
     );
     let next = idx + count;
@@ -614,8 +611,8 @@ export class PackedQueue implements Virtqueue {
   needsNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
     this.flushUsed(mem);
-    const u16 = this.#driverEvent.u16;
-    const flags = Atomics.load(u16, this.#driverEventIndex + 1) & 0x3;
+    const u16 = this.#driverEvent;
+    const flags = Atomics.load(u16, 1) & 0x3;
     const used = this.#usedIdx;
     const old = this.#signalled;
     this.#signalled = used;
@@ -624,7 +621,7 @@ export class PackedQueue implements Virtqueue {
     if (old === undefined) return true;
     // The event descriptor, shifted one ring back when it belongs to the previous wrap, against
     // the used positions passed since the last decision (vring_need_event on ring positions).
-    const offWrap = Atomics.load(u16, this.#driverEventIndex);
+    const offWrap = Atomics.load(u16, 0);
     let off = offWrap & 0x7fff;
     if ((offWrap >> 15) !== this.#usedWrap) off -= this.size;
     return ((used - off - 1) & 0xffff) < ((used - old) & 0xffff);
@@ -640,12 +637,12 @@ export class PackedQueue implements Virtqueue {
   enableNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
     this.flushUsed(mem);
-    const u16 = this.#deviceEvent.u16;
+    const u16 = this.#deviceEvent;
     if (this.eventIdx) {
-      Atomics.store(u16, this.#deviceEventIndex, this.#availIdx | (this.#availWrap << 15));
-      Atomics.store(u16, this.#deviceEventIndex + 1, RING_EVENT_FLAGS_DESC);
+      Atomics.store(u16, 0, this.#availIdx | (this.#availWrap << 15));
+      Atomics.store(u16, 1, RING_EVENT_FLAGS_DESC);
     } else {
-      Atomics.store(u16, this.#deviceEventIndex + 1, RING_EVENT_FLAGS_ENABLE);
+      Atomics.store(u16, 1, RING_EVENT_FLAGS_ENABLE);
     }
     return isAvail(this.#flags(this.#availIdx), this.#availWrap);
   }
@@ -657,7 +654,7 @@ export class PackedQueue implements Virtqueue {
    */
   disableNotification(mem: GuestMemory): void {
     this.#ensure(mem);
-    Atomics.store(this.#deviceEvent.u16, this.#deviceEventIndex + 1, RING_EVENT_FLAGS_DISABLE);
+    Atomics.store(this.#deviceEvent, 1, RING_EVENT_FLAGS_DISABLE);
   }
 
   /** Whether the positions moved from their reset values (index 0, wrap counters 1). */

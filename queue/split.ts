@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
+import type { GuestMemory } from "../memory/guest_memory.ts";
 import type { DescriptorChain } from "./chain.ts";
 import type { Virtqueue, VirtqueueState } from "./virtqueue.ts";
 import {
@@ -14,7 +14,6 @@ import {
   DescriptorTable,
 } from "./_chain_builder.ts";
 import { QueueError } from "./error.ts";
-import { intRep } from "../memory/_int.ts";
 
 /** Descriptor continues via the `next` field (virtio 1.2 §2.7.5). */
 export const VIRTQ_DESC_F_NEXT = 1;
@@ -131,16 +130,13 @@ export class SplitQueue implements Virtqueue {
   #broken: QueueError | undefined;
   // Cached resolution of the three rings in `#mem`.
   #mem: GuestMemory | undefined;
-  #desc!: GuestRegion;
-  #descOff = 0;
-  #avail!: GuestRegion;
-  #availOff = 0;
-  #availIdxIndex = 0;
-  #used!: GuestRegion;
+  // Views over exactly the three rings, so that every offset into them is a small integer
+  // (see memory/_int.ts for why that matters), whatever the rings' place in a large region.
+  #descView!: DataView;
+  #availView!: DataView;
+  #availU16!: Uint16Array; // [0] flags, [1] idx, [2 + i] ring[i], [2 + size] used_event
   #usedView!: DataView;
-  #usedU16!: Uint16Array;
-  #usedOff = 0;
-  #usedIdxIndex = 0;
+  #usedU16!: Uint16Array; // [0] flags, [1] idx, [2 + 4 * size] avail_event
   readonly #table = new DescriptorTable();
   readonly #builder = new ChainBuilder();
 
@@ -309,33 +305,32 @@ export class SplitQueue implements Virtqueue {
           { fatal: true },
         );
       }
-      const offset = intRep(addr - region.base);
-      if ((region.bytes.byteOffset + offset) % align !== 0) {
+      const at = region.bytes.byteOffset + (addr - region.base);
+      if (at % align !== 0) {
         throw new QueueError("InvalidRing", `${name} is misaligned in its backing buffer`, {
           fatal: true,
         });
       }
-      return { region, offset };
+      // Views over the area alone (its start is even, checked above, and so is its length).
+      return {
+        view: new DataView(region.bytes.buffer, at, len),
+        u16: new Uint16Array(region.bytes.buffer, at, len >> 1),
+      };
     };
     // virtio 1.2 §2.7: descriptor table 16-aligned, driver area 2, device area 4.
     // Each ring must lie inside one guest memory region, unlike the buffers and indirect tables
     // a chain points to, which may run on into an adjacent region: the rings are resolved once
-    // here to a region and offset, and their 16-bit indices are accessed with Atomics on that
-    // region's Uint16Array, which cannot span two backing buffers. A driver allocates each ring
-    // as one block; one that crosses a region boundary is refused here, at activation, visibly.
+    // here to views over their own bytes, and their 16-bit indices are accessed with Atomics on
+    // a Uint16Array, which cannot span two backing buffers. A driver allocates each ring as one
+    // block; one that crosses a region boundary is refused here, at activation, visibly.
     const d = area("descriptor table", this.descTable, DESCRIPTOR_SIZE * size, 16);
     const a = area("available ring", this.availRing, availRingSize(size), 2);
     const u = area("used ring", this.usedRing, usedRingSize(size), 4);
-    this.#desc = d.region;
-    this.#descOff = d.offset;
-    this.#avail = a.region;
-    this.#availOff = a.offset;
-    this.#availIdxIndex = intRep((a.offset + 2) / 2);
-    this.#used = u.region;
-    this.#usedView = u.region.view;
-    this.#usedU16 = u.region.u16;
-    this.#usedOff = u.offset;
-    this.#usedIdxIndex = intRep((u.offset + 2) / 2);
+    this.#descView = d.view;
+    this.#availView = a.view;
+    this.#availU16 = a.u16;
+    this.#usedView = u.view;
+    this.#usedU16 = u.u16;
     this.#mem = mem;
   }
 
@@ -357,7 +352,7 @@ export class SplitQueue implements Virtqueue {
    */
   availIdx(mem: GuestMemory): number {
     this.#ensure(mem);
-    return Atomics.load(this.#avail.u16, this.#availIdxIndex);
+    return Atomics.load(this.#availU16, 1);
   }
 
   /**
@@ -368,7 +363,7 @@ export class SplitQueue implements Virtqueue {
    */
   usedIdx(mem: GuestMemory): number {
     this.#ensure(mem);
-    return Atomics.load(this.#used.u16, this.#usedIdxIndex);
+    return Atomics.load(this.#usedU16, 1);
   }
 
   /**
@@ -398,7 +393,7 @@ export class SplitQueue implements Virtqueue {
     const next = this.#nextAvail;
     if (next === this.#availSeen) {
       // Everything seen so far is taken: look at avail.idx again.
-      const availIdx = Atomics.load(this.#avail.u16, this.#availIdxIndex);
+      const availIdx = Atomics.load(this.#availU16, 1);
       const pending = (availIdx - next) & 0xffff;
       if (pending === 0) return null;
       if (pending > size) {
@@ -413,7 +408,7 @@ export class SplitQueue implements Virtqueue {
       this.#availSeen = availIdx;
     }
     const slot = this.#nextAvail & (size - 1);
-    const head = this.#avail.view.getUint16(this.#availOff + 4 + 2 * slot, true);
+    const head = this.#availView.getUint16(4 + 2 * slot, true);
     this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
     if (head >= size) {
       this.#fail(
@@ -438,8 +433,7 @@ export class SplitQueue implements Virtqueue {
     const size = this.size;
     // The descriptor table is read in place while the chain stays in it; an indirect table
     // (which may run across regions) is read through `#table`.
-    const ring = this.#desc.view;
-    const ringOff = this.#descOff;
+    const ring = this.#descView;
     const table = this.#table;
     let entries = size;
     let ttl = size;
@@ -452,7 +446,7 @@ export class SplitQueue implements Virtqueue {
       if (ttl-- === 0) chainError(head, "ChainTooLong", `more than ${entries} descriptors`);
       chain.descriptorCount++;
       let view = ring;
-      let off = ringOff + DESCRIPTOR_SIZE * idx;
+      let off = DESCRIPTOR_SIZE * idx;
       if (inIndirect) {
         table.at(idx);
         view = table.view;
@@ -461,7 +455,9 @@ export class SplitQueue implements Virtqueue {
       const lo = view.getUint32(off, true);
       const hi = view.getUint32(off + 4, true);
       const len = view.getUint32(off + 8, true);
-      const flags = view.getUint16(off + 12, true);
+      // Flags (bytes 12–13) and next (14–15) in one read.
+      const flagsNext = view.getUint32(off + 12, true);
+      const flags = flagsNext & 0xffff;
       if (hi > 0x1fffff) chainError(head, "DescriptorOutOfBounds", "address above 2^53");
       const addr = hi === 0 ? lo : hi * 0x1_0000_0000 + lo;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
@@ -500,7 +496,7 @@ export class SplitQueue implements Virtqueue {
       const problem = chain.add(mem, addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
       if (problem !== undefined) chainError(head, problem, chainProblem(problem, idx, addr, len));
       if (!(flags & VIRTQ_DESC_F_NEXT)) return chain.finish(mem, head);
-      idx = view.getUint16(off + 14, true);
+      idx = flagsNext >>> 16;
     }
   }
 
@@ -554,14 +550,14 @@ export class SplitQueue implements Virtqueue {
   // One used element at the next used slot, then the index moved by `count` (release).
   #writeUsed(head: number, len: number, count: number): void {
     const slot = this.#nextUsed & (this.size - 1);
-    const off = this.#usedOff + 4 + 8 * slot;
+    const off = 4 + 8 * slot;
     const view = this.#usedView;
     view.setUint32(off, head, true);
     view.setUint32(off + 4, len >>> 0, true);
     const next = (this.#nextUsed + count) & 0xffff;
     this.#nextUsed = next;
     // Release: the element above is visible before the new index.
-    Atomics.store(this.#usedU16, this.#usedIdxIndex, next);
+    Atomics.store(this.#usedU16, 1, next);
   }
 
   /**
@@ -589,17 +585,17 @@ export class SplitQueue implements Virtqueue {
       }
     }
     this.flushUsed(mem);
-    const view = this.#used.view;
+    const view = this.#usedView;
     let next = this.#nextUsed;
     for (let i = 0; i < count; i++) {
-      const off = this.#usedOff + 4 + 8 * (next & (this.size - 1));
+      const off = 4 + 8 * (next & (this.size - 1));
       view.setUint32(off, heads[i], true);
       view.setUint32(off + 4, lens[i] >>> 0, true);
       next = (next + 1) & 0xffff;
     }
     this.#nextUsed = next;
     // Release: every element above is visible before the new index.
-    Atomics.store(this.#used.u16, this.#usedIdxIndex, next);
+    Atomics.store(this.#usedU16, 1, next);
   }
 
   /**
@@ -614,13 +610,13 @@ export class SplitQueue implements Virtqueue {
     this.flushUsed(mem);
     const used = this.#nextUsed;
     if (!this.eventIdx) {
-      const flags = Atomics.load(this.#avail.u16, this.#availIdxIndex - 1);
+      const flags = Atomics.load(this.#availU16, 0);
       return (flags & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     }
     const old = this.#signalledUsed;
     this.#signalledUsed = used;
     if (old === undefined) return true;
-    const usedEvent = Atomics.load(this.#avail.u16, this.#availIdxIndex + 1 + this.size);
+    const usedEvent = Atomics.load(this.#availU16, 2 + this.size);
     // vring_need_event(): notify when used_event lies in (old, used].
     return ((used - usedEvent - 1) & 0xffff) < ((used - old) & 0xffff);
   }
@@ -635,13 +631,12 @@ export class SplitQueue implements Virtqueue {
   enableNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
     this.flushUsed(mem);
-    const idx = this.#usedIdxIndex;
     if (this.eventIdx) {
-      Atomics.store(this.#used.u16, idx + 1 + 4 * this.size, this.#nextAvail);
+      Atomics.store(this.#usedU16, 2 + 4 * this.size, this.#nextAvail);
     } else {
-      Atomics.store(this.#used.u16, idx - 1, 0);
+      Atomics.store(this.#usedU16, 0, 0);
     }
-    return Atomics.load(this.#avail.u16, this.#availIdxIndex) !== this.#nextAvail;
+    return Atomics.load(this.#availU16, 1) !== this.#nextAvail;
   }
 
   /**
@@ -653,7 +648,7 @@ export class SplitQueue implements Virtqueue {
   disableNotification(mem: GuestMemory): void {
     this.#ensure(mem);
     if (!this.eventIdx) {
-      Atomics.store(this.#used.u16, this.#usedIdxIndex - 1, VIRTQ_USED_F_NO_NOTIFY);
+      Atomics.store(this.#usedU16, 0, VIRTQ_USED_F_NO_NOTIFY);
     }
   }
 

@@ -141,6 +141,8 @@ export class DriverQueue {
   #lastUsed = 0;
   #outstanding = new Map<number, Outstanding>();
   #seed = 0x2545f491;
+  readonly #availView: DataView;
+  readonly #availU16: Uint16Array; // [0] flags, [1] idx, [2 + i] ring[i]
   readonly #descBytes = new Uint8Array(DESCRIPTOR_SIZE);
   readonly #descView = new DataView(this.#descBytes.buffer);
 
@@ -167,6 +169,11 @@ export class DriverQueue {
       throw new RangeError("Rings do not fit in guest memory");
     }
     memory.fill(base, ringsEnd - base, 0);
+    // The available ring, viewed on its own: small offsets however far into its region it is.
+    const rings = memory.findRegion(this.availRing)!;
+    const at = rings.bytes.byteOffset + (this.availRing - rings.base);
+    this.#availView = new DataView(rings.bytes.buffer, at, availRingSize(size));
+    this.#availU16 = new Uint16Array(rings.bytes.buffer, at, availRingSize(size) >> 1);
     this.#bufferBase = options.bufferBase ?? Math.ceil(ringsEnd / 64) * 64;
     const region = memory.findRegion(this.#bufferBase);
     if (region === undefined) throw new RangeError("Buffer area is outside guest memory");
@@ -323,10 +330,10 @@ export class DriverQueue {
    */
   publish(head: number): void {
     const slot = this.#availIdx & (this.size - 1);
-    this.memory.writeU16(this.availRing + 4 + 2 * slot, head);
+    this.#availView.setUint16(4 + 2 * slot, head, true);
     if (this.inOrder) this.#order.push(head);
     this.#availIdx = (this.#availIdx + 1) & 0xffff;
-    this.#storeU16(this.availRing + 2, this.#availIdx);
+    Atomics.store(this.#availU16, 1, this.#availIdx);
   }
 
   /**
@@ -339,18 +346,16 @@ export class DriverQueue {
     if (heads.length > this.size) {
       throw new RangeError(`${heads.length} heads do not fit a ring of ${this.size}`);
     }
-    const region = this.#ringRegion(this.availRing + 2);
-    const view = region.view;
-    const ring = this.availRing + 4 - region.base;
+    const view = this.#availView;
     const mask = this.size - 1;
     let idx = this.#availIdx;
     for (let i = 0; i < heads.length; i++) {
-      view.setUint16(ring + 2 * (idx & mask), heads[i], true);
+      view.setUint16(4 + 2 * (idx & mask), heads[i], true);
       idx = (idx + 1) & 0xffff;
     }
     if (this.inOrder) this.#order.push(...heads);
     this.#availIdx = idx;
-    this.#storeU16(this.availRing + 2, idx);
+    Atomics.store(this.#availU16, 1, idx);
   }
 
   /**

@@ -12,6 +12,8 @@ import { DescriptorChain as DescriptorChainClass } from "../../queue/chain.ts";
 import type { DescriptorChain } from "../../queue/chain.ts";
 import { QueueError } from "../../queue/error.ts";
 import { type DriverBuffer, DriverQueue } from "../../testing/queue_driver.ts";
+import { PackedQueue } from "../../queue/packed.ts";
+import { PackedDriverQueue } from "../../testing/packed_driver.ts";
 
 interface Popped {
   mem: GuestMemory;
@@ -507,5 +509,75 @@ describe("DescriptorChain", () => {
     assert.throws(() => (loose.readableCount = 0), TypeError);
     assert.equal(chain.writableBytes, 5);
     assert.equal(chain.readableBytes, 3);
+  });
+});
+
+describe("Rings and tables more than 2 GiB into a region", () => {
+  // Offsets past 2^31 cannot be int32s: the rings are read through views of their own and an
+  // indirect table there through one too (or entry by entry when it runs into the next region).
+  // The 2 GiB buffer is never touched outside the rings and buffers, so it costs no memory.
+  const HIGH = 0x8000_0000 + 0x10000;
+  const big = () =>
+    new GuestMemory([
+      { base: 0, buffer: new ArrayBuffer(HIGH + 0x10000) },
+      { base: HIGH + 0x10000, buffer: new ArrayBuffer(0x10000) },
+    ]);
+
+  it("split: rings, buffers and indirect tables past 2 GiB, one crossing into the next region", () => {
+    const mem = big();
+    const driver = new DriverQueue(mem, {
+      size: 16,
+      ringBase: HIGH,
+      bufferBase: HIGH + 0x1000,
+      bufferEnd: HIGH + 0x8000,
+    });
+    const queue = new SplitQueue(16);
+    driver.program(queue);
+    queue.indirect = true;
+    const direct = driver.addChain([{ readable: seq(4) }, { writable: 8 }]);
+    const inTable = driver.addChain([{ readable: seq(4, 5) }, { writable: 8 }], {
+      indirectAt: HIGH + 0x9000,
+    });
+    // A table whose second entry lies in the next region.
+    const across = driver.addChain([{ readable: seq(2, 9) }, { writable: 4 }, { writable: 4 }], {
+      indirectAt: HIGH + 0x10000 - 16,
+    });
+    for (const [head, first] of [[direct, 1], [inTable, 5], [across, 9]]) {
+      const chain = queue.pop(mem)!;
+      assert.equal(chain.head, head);
+      assert.equal(chain.reader.readU8(), first);
+      chain.writer.writeU32(0xa0b0c0d0);
+      queue.addUsed(mem, chain.head, 4);
+    }
+    assert.equal(queue.pop(mem), null);
+    const used = driver.takeAllUsed();
+    assert.deepEqual(used.map((u) => u.id), [direct, inTable, across]);
+    for (const u of used) assert.deepEqual([...u.written.subarray(0, 4)], [0xd0, 0xc0, 0xb0, 0xa0]);
+  });
+
+  it("packed: the ring, its event structures and an indirect table past 2 GiB", () => {
+    const mem = big();
+    const driver = new PackedDriverQueue(mem, {
+      size: 8,
+      ringBase: HIGH,
+      bufferBase: HIGH + 0x1000,
+      bufferEnd: HIGH + 0x8000,
+    });
+    const queue = new PackedQueue(8);
+    driver.program(queue);
+    queue.indirect = true;
+    const ids = [
+      driver.addChain([{ readable: seq(4) }, { writable: 8 }]),
+      driver.addChain([{ readable: seq(4, 5) }, { writable: 8 }], { indirect: true }),
+    ];
+    for (const [i, first] of [1, 5].entries()) {
+      const chain = queue.pop(mem)!;
+      assert.equal(chain.head, ids[i]);
+      assert.equal(chain.reader.readU8(), first);
+      chain.writer.writeU32(0xa0b0c0d0);
+      queue.addUsed(mem, chain.head, 4);
+    }
+    assert.equal(queue.needsNotification(mem), true);
+    assert.deepEqual(driver.takeAllUsed().map((u) => u.id), ids);
   });
 });
