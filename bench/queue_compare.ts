@@ -6,10 +6,11 @@
  * packed/split ratios of the medians.
  *
  * ```sh
- * node_modules/.bin/deno run -A bench/queue_compare.ts [--rounds 5] [--root DIR]
+ * node_modules/.bin/deno run -A bench/queue_compare.ts [--rounds 5] [--before DIR]
  * ```
- * `--root` runs another checkout's `bench/mitata.ts` (a before/after comparison with the same
- * harness); the runtimes are this checkout's.
+ * `--before DIR` also runs another checkout's `bench/mitata.ts` in every round (give it this
+ * checkout's `bench/_cases.ts`, `bench/mitata.ts` and `testing/queue_driver.ts` to compare the
+ * queue code alone) and adds a before/after table; the runtimes are this checkout's.
  *
  * @module
  */
@@ -34,7 +35,11 @@ const opt = (name: string, fallback: string) => {
 };
 const rounds = Number(opt("--rounds", "5"));
 const here = resolve(new URL("..", import.meta.url).pathname);
-const root = resolve(opt("--root", here));
+const before = args.includes("--before") ? resolve(opt("--before", "")) : undefined;
+const roots: [string, string][] = [
+  ["", here],
+  ...(before ? [["before ", before]] as [string, string][] : []),
+];
 const runtimes: [string, string[]][] = [
   ["deno", [join(here, "node_modules/.bin/deno"), "run", "-A"]],
   ["bun", [join(here, "node_modules/.bin/bun")]],
@@ -44,24 +49,28 @@ const results = new Map<string, number[]>(); // `${runtime}\t${name}` → chains
 const cases = new Map<string, Row>();
 const loads: number[] = [];
 for (let r = 0; r < rounds; r++) {
-  for (const [runtime, cmd] of runtimes) {
-    loads.push(loadavg()[0]);
-    const out = spawnSync(cmd[0], [...cmd.slice(1), "bench/mitata.ts", "queue", "--json"], {
-      cwd: root,
-      encoding: "utf8",
-      maxBuffer: 1 << 24,
-    });
-    if (out.status !== 0) throw new Error(`${runtime} failed: ${out.stderr}`);
-    for (const line of out.stdout.split("\n")) {
-      if (!line.startsWith("{")) continue;
-      const row = { ...JSON.parse(line), runtime } as Row;
-      cases.set(row.name, row);
-      const key = `${runtime}\t${row.name}`;
-      const list = results.get(key) ?? [];
-      list.push(row.batch * 1e9 / row.p50Ns);
-      results.set(key, list);
+  for (const [tag, root] of roots) {
+    for (const [runtime, cmd] of runtimes) {
+      loads.push(loadavg()[0]);
+      const out = spawnSync(cmd[0], [...cmd.slice(1), "bench/mitata.ts", "queue", "--json"], {
+        cwd: root,
+        encoding: "utf8",
+        maxBuffer: 1 << 24,
+      });
+      if (out.status !== 0) throw new Error(`${tag}${runtime} failed: ${out.stderr}`);
+      for (const line of out.stdout.split("\n")) {
+        if (!line.startsWith("{")) continue;
+        const row = { ...JSON.parse(line), runtime } as Row;
+        if (tag === "") cases.set(row.name, row);
+        const key = `${tag}${runtime}\t${row.name}`;
+        const list = results.get(key) ?? [];
+        list.push(row.batch * 1e9 / row.p50Ns);
+        results.set(key, list);
+      }
+      console.error(
+        `round ${r + 1}/${rounds} ${tag}${runtime} done (load ${loadavg()[0].toFixed(1)})`,
+      );
     }
-    console.error(`round ${r + 1}/${rounds} ${runtime} done (load ${loadavg()[0].toFixed(1)})`);
   }
 }
 
@@ -102,4 +111,20 @@ for (const row of cases.values()) {
       `${packed ? ratio(`deno\t${row.name}`, `deno\t${split}`) : ""} | ` +
       `${packed ? ratio(`bun\t${row.name}`, `bun\t${split}`) : ""} |`,
   );
+}
+
+if (before) {
+  console.log(`\nBefore (${before}) and after (${here}), same rounds:\n`);
+  console.log(
+    "| case | Deno before | Deno after | after/before | Bun before | Bun after | after/before |",
+  );
+  console.log("| --- | --- | --- | --- | --- | --- | --- |");
+  for (const row of cases.values()) {
+    console.log(
+      `| ${row.name} | ${cell("before deno", row)} | ${cell("deno", row)} | ` +
+        `${ratio(`deno\t${row.name}`, `before deno\t${row.name}`)} | ` +
+        `${cell("before bun", row)} | ${cell("bun", row)} | ` +
+        `${ratio(`bun\t${row.name}`, `before bun\t${row.name}`)} |`,
+    );
+  }
 }

@@ -336,13 +336,19 @@ export class PackedQueue implements Virtqueue {
    */
   pop(mem: GuestMemory): DescriptorChain | null {
     this.#ensure(mem);
+    // Acquire: the driver stores the first descriptor's flags last (virtio 1.2 §2.8.21.1), so
+    // once they read available, the rest of the list is visible.
+    const flags = Atomics.load(this.#ringU16, 7 + 8 * this.#availIdx);
+    if (!isAvail(flags, this.#availWrap)) return null;
+    return this.#take(mem, flags);
+  }
+
+  // Take the list at the available position, whose first flags (`first`) read available.
+  #take(mem: GuestMemory, first: number): DescriptorChain {
     const size = this.size;
     const start = this.#availIdx;
     const startWrap = this.#availWrap;
-    // Acquire: the driver stores the first descriptor's flags last (virtio 1.2 §2.8.21.1), so
-    // once they read available, the rest of the list is visible.
-    let flags = Atomics.load(this.#ringU16, 7 + 8 * start);
-    if (!isAvail(flags, startWrap)) return null;
+    let flags = first;
     // One pass over the list: its extent and buffer id (the id of its last descriptor,
     // §2.8.6), and its buffers. A broken buffer rule is remembered and reported once the id
     // is known; a list that is not wholly available or never ends breaks the queue.
