@@ -257,6 +257,24 @@ export abstract class ChainCursor {
   }
 
   /**
+   * When the next `n` bytes lie in the current segment: move past them and return their guest
+   * address (a small value is read or written there in place, with no view made). Otherwise
+   * -1, and nothing moves.
+   * @param n Bytes (at most 8).
+   * @returns The guest address, or -1.
+   */
+  protected takeInSegment(n: number): number {
+    const seg = this.seg;
+    if (seg >= this.endSeg) return -1;
+    const len = this.segments[2 * seg + 1];
+    const off = this.segOff;
+    if (off + n > len) return -1;
+    const addr = this.segments[2 * seg] + off;
+    this.advance(n, len);
+    return addr;
+  }
+
+  /**
    * Copy between `buf` and the chain.
    * @param buf Host bytes.
    * @param toGuest Direction: into the chain when true.
@@ -307,6 +325,8 @@ export class ChainReader extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   readU8(): number {
+    const addr = this.takeInSegment(1);
+    if (addr >= 0) return this.chain.memory.readU8(addr);
     this.readExact(scratch.subarray(0, 1));
     return scratch[0];
   }
@@ -317,6 +337,8 @@ export class ChainReader extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   readU16(): number {
+    const addr = this.takeInSegment(2);
+    if (addr >= 0) return this.chain.memory.readU16(addr);
     this.readExact(scratch.subarray(0, 2));
     return scratchView.getUint16(0, true);
   }
@@ -327,6 +349,8 @@ export class ChainReader extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   readU32(): number {
+    const addr = this.takeInSegment(4);
+    if (addr >= 0) return this.chain.memory.readU32(addr);
     this.readExact(scratch.subarray(0, 4));
     return scratchView.getUint32(0, true);
   }
@@ -337,6 +361,8 @@ export class ChainReader extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   readU64(): bigint {
+    const addr = this.takeInSegment(8);
+    if (addr >= 0) return this.chain.memory.readU64(addr);
     this.readExact(scratch);
     return scratchView.getBigUint64(0, true);
   }
@@ -374,6 +400,8 @@ export class ChainWriter extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   writeU8(value: number): void {
+    const addr = this.takeInSegment(1);
+    if (addr >= 0) return this.chain.memory.writeU8(addr, value);
     scratch[0] = value;
     this.writeExact(scratch.subarray(0, 1));
   }
@@ -384,6 +412,8 @@ export class ChainWriter extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   writeU16(value: number): void {
+    const addr = this.takeInSegment(2);
+    if (addr >= 0) return this.chain.memory.writeU16(addr, value);
     scratchView.setUint16(0, value, true);
     this.writeExact(scratch.subarray(0, 2));
   }
@@ -394,6 +424,8 @@ export class ChainWriter extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   writeU32(value: number): void {
+    const addr = this.takeInSegment(4);
+    if (addr >= 0) return this.chain.memory.writeU32(addr, value);
     scratchView.setUint32(0, value, true);
     this.writeExact(scratch.subarray(0, 4));
   }
@@ -404,6 +436,8 @@ export class ChainWriter extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   writeU64(value: bigint): void {
+    const addr = this.takeInSegment(8);
+    if (addr >= 0) return this.chain.memory.writeU64(addr, value);
     scratchView.setBigUint64(0, BigInt.asUintN(64, value), true);
     this.writeExact(scratch);
   }
