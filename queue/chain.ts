@@ -149,6 +149,8 @@ export class DescriptorChain {
 }
 
 const scratch = new Uint8Array(8);
+// Copies of at most this many bytes from or into one segment go byte by byte.
+const SMALL_COPY = 64;
 const scratchView = new DataView(scratch.buffer);
 
 /** State shared by the two cursors: a position over a run of segments. */
@@ -288,9 +290,21 @@ export abstract class ChainCursor {
     while (done < n) {
       const len = segs[2 * this.seg + 1];
       const take = Math.min(n - done, len - this.segOff);
-      const view = mem.slice(segs[2 * this.seg] + this.segOff, take);
-      if (toGuest) view.set(buf.subarray(done, done + take));
-      else buf.set(view, done);
+      const addr = segs[2 * this.seg] + this.segOff;
+      // A few bytes (a request header, a status) are copied byte by byte: making two views to
+      // copy them costs more than the copy.
+      const region = take <= SMALL_COPY ? mem.findRegion(addr) : undefined;
+      const at = region === undefined ? -1 : addr - region.base;
+      if (region !== undefined && at <= 0x7fffffff - take) {
+        const bytes = region.bytes;
+        const o = at | 0;
+        if (toGuest) { for (let i = 0; i < take; i++) bytes[o + i] = buf[done + i]; }
+        else for (let i = 0; i < take; i++) buf[done + i] = bytes[o + i];
+      } else {
+        const view = mem.slice(addr, take);
+        if (toGuest) view.set(buf.subarray(done, done + take));
+        else buf.set(view, done);
+      }
       this.advance(take, len);
       done += take;
     }

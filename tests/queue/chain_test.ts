@@ -213,6 +213,47 @@ describe("Small values in place and across segments", () => {
   });
 });
 
+describe("Copies byte by byte and through views", () => {
+  // Up to 64 bytes from one segment are copied byte by byte, more through views: every size
+  // around that bound, at offsets inside and across segments, must move the same bytes.
+  const LENS = [70, 3, 130];
+  const TOTAL = LENS.reduce((a, b) => a + b, 0);
+
+  it("ChainReader.readExact() and ChainWriter.writeExact() of 1 to 80 bytes", () => {
+    const data = seq(TOTAL, 7);
+    let off = 0;
+    const readable = LENS.map((n) => {
+      const b = { readable: data.subarray(off, off + n) };
+      off += n;
+      return b;
+    });
+    const { mem, queue } = popChain([...readable, ...LENS.map((n) => ({ writable: n }))]);
+    queue.undoPop();
+    for (const at of [0, 5, 60, 68, 71, 74, 100]) {
+      for (let size = 1; size <= 80 && at + size <= TOTAL; size++) {
+        const chain = queue.pop(mem)!;
+        chain.reader.skip(at);
+        const got = new Uint8Array(size);
+        chain.reader.readExact(got);
+        assert.deepEqual(got, data.subarray(at, at + size), `read ${size} at ${at}`);
+        chain.writer.skip(at);
+        chain.writer.writeExact(got);
+        const w = chain.addrs.slice(3);
+        const lens = chain.lens.slice(3);
+        const stream = new Uint8Array(TOTAL);
+        let o = 0;
+        for (const [i, a] of w.entries()) {
+          stream.set(mem.slice(a, lens[i]), o);
+          o += lens[i];
+        }
+        assert.deepEqual(stream.subarray(at, at + size), got, `write ${size} at ${at}`);
+        for (const [i, a] of w.entries()) mem.fill(a, lens[i], 0);
+        queue.undoPop();
+      }
+    }
+  });
+});
+
 describe("ChainWriter", () => {
   for (const indirect of [false, true]) {
     const how = indirect ? " (indirect)" : "";
