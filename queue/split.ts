@@ -80,9 +80,11 @@ function isPowerOfTwo(n: number): boolean {
  *
  * Memory ordering: the rings are shared with a driver running concurrently on
  * another CPU. The 16-bit ring indices are accessed with `Atomics` on an
- * aligned `Uint16Array` over the region: `Atomics.load(avail.idx)` happens
- * before the ring entry and descriptors are read (the read barrier of
- * virtio 1.2 §2.7.13.1 seen from the device), `Atomics.store(used.idx)` happens
+ * aligned `Uint16Array` over the ring: `Atomics.load(avail.idx)` happens
+ * before the ring entries and descriptors it covers are read (the read barrier of
+ * virtio 1.2 §2.7.13.1 seen from the device; one load covers every entry the
+ * driver had published, so `pop` loads it again only once it has taken them
+ * all), `Atomics.store(used.idx)` happens
  * after the used element is written (the write barrier of §2.7.8.2), and the
  * sequentially consistent store is ordered before the following
  * `Atomics.load` of `used_event`/`avail.flags` (the full barrier needed before
