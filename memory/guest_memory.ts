@@ -8,6 +8,8 @@
  * @module
  */
 
+import { intRep } from "./_int.ts";
+
 /** Any buffer that can back a guest memory region. */
 export type GuestBuffer = ArrayBuffer | SharedArrayBuffer;
 
@@ -47,6 +49,11 @@ export class GuestMemoryError extends RangeError {
   }
 }
 
+// Accessors read through the region's view at `off | 0` when the offset fits an int32, and at
+// `off` at a second call site otherwise: the first then only ever sees int32s, which Bun's JIT
+// needs to keep the read in optimized code (memory/_int.ts).
+const INT32_MAX = 0x7fffffff;
+
 function safeHex(n: number): string {
   return Number.isFinite(n) ? Math.trunc(n).toString(16) : String(n);
 }
@@ -85,9 +92,10 @@ export class GuestRegion {
     if (!Number.isSafeInteger(options.base + size)) {
       throw new RangeError("Region end is not a safe integer");
     }
-    this.base = options.base;
-    this.size = size;
-    this.end = options.base + size;
+    // Held as int32 where they fit: offsets computed from them index DataViews (see _int.ts).
+    this.base = intRep(options.base);
+    this.size = intRep(size);
+    this.end = intRep(options.base + size);
     this.bytes = new Uint8Array(options.buffer, offset, size);
     this.view = new DataView(options.buffer, offset, size);
   }
@@ -194,13 +202,20 @@ export class GuestMemory {
     const regions = this.regions;
     const last = this.#last;
     if (addr >= last.base && addr < last.end) return this.#lastIndex;
-    for (let i = 0; i < regions.length; i++) {
-      const r = regions[i];
-      if (addr >= r.base && addr < r.end) {
-        this.#last = r;
-        this.#lastIndex = i;
-        return i;
-      }
+    // Binary search for the last region starting at or below `addr` (a memory table may hold
+    // many regions).
+    let lo = 0;
+    let hi = regions.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (regions[mid].base <= addr) lo = mid;
+      else hi = mid - 1;
+    }
+    const r = regions[lo];
+    if (addr >= r.base && addr < r.end) {
+      this.#last = r;
+      this.#lastIndex = lo;
+      return lo;
     }
     return -1;
   }
@@ -317,7 +332,8 @@ export class GuestMemory {
    */
   readU8(addr: number): number {
     const r = this.#region(addr, 1);
-    return r.bytes[addr - r.base];
+    const off = addr - r.base;
+    return off <= INT32_MAX ? r.bytes[off | 0] : r.bytes[off];
   }
 
   /**
@@ -328,7 +344,8 @@ export class GuestMemory {
    */
   readU16(addr: number): number {
     const r = this.#region(addr, 2);
-    return r.view.getUint16(addr - r.base, true);
+    const off = addr - r.base;
+    return off <= INT32_MAX ? r.view.getUint16(off | 0, true) : r.view.getUint16(off, true);
   }
 
   /**
@@ -339,7 +356,8 @@ export class GuestMemory {
    */
   readU32(addr: number): number {
     const r = this.#region(addr, 4);
-    return r.view.getUint32(addr - r.base, true);
+    const off = addr - r.base;
+    return off <= INT32_MAX ? r.view.getUint32(off | 0, true) : r.view.getUint32(off, true);
   }
 
   /**
@@ -350,7 +368,8 @@ export class GuestMemory {
    */
   readU64(addr: number): bigint {
     const r = this.#region(addr, 8);
-    return r.view.getBigUint64(addr - r.base, true);
+    const off = addr - r.base;
+    return off <= INT32_MAX ? r.view.getBigUint64(off | 0, true) : r.view.getBigUint64(off, true);
   }
 
   /**
@@ -361,7 +380,9 @@ export class GuestMemory {
    */
   writeU8(addr: number, value: number): void {
     const r = this.#region(addr, 1);
-    r.bytes[addr - r.base] = value;
+    const off = addr - r.base;
+    if (off <= INT32_MAX) r.bytes[off | 0] = value;
+    else r.bytes[off] = value;
   }
 
   /**
@@ -372,7 +393,9 @@ export class GuestMemory {
    */
   writeU16(addr: number, value: number): void {
     const r = this.#region(addr, 2);
-    r.view.setUint16(addr - r.base, value, true);
+    const off = addr - r.base;
+    if (off <= INT32_MAX) r.view.setUint16(off | 0, value, true);
+    else r.view.setUint16(off, value, true);
   }
 
   /**
@@ -383,7 +406,9 @@ export class GuestMemory {
    */
   writeU32(addr: number, value: number): void {
     const r = this.#region(addr, 4);
-    r.view.setUint32(addr - r.base, value, true);
+    const off = addr - r.base;
+    if (off <= INT32_MAX) r.view.setUint32(off | 0, value, true);
+    else r.view.setUint32(off, value, true);
   }
 
   /**
@@ -394,7 +419,10 @@ export class GuestMemory {
    */
   writeU64(addr: number, value: bigint): void {
     const r = this.#region(addr, 8);
-    r.view.setBigUint64(addr - r.base, BigInt.asUintN(64, value), true);
+    const off = addr - r.base;
+    const v = BigInt.asUintN(64, value);
+    if (off <= INT32_MAX) r.view.setBigUint64(off | 0, v, true);
+    else r.view.setBigUint64(off, v, true);
   }
 
   /**
@@ -406,10 +434,16 @@ export class GuestMemory {
   readU64Number(addr: number): number {
     const r = this.#region(addr, 8);
     const off = addr - r.base;
-    const lo = r.view.getUint32(off, true);
-    const hi = r.view.getUint32(off + 4, true);
+    if (off > INT32_MAX - 4) {
+      const lo = r.view.getUint32(off, true);
+      const hi = r.view.getUint32(off + 4, true);
+      return hi > 0x1fffff ? -1 : hi * 0x1_0000_0000 + lo;
+    }
+    const o = off | 0;
+    const lo = r.view.getUint32(o, true);
+    const hi = r.view.getUint32(o + 4, true);
     if (hi > 0x1fffff) return -1;
-    return hi * 0x1_0000_0000 + lo;
+    return hi === 0 ? lo : hi * 0x1_0000_0000 + lo;
   }
 
   /**

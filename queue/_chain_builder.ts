@@ -7,8 +7,8 @@
  * @module
  */
 
-import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
-import { DescriptorChain } from "./chain.ts";
+import { type GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
+import { DescriptorChain, type DescriptorChainParts } from "./chain.ts";
 import { CHAIN_TOKEN } from "./_chain_token.ts";
 import type { QueueErrorCode } from "./error.ts";
 
@@ -18,34 +18,25 @@ export const DESCRIPTOR_BYTES = 16;
 export const CHAIN_SEGMENT_LIMIT = 1 << 17;
 
 const scratch = new Uint8Array(DESCRIPTOR_BYTES);
+// The builder's region before its first lookup (never consulted: no memory goes with it).
+const NO_REGION = new GuestRegion({ base: 0, buffer: new ArrayBuffer(8) });
 const scratchView = new DataView(scratch.buffer);
 
 /**
- * A table of descriptors in guest memory: a ring (one region, resolved once) or an indirect
- * table, which is ordinary driver memory and may run on into an adjacent region (virtio 1.2
- * §2.7.5.3 and §2.8.16 put no region rule on it). `at(i)` points `view`/`offset` at entry `i`;
- * an entry that itself straddles a boundary is copied into a scratch buffer.
+ * An indirect table of descriptors in guest memory: ordinary driver memory, which may run on
+ * into an adjacent region (virtio 1.2 §2.7.5.3 and §2.8.16 put no region rule on it). `at(i)`
+ * points `view`/`offset` at entry `i`; an entry that itself straddles a boundary is copied into
+ * a scratch buffer. `offset` is always a small integer (see memory/_int.ts): a table past the
+ * first 2 GiB of a region is read through a view of its own.
  */
 export class DescriptorTable {
   /** The view holding the current entry. */
-  view!: DataView;
+  view: DataView = scratchView;
   /** Offset of the current entry in `view`. */
   offset = 0;
   #mem!: GuestMemory;
-  #region: GuestRegion | undefined;
-  #base = 0;
-
-  /**
-   * Read from a table that lies in one region.
-   * @param mem Guest memory.
-   * @param region The region.
-   * @param offset Offset of the table in it.
-   */
-  inRegion(mem: GuestMemory, region: GuestRegion, offset: number): void {
-    this.#mem = mem;
-    this.#region = region;
-    this.#base = offset;
-  }
+  #table: DataView | undefined; // the table's view when it lies in one region
+  #base = 0; // offset of the table in `#table`, or its guest address when it spans regions
 
   /**
    * Read from a table of `len` bytes at `addr`, in one region or across adjacent ones.
@@ -55,14 +46,22 @@ export class DescriptorTable {
    * @returns False when a byte of the table is not backed.
    */
   span(mem: GuestMemory, addr: number, len: number): boolean {
+    this.#mem = mem;
     const region = mem.regionOf(addr, len);
     if (region !== undefined) {
-      this.inRegion(mem, region, addr - region.base);
+      const offset = addr - region.base;
+      if (offset + len <= 0x7fffffff) {
+        this.#table = region.view;
+        this.#base = offset | 0;
+      } else {
+        const bytes = region.bytes;
+        this.#table = new DataView(bytes.buffer, bytes.byteOffset + offset, len);
+        this.#base = 0;
+      }
       return true;
     }
     if (!mem.checkSpan(addr, len)) return false;
-    this.#mem = mem;
-    this.#region = undefined;
+    this.#table = undefined;
     this.#base = addr;
     return true;
   }
@@ -72,16 +71,17 @@ export class DescriptorTable {
    * @param i Entry index (the caller checked it against the table size).
    */
   at(i: number): void {
-    if (this.#region !== undefined) {
-      this.view = this.#region.view;
+    if (this.#table !== undefined) {
+      this.view = this.#table;
       this.offset = this.#base + DESCRIPTOR_BYTES * i;
       return;
     }
     const addr = this.#base + DESCRIPTOR_BYTES * i;
     const region = this.#mem.regionOf(addr, DESCRIPTOR_BYTES);
-    if (region !== undefined) {
+    const offset = region === undefined ? -1 : addr - region.base;
+    if (region !== undefined && offset <= 0x7fffffff - DESCRIPTOR_BYTES) {
       this.view = region.view;
-      this.offset = addr - region.base;
+      this.offset = offset | 0;
     } else {
       this.#mem.read(addr, scratch);
       this.view = scratchView;
@@ -97,24 +97,41 @@ export class DescriptorTable {
  * the total stays below 2^32 and the segment count below {@linkcode CHAIN_SEGMENT_LIMIT}.
  */
 export class ChainBuilder {
-  #addrs: number[] = [];
-  #lens: number[] = [];
+  // Scratch segment list `[addr0, len0, …]`, reused from chain to chain: `finish` copies it
+  // out at its exact length, so a chain costs one array and nothing per descriptor.
+  readonly #segs: number[] = [];
+  #count = 0; // segments
   #readableCount = 0;
   #readableBytes = 0;
   #writableBytes = 0;
-  #total = 0;
   #sawWritable = false;
+  // The region the last buffer started in, and the memory it belongs to (a GuestMemory never
+  // changes its regions, so the pair stays valid).
+  #mem: GuestMemory | undefined;
+  #region: GuestRegion = NO_REGION;
   /** Descriptors followed so far, indirect ones included. */
   descriptorCount = 0;
+  // What `finish` hands to the chain's constructor, which copies it: reused too.
+  readonly #parts: DescriptorChainParts = {
+    memory: undefined as unknown as GuestMemory,
+    head: 0,
+    segments: [],
+    readableCount: 0,
+    readableBytes: 0,
+    writableBytes: 0,
+    descriptorCount: 0,
+  };
 
   /** Start a new chain. */
   start(): void {
-    this.#addrs = [];
-    this.#lens = [];
+    if (this.#segs.length > SCRATCH_KEEP) {
+      // A huge chain went by (a hostile memory table cut it into many segments): let it go.
+      this.#segs.length = 0;
+    }
+    this.#count = 0;
     this.#readableCount = 0;
     this.#readableBytes = 0;
     this.#writableBytes = 0;
-    this.#total = 0;
     this.#sawWritable = false;
     this.descriptorCount = 0;
   }
@@ -131,11 +148,22 @@ export class ChainBuilder {
     if (writable) this.#sawWritable = true;
     else if (this.#sawWritable) return "ReadableAfterWritable";
     if (len === 0) return undefined;
-    const pieces = this.#pieces(mem, addr, len);
-    if (pieces === 0) return "DescriptorOutOfBounds";
-    if (pieces < 0) return "TooManySegments";
-    this.#total += len;
-    if (this.#total > 0xffffffff) return "ChainTooLarge";
+    let pieces = 1;
+    const n = this.#count;
+    const r = this.#region;
+    if (mem === this.#mem && addr >= r.base && addr + len <= r.end && n < CHAIN_SEGMENT_LIMIT) {
+      // Inside the region the previous buffer was found in: one segment, no search.
+      const segs = this.#segs;
+      segs[2 * n] = addr;
+      segs[2 * n + 1] = len;
+      this.#count = n + 1;
+    } else {
+      pieces = this.#pieces(mem, addr, len);
+      if (pieces === 0) return "DescriptorOutOfBounds";
+      if (pieces < 0) return "TooManySegments";
+    }
+    // Both totals are below 2^32 before this buffer and `len` is below 2^32: no precision loss.
+    if (this.#readableBytes + this.#writableBytes + len > 0xffffffff) return "ChainTooLarge";
     if (writable) this.#writableBytes += len;
     else {
       this.#readableCount += pieces;
@@ -150,12 +178,15 @@ export class ChainBuilder {
     if (i < 0) return 0;
     const regions = mem.regions;
     let r = regions[i];
-    const addrs = this.#addrs;
-    const lens = this.#lens;
-    if (addrs.length >= CHAIN_SEGMENT_LIMIT) return -1;
+    this.#mem = mem;
+    this.#region = r;
+    const segs = this.#segs;
+    let n = this.#count;
+    if (n >= CHAIN_SEGMENT_LIMIT) return -1;
     if (addr + len <= r.end) {
-      addrs.push(addr);
-      lens.push(len);
+      segs[2 * n] = addr;
+      segs[2 * n + 1] = len;
+      this.#count = n + 1;
       return 1;
     }
     // Check the whole span first, so a refused buffer adds nothing.
@@ -168,15 +199,17 @@ export class ChainBuilder {
       a = rj.end;
       pieces++;
     }
-    if (addrs.length + pieces > CHAIN_SEGMENT_LIMIT) return -1;
+    if (n + pieces > CHAIN_SEGMENT_LIMIT) return -1;
     a = addr;
     while (a < end) {
-      const n = Math.min(end, r.end) - a;
-      addrs.push(a);
-      lens.push(n);
-      a += n;
+      const k = Math.min(end, r.end) - a;
+      segs[2 * n] = a;
+      segs[2 * n + 1] = k;
+      n++;
+      a += k;
       r = regions[++i];
     }
+    this.#count = n;
     return pieces;
   }
 
@@ -187,18 +220,25 @@ export class ChainBuilder {
    * @returns The chain.
    */
   finish(mem: GuestMemory, head: number): DescriptorChain {
-    return new DescriptorChain(CHAIN_TOKEN, {
-      memory: mem,
-      head,
-      addrs: this.#addrs,
-      lens: this.#lens,
-      readableCount: this.#readableCount,
-      readableBytes: this.#readableBytes,
-      writableBytes: this.#writableBytes,
-      descriptorCount: this.descriptorCount,
-    });
+    const n = this.#count;
+    const parts = this.#parts;
+    parts.memory = mem;
+    parts.head = head;
+    const segs = this.#segs;
+    parts.segments = n === 1 ? [segs[0], segs[1]] : segs.slice(0, 2 * n);
+    parts.readableCount = this.#readableCount;
+    parts.readableBytes = this.#readableBytes;
+    parts.writableBytes = this.#writableBytes;
+    parts.descriptorCount = this.descriptorCount;
+    const chain = new DescriptorChain(CHAIN_TOKEN, parts);
+    parts.segments = EMPTY;
+    return chain;
   }
 }
+
+const EMPTY: number[] = [];
+// Scratch entries kept between chains.
+const SCRATCH_KEEP = 2048;
 
 /**
  * The message of a broken buffer rule, as both ring formats report it.

@@ -14,10 +14,11 @@ export interface DescriptorChainParts {
   memory: GuestMemory;
   /** Head descriptor index. */
   head: number;
-  /** Guest addresses of the segments, readable ones first. */
-  addrs: number[];
-  /** Lengths of the segments. */
-  lens: number[];
+  /**
+   * The segments, readable ones first, as `[addr0, len0, addr1, len1, …]`: the chain keeps
+   * this array (one allocation per chain, none per descriptor).
+   */
+  segments: number[];
   /** How many segments are device-readable. */
   readableCount: number;
   /** Bytes in device-readable segments. */
@@ -27,6 +28,9 @@ export interface DescriptorChainParts {
   /** Descriptors followed, indirect ones included. */
   descriptorCount: number;
 }
+
+// The cursors' way to a chain's segments, which nothing outside this module sees.
+let segmentsOf: (chain: DescriptorChain) => readonly number[];
 
 /**
  * One descriptor chain taken off a virtqueue, already validated: every buffer
@@ -47,14 +51,17 @@ export class DescriptorChain {
   readonly head: number;
   /** The guest memory the buffers live in. */
   readonly memory: GuestMemory;
-  readonly #addrs: readonly number[];
-  readonly #lens: readonly number[];
+  readonly #segments: readonly number[];
   readonly #readableCount: number;
   readonly #readableBytes: number;
   readonly #writableBytes: number;
   readonly #descriptorCount: number;
   #reader: ChainReader | undefined;
   #writer: ChainWriter | undefined;
+
+  static {
+    segmentsOf = (chain) => chain.#segments;
+  }
 
   /**
    * Only a queue's `pop()` makes chains, once it has validated every descriptor: the token
@@ -69,8 +76,7 @@ export class DescriptorChain {
     }
     this.memory = parts.memory;
     this.head = parts.head;
-    this.#addrs = parts.addrs;
-    this.#lens = parts.lens;
+    this.#segments = parts.segments;
     this.#readableCount = parts.readableCount;
     this.#readableBytes = parts.readableBytes;
     this.#writableBytes = parts.writableBytes;
@@ -97,19 +103,28 @@ export class DescriptorChain {
     return this.#descriptorCount;
   }
 
-  /** Guest addresses of the segments, readable ones first; each segment lies in one region. */
-  get addrs(): readonly number[] {
-    return this.#addrs;
+  /**
+   * Guest addresses of the segments, readable ones first; each segment lies in one region.
+   * A new array on every call.
+   */
+  get addrs(): number[] {
+    const s = this.#segments;
+    const out: number[] = [];
+    for (let i = 0; i < s.length; i += 2) out.push(s[i]);
+    return out;
   }
 
-  /** Lengths of the segments, in the order of `addrs`. */
-  get lens(): readonly number[] {
-    return this.#lens;
+  /** Lengths of the segments, in the order of `addrs`. A new array on every call. */
+  get lens(): number[] {
+    const s = this.#segments;
+    const out: number[] = [];
+    for (let i = 1; i < s.length; i += 2) out.push(s[i]);
+    return out;
   }
 
   /** Number of segments (non-empty buffers, cut at region boundaries). */
   get length(): number {
-    return this.addrs.length;
+    return this.#segments.length >> 1;
   }
 
   /** Whether segment `i` is device-writable. */
@@ -119,27 +134,31 @@ export class DescriptorChain {
 
   /** Cursor over the device-readable part; created on first use. */
   get reader(): ChainReader {
-    return this.#reader ??= new ChainReader(this, 0, this.readableCount, this.readableBytes);
+    return this.#reader ??= new ChainReader(this, 0, this.#readableCount, this.#readableBytes);
   }
 
   /** Cursor over the device-writable part; created on first use. */
   get writer(): ChainWriter {
     return this.#writer ??= new ChainWriter(
       this,
-      this.readableCount,
-      this.addrs.length,
-      this.writableBytes,
+      this.#readableCount,
+      this.#segments.length >> 1,
+      this.#writableBytes,
     );
   }
 }
 
 const scratch = new Uint8Array(8);
+// Copies of at most this many bytes from or into one segment go byte by byte.
+const SMALL_COPY = 64;
 const scratchView = new DataView(scratch.buffer);
 
 /** State shared by the two cursors: a position over a run of segments. */
 export abstract class ChainCursor {
   /** The chain walked. */
   protected readonly chain: DescriptorChain;
+  /** The chain's segments, `[addr0, len0, addr1, len1, …]`. */
+  protected readonly segments: readonly number[];
   /** Current segment index. */
   protected seg: number;
   /** Offset inside the current segment. */
@@ -159,6 +178,7 @@ export abstract class ChainCursor {
    */
   constructor(chain: DescriptorChain, start: number, end: number, total: number) {
     this.chain = chain;
+    this.segments = segmentsOf(chain);
     this.seg = start;
     this.endSeg = end;
     this.#total = total;
@@ -181,10 +201,11 @@ export abstract class ChainCursor {
   views(n: number, out: Uint8Array[] = []): Uint8Array[] {
     this.need(n);
     let left = n;
+    const segs = this.segments;
     while (left > 0) {
-      const len = this.chain.lens[this.seg];
+      const len = segs[2 * this.seg + 1];
       const take = Math.min(left, len - this.segOff);
-      out.push(this.chain.memory.slice(this.chain.addrs[this.seg] + this.segOff, take));
+      out.push(this.chain.memory.slice(segs[2 * this.seg] + this.segOff, take));
       this.advance(take, len);
       left -= take;
     }
@@ -199,8 +220,9 @@ export abstract class ChainCursor {
   skip(n: number): void {
     this.need(n);
     let left = n;
+    const segs = this.segments;
     while (left > 0) {
-      const len = this.chain.lens[this.seg];
+      const len = segs[2 * this.seg + 1];
       const take = Math.min(left, len - this.segOff);
       this.advance(take, len);
       left -= take;
@@ -237,6 +259,24 @@ export abstract class ChainCursor {
   }
 
   /**
+   * When the next `n` bytes lie in the current segment: move past them and return their guest
+   * address (a small value is read or written there in place, with no view made). Otherwise
+   * -1, and nothing moves.
+   * @param n Bytes (at most 8).
+   * @returns The guest address, or -1.
+   */
+  protected takeInSegment(n: number): number {
+    const seg = this.seg;
+    if (seg >= this.endSeg) return -1;
+    const len = this.segments[2 * seg + 1];
+    const off = this.segOff;
+    if (off + n > len) return -1;
+    const addr = this.segments[2 * seg] + off;
+    this.advance(n, len);
+    return addr;
+  }
+
+  /**
    * Copy between `buf` and the chain.
    * @param buf Host bytes.
    * @param toGuest Direction: into the chain when true.
@@ -246,12 +286,25 @@ export abstract class ChainCursor {
     const n = Math.min(buf.length, this.remaining);
     let done = 0;
     const mem = this.chain.memory;
+    const segs = this.segments;
     while (done < n) {
-      const len = this.chain.lens[this.seg];
+      const len = segs[2 * this.seg + 1];
       const take = Math.min(n - done, len - this.segOff);
-      const view = mem.slice(this.chain.addrs[this.seg] + this.segOff, take);
-      if (toGuest) view.set(buf.subarray(done, done + take));
-      else buf.set(view, done);
+      const addr = segs[2 * this.seg] + this.segOff;
+      // A few bytes (a request header, a status) are copied byte by byte: making two views to
+      // copy them costs more than the copy.
+      const region = take <= SMALL_COPY ? mem.findRegion(addr) : undefined;
+      const at = region === undefined ? -1 : addr - region.base;
+      if (region !== undefined && at <= 0x7fffffff - take) {
+        const bytes = region.bytes;
+        const o = at | 0;
+        if (toGuest) { for (let i = 0; i < take; i++) bytes[o + i] = buf[done + i]; }
+        else for (let i = 0; i < take; i++) buf[done + i] = bytes[o + i];
+      } else {
+        const view = mem.slice(addr, take);
+        if (toGuest) view.set(buf.subarray(done, done + take));
+        else buf.set(view, done);
+      }
       this.advance(take, len);
       done += take;
     }
@@ -286,6 +339,8 @@ export class ChainReader extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   readU8(): number {
+    const addr = this.takeInSegment(1);
+    if (addr >= 0) return this.chain.memory.readU8(addr);
     this.readExact(scratch.subarray(0, 1));
     return scratch[0];
   }
@@ -296,6 +351,8 @@ export class ChainReader extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   readU16(): number {
+    const addr = this.takeInSegment(2);
+    if (addr >= 0) return this.chain.memory.readU16(addr);
     this.readExact(scratch.subarray(0, 2));
     return scratchView.getUint16(0, true);
   }
@@ -306,6 +363,8 @@ export class ChainReader extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   readU32(): number {
+    const addr = this.takeInSegment(4);
+    if (addr >= 0) return this.chain.memory.readU32(addr);
     this.readExact(scratch.subarray(0, 4));
     return scratchView.getUint32(0, true);
   }
@@ -316,6 +375,8 @@ export class ChainReader extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   readU64(): bigint {
+    const addr = this.takeInSegment(8);
+    if (addr >= 0) return this.chain.memory.readU64(addr);
     this.readExact(scratch);
     return scratchView.getBigUint64(0, true);
   }
@@ -353,6 +414,8 @@ export class ChainWriter extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   writeU8(value: number): void {
+    const addr = this.takeInSegment(1);
+    if (addr >= 0) return this.chain.memory.writeU8(addr, value);
     scratch[0] = value;
     this.writeExact(scratch.subarray(0, 1));
   }
@@ -363,6 +426,8 @@ export class ChainWriter extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   writeU16(value: number): void {
+    const addr = this.takeInSegment(2);
+    if (addr >= 0) return this.chain.memory.writeU16(addr, value);
     scratchView.setUint16(0, value, true);
     this.writeExact(scratch.subarray(0, 2));
   }
@@ -373,6 +438,8 @@ export class ChainWriter extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   writeU32(value: number): void {
+    const addr = this.takeInSegment(4);
+    if (addr >= 0) return this.chain.memory.writeU32(addr, value);
     scratchView.setUint32(0, value, true);
     this.writeExact(scratch.subarray(0, 4));
   }
@@ -383,6 +450,8 @@ export class ChainWriter extends ChainCursor {
    * @throws {QueueError} `ShortBuffer` at the end of the chain.
    */
   writeU64(value: bigint): void {
+    const addr = this.takeInSegment(8);
+    if (addr >= 0) return this.chain.memory.writeU64(addr, value);
     scratchView.setBigUint64(0, BigInt.asUintN(64, value), true);
     this.writeExact(scratch);
   }

@@ -6,9 +6,9 @@
  * @module
  */
 
-import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
+import type { GuestMemory } from "../memory/guest_memory.ts";
 import type { DescriptorChain } from "./chain.ts";
-import { QueueError } from "./error.ts";
+import { QueueError, type QueueErrorCode } from "./error.ts";
 import { ChainBuilder, chainProblem, DescriptorTable } from "./_chain_builder.ts";
 import type { Virtqueue, VirtqueueState } from "./virtqueue.ts";
 import {
@@ -35,6 +35,12 @@ export const RING_EVENT_FLAGS_DISABLE = 0x1;
 export const RING_EVENT_FLAGS_DESC = 0x2;
 /** Bytes of an event suppression structure. */
 export const EVENT_SUPPRESSION_SIZE = 4;
+
+// virtio 1.2 §2.8.1: available when AVAIL matches the wrap counter and USED does not.
+function isAvail(flags: number, wrap: number): boolean {
+  return (flags & (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)) ===
+    (wrap !== 0 ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED);
+}
 
 /**
  * The device side of one packed virtqueue. Same interface as {@linkcode SplitQueue}: devices
@@ -93,13 +99,12 @@ export class PackedQueue implements Virtqueue {
   #signalled: number | undefined; // used position at the last notification decision
   #broken: QueueError | undefined;
   #mem: GuestMemory | undefined;
-  #ring!: GuestRegion;
-  #ringOff = 0;
-  #flagsBase = 0; // Uint16Array index of descriptor 0's flags
-  #driverEvent!: GuestRegion;
-  #driverEventIndex = 0; // Uint16Array index of off_wrap
-  #deviceEvent!: GuestRegion;
-  #deviceEventIndex = 0;
+  // Views over exactly the ring and the two structures, so that every offset into them is a
+  // small integer (see memory/_int.ts), whatever their place in a large region.
+  #ringView!: DataView;
+  #ringU16!: Uint16Array; // descriptor i's flags at [8 * i + 7]
+  #driverEvent!: Uint16Array; // [0] off_wrap, [1] flags
+  #deviceEvent!: Uint16Array;
   readonly #table = new DescriptorTable();
   readonly #builder = new ChainBuilder();
 
@@ -259,24 +264,24 @@ export class PackedQueue implements Virtqueue {
           { fatal: true },
         );
       }
-      const offset = addr - region.base;
-      if ((region.bytes.byteOffset + offset) % align !== 0) {
+      const at = region.bytes.byteOffset + (addr - region.base);
+      if (at % align !== 0) {
         throw new QueueError("InvalidRing", `${name} is misaligned in its backing buffer`, {
           fatal: true,
         });
       }
-      return { region, offset };
+      return {
+        view: new DataView(region.bytes.buffer, at, len),
+        u16: new Uint16Array(region.bytes.buffer, at, len >> 1),
+      };
     };
     const d = area("descriptor ring", this.descTable, DESCRIPTOR_SIZE * size, 16);
     const drv = area("driver event suppression", this.availRing, EVENT_SUPPRESSION_SIZE, 4);
     const dev = area("device event suppression", this.usedRing, EVENT_SUPPRESSION_SIZE, 4);
-    this.#ring = d.region;
-    this.#ringOff = d.offset;
-    this.#flagsBase = (d.offset + 14) >>> 1;
-    this.#driverEvent = drv.region;
-    this.#driverEventIndex = drv.offset >>> 1;
-    this.#deviceEvent = dev.region;
-    this.#deviceEventIndex = dev.offset >>> 1;
+    this.#ringView = d.view;
+    this.#ringU16 = d.u16;
+    this.#driverEvent = drv.u16;
+    this.#deviceEvent = dev.u16;
     this.#mem = mem;
     if (this.#availIdx >= size) this.#availIdx %= size;
     if (this.#usedIdx >= size) this.#usedIdx %= size;
@@ -307,14 +312,7 @@ export class PackedQueue implements Virtqueue {
   }
 
   #flags(index: number): number {
-    return Atomics.load(this.#ring.u16, this.#flagsBase + 8 * index);
-  }
-
-  // virtio 1.2 §2.8.1: available when AVAIL matches the wrap counter and USED does not.
-  #isAvail(flags: number, wrap: number): boolean {
-    const avail = (flags & VIRTQ_DESC_F_AVAIL) !== 0 ? 1 : 0;
-    const used = (flags & VIRTQ_DESC_F_USED) !== 0 ? 1 : 0;
-    return avail === wrap && used !== wrap;
+    return Atomics.load(this.#ringU16, 7 + 8 * index);
   }
 
   /**
@@ -325,7 +323,7 @@ export class PackedQueue implements Virtqueue {
    */
   hasPending(mem: GuestMemory): boolean {
     this.#ensure(mem);
-    return this.#isAvail(this.#flags(this.#availIdx), this.#availWrap);
+    return isAvail(this.#flags(this.#availIdx), this.#availWrap);
   }
 
   /**
@@ -338,37 +336,84 @@ export class PackedQueue implements Virtqueue {
    */
   pop(mem: GuestMemory): DescriptorChain | null {
     this.#ensure(mem);
+    // Acquire: the driver stores the first descriptor's flags last (virtio 1.2 §2.8.21.1), so
+    // once they read available, the rest of the list is visible.
+    const flags = Atomics.load(this.#ringU16, 7 + 8 * this.#availIdx);
+    if (!isAvail(flags, this.#availWrap)) return null;
+    return this.#take(mem, flags);
+  }
+
+  // Take the list at the available position, whose first flags (`first`) read available.
+  #take(mem: GuestMemory, first: number): DescriptorChain {
     const size = this.size;
     const start = this.#availIdx;
     const startWrap = this.#availWrap;
-    if (!this.#isAvail(this.#flags(start), startWrap)) return null;
-    // First pass: the list's extent and its buffer id (in the last descriptor).
-    const view = this.#ring.view;
+    let flags = first;
+    // One pass over the list: its extent and buffer id (the id of its last descriptor,
+    // §2.8.6), and its buffers. A broken buffer rule is remembered and reported once the id
+    // is known; a list that is not wholly available or never ends breaks the queue.
+    const view = this.#ringView;
+    const chain = this.#builder;
+    chain.start();
     let idx = start;
     let wrap = startWrap;
     let count = 0;
     let id = 0;
+    let problem: QueueErrorCode | undefined;
+    let problemMsg = "";
+    let indirectAddr = -1;
+    let indirectLen = 0;
     for (;;) {
       if (count === size) {
         this.#fail(
-          new QueueError("ChainTooLong", `list longer than the ring (${size})`, {
-            fatal: true,
-          }),
+          new QueueError("ChainTooLong", `list longer than the ring (${size})`, { fatal: true }),
         );
       }
-      const flags = this.#flags(idx);
-      if (count > 0 && !this.#isAvail(flags, wrap)) {
-        this.#fail(
-          new QueueError(
-            "InvalidChain",
-            `descriptor ${idx} of the list at ${start} is not available`,
-            { fatal: true },
-          ),
-        );
+      const off = DESCRIPTOR_SIZE * idx;
+      // Buffer id (bytes 12–13) and flags (14–15) in one read.
+      const idFlags = view.getUint32(off + 12, true);
+      if (count > 0) {
+        flags = idFlags >>> 16;
+        if (!isAvail(flags, wrap)) {
+          this.#fail(
+            new QueueError(
+              "InvalidChain",
+              `descriptor ${idx} of the list at ${start} is not available`,
+              { fatal: true },
+            ),
+          );
+        }
       }
       count++;
-      const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
-      id = view.getUint16(off + 12, true);
+      id = idFlags & 0xffff;
+      if (problem === undefined) {
+        const lo = view.getUint32(off, true);
+        const hi = view.getUint32(off + 4, true);
+        const len = view.getUint32(off + 8, true);
+        chain.descriptorCount++;
+        if (hi > 0x1fffff) {
+          problem = "DescriptorOutOfBounds";
+          problemMsg = "address above 2^53";
+        } else {
+          const addr = hi === 0 ? lo : hi * 0x1_0000_0000 + lo;
+          if (flags & VIRTQ_DESC_F_INDIRECT) {
+            // virtio 1.2 §2.8.19: only with the feature, and alone in its list.
+            if (!this.indirect) {
+              problem = "IndirectNotNegotiated";
+              problemMsg = "INDIRECT flag without the feature";
+            } else if (count !== 1 || (flags & VIRTQ_DESC_F_NEXT) !== 0) {
+              problem = "IndirectWithNext";
+              problemMsg = "INDIRECT descriptor in a list";
+            } else {
+              indirectAddr = addr;
+              indirectLen = len;
+            }
+          } else {
+            problem = chain.add(mem, addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
+            if (problem !== undefined) problemMsg = chainProblem(problem, idx, addr, len);
+          }
+        }
+      }
       idx++;
       if (idx === size) {
         idx = 0;
@@ -388,55 +433,22 @@ export class PackedQueue implements Virtqueue {
     this.#availIdx = idx;
     this.#availWrap = wrap;
     this.#listLen[id] = count;
-    try {
-      const chain = this.#parse(mem, start, count, id);
-      this.#writable[id] = chain.writableBytes;
-      return chain;
-    } catch (err) {
-      this.#writable[id] = 0xffffffff; // returned with an explicit length, never batched
-      throw err;
+    // A refused list goes back with an explicit length, never inside an in-order batch.
+    this.#writable[id] = 0xffffffff;
+    if (problem !== undefined) {
+      throw new QueueError(problem, `${problemMsg} (buffer ${id})`, { head: id });
     }
+    if (indirectAddr >= 0) this.#indirect(mem, indirectAddr, indirectLen, id);
+    const result = chain.finish(mem, id);
+    this.#writable[id] = result.writableBytes;
+    return result;
   }
 
-  #parse(mem: GuestMemory, start: number, count: number, id: number): DescriptorChain {
-    const size = this.size;
-    const chain = this.#builder;
-    chain.start();
-    const view = this.#ring.view;
-    const bad = (code: QueueError["code"], msg: string): never => {
+  // An indirect table: consecutive packed descriptors; only WRITE counts (virtio 1.2 §2.8.7).
+  #indirect(mem: GuestMemory, addr: number, len: number, id: number): void {
+    const bad = (code: QueueErrorCode, msg: string): never => {
       throw new QueueError(code, `${msg} (buffer ${id})`, { head: id });
     };
-    let idx = start;
-    for (let n = 0; n < count; n++) {
-      const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
-      const lo = view.getUint32(off, true);
-      const hi = view.getUint32(off + 4, true);
-      const len = view.getUint32(off + 8, true);
-      const flags = view.getUint16(off + 14, true);
-      chain.descriptorCount++;
-      if (hi > 0x1fffff) bad("DescriptorOutOfBounds", "address above 2^53");
-      const addr = hi * 0x1_0000_0000 + lo;
-      if (flags & VIRTQ_DESC_F_INDIRECT) {
-        // virtio 1.2 §2.8.19: only with the feature, never inside a NEXT list.
-        if (!this.indirect) bad("IndirectNotNegotiated", "INDIRECT flag without the feature");
-        if (count !== 1) bad("IndirectWithNext", "INDIRECT descriptor in a list");
-        this.#indirect(mem, addr, len, bad);
-        return chain.finish(mem, id);
-      }
-      const problem = chain.add(mem, addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
-      if (problem !== undefined) bad(problem, chainProblem(problem, idx, addr, len));
-      idx = idx + 1 === size ? 0 : idx + 1;
-    }
-    return chain.finish(mem, id);
-  }
-
-  // An indirect table: consecutive packed descriptors; only WRITE counts (virtio 1.2 §2.8.8).
-  #indirect(
-    mem: GuestMemory,
-    addr: number,
-    len: number,
-    bad: (code: QueueError["code"], msg: string) => never,
-  ): void {
     if (len === 0 || len % DESCRIPTOR_SIZE !== 0) {
       bad("InvalidIndirectLength", `indirect table length ${len}`);
     }
@@ -457,7 +469,7 @@ export class PackedQueue implements Virtqueue {
       const flags = v.getUint16(o + 14, true);
       chain.descriptorCount++;
       if (hi > 0x1fffff) bad("DescriptorOutOfBounds", "address above 2^53");
-      const baddr = hi * 0x1_0000_0000 + lo;
+      const baddr = hi === 0 ? lo : hi * 0x1_0000_0000 + lo;
       const problem = chain.add(mem, baddr, blen, (flags & VIRTQ_DESC_F_WRITE) !== 0);
       if (problem !== undefined) bad(problem, chainProblem(problem, i, baddr, blen));
     }
@@ -485,7 +497,7 @@ export class PackedQueue implements Virtqueue {
     }
     this.#listLen[head] = 0;
     if (this.inOrder) {
-      // virtio 1.2 §2.8.12: one used descriptor (the last buffer's id) for a batch of buffers
+      // virtio 1.2 §2.8.8: one used descriptor (the last buffer's id) for a batch of buffers
       // used in order, the others completely; the ring skips every list of the batch.
       this.#batchDescs += count;
       this.#batchId = head;
@@ -529,8 +541,8 @@ export class PackedQueue implements Virtqueue {
       marks[head] = 1;
     }
     this.flushUsed(mem);
-    const view = this.#ring.view;
-    const u16 = this.#ring.u16;
+    const view = this.#ringView;
+    const u16 = this.#ringU16;
     let idx = this.#usedIdx;
     let wrap = this.#usedWrap;
     let firstFlags = 0;
@@ -541,13 +553,13 @@ export class PackedQueue implements Virtqueue {
       const descs = listLen[head];
       listLen[head] = 0;
       marks[head] = 0;
-      const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
+      const off = DESCRIPTOR_SIZE * idx;
       view.setUint32(off + 8, len >>> 0, true);
       view.setUint16(off + 12, head, true);
       const flags = (wrap !== 0 ? VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED : 0) |
         (len > 0 ? VIRTQ_DESC_F_WRITE : 0);
       if (i === 0) firstFlags = flags;
-      else Atomics.store(u16, this.#flagsBase + 8 * idx, flags);
+      else Atomics.store(u16, 7 + 8 * idx, flags);
       idx += descs;
       if (idx >= this.size) {
         idx -= this.size;
@@ -555,7 +567,7 @@ export class PackedQueue implements Virtqueue {
       }
     }
     // Release: everything above is visible before the first descriptor turns used.
-    if (count > 0) Atomics.store(u16, this.#flagsBase + 8 * first, firstFlags);
+    if (count > 0) Atomics.store(u16, 7 + 8 * first, firstFlags);
     this.#usedIdx = idx;
     this.#usedWrap = wrap;
   }
@@ -576,15 +588,15 @@ export class PackedQueue implements Virtqueue {
 
   #writeUsed(head: number, len: number, count: number): void {
     const idx = this.#usedIdx;
-    const off = this.#ringOff + DESCRIPTOR_SIZE * idx;
-    const view = this.#ring.view;
+    const off = DESCRIPTOR_SIZE * idx;
+    const view = this.#ringView;
     view.setUint32(off + 8, len >>> 0, true);
     view.setUint16(off + 12, head, true);
     const wrapBits = this.#usedWrap !== 0 ? VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED : 0;
     // Release: id and length are visible before the flags that make the descriptor used.
     Atomics.store(
-      this.#ring.u16,
-      this.#flagsBase + 8 * idx,
+      this.#ringU16,
+      7 + 8 * idx,
       wrapBits | (len > 0 ? VIRTQ_DESC_F_WRITE : 0),
     );
     let next = idx + count;
@@ -605,8 +617,8 @@ export class PackedQueue implements Virtqueue {
   needsNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
     this.flushUsed(mem);
-    const u16 = this.#driverEvent.u16;
-    const flags = Atomics.load(u16, this.#driverEventIndex + 1) & 0x3;
+    const u16 = this.#driverEvent;
+    const flags = Atomics.load(u16, 1) & 0x3;
     const used = this.#usedIdx;
     const old = this.#signalled;
     this.#signalled = used;
@@ -615,7 +627,7 @@ export class PackedQueue implements Virtqueue {
     if (old === undefined) return true;
     // The event descriptor, shifted one ring back when it belongs to the previous wrap, against
     // the used positions passed since the last decision (vring_need_event on ring positions).
-    const offWrap = Atomics.load(u16, this.#driverEventIndex);
+    const offWrap = Atomics.load(u16, 0);
     let off = offWrap & 0x7fff;
     if ((offWrap >> 15) !== this.#usedWrap) off -= this.size;
     return ((used - off - 1) & 0xffff) < ((used - old) & 0xffff);
@@ -631,14 +643,14 @@ export class PackedQueue implements Virtqueue {
   enableNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
     this.flushUsed(mem);
-    const u16 = this.#deviceEvent.u16;
+    const u16 = this.#deviceEvent;
     if (this.eventIdx) {
-      Atomics.store(u16, this.#deviceEventIndex, this.#availIdx | (this.#availWrap << 15));
-      Atomics.store(u16, this.#deviceEventIndex + 1, RING_EVENT_FLAGS_DESC);
+      Atomics.store(u16, 0, this.#availIdx | (this.#availWrap << 15));
+      Atomics.store(u16, 1, RING_EVENT_FLAGS_DESC);
     } else {
-      Atomics.store(u16, this.#deviceEventIndex + 1, RING_EVENT_FLAGS_ENABLE);
+      Atomics.store(u16, 1, RING_EVENT_FLAGS_ENABLE);
     }
-    return this.#isAvail(this.#flags(this.#availIdx), this.#availWrap);
+    return isAvail(this.#flags(this.#availIdx), this.#availWrap);
   }
 
   /**
@@ -648,7 +660,7 @@ export class PackedQueue implements Virtqueue {
    */
   disableNotification(mem: GuestMemory): void {
     this.#ensure(mem);
-    Atomics.store(this.#deviceEvent.u16, this.#deviceEventIndex + 1, RING_EVENT_FLAGS_DISABLE);
+    Atomics.store(this.#deviceEvent, 1, RING_EVENT_FLAGS_DISABLE);
   }
 
   /** Whether the positions moved from their reset values (index 0, wrap counters 1). */

@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
+import type { GuestMemory } from "../memory/guest_memory.ts";
 import type { DescriptorChain } from "./chain.ts";
 import type { Virtqueue, VirtqueueState } from "./virtqueue.ts";
 import {
@@ -62,6 +62,11 @@ export function usedRingSize(size: number): number {
   return 6 + 8 * size;
 }
 
+// A chain broke a rule: it is consumed and goes back to the driver with length 0.
+function chainError(head: number, code: QueueError["code"], msg: string): never {
+  throw new QueueError(code, `${msg} (chain ${head})`, { head });
+}
+
 function isPowerOfTwo(n: number): boolean {
   return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
@@ -75,9 +80,11 @@ function isPowerOfTwo(n: number): boolean {
  *
  * Memory ordering: the rings are shared with a driver running concurrently on
  * another CPU. The 16-bit ring indices are accessed with `Atomics` on an
- * aligned `Uint16Array` over the region: `Atomics.load(avail.idx)` happens
- * before the ring entry and descriptors are read (the read barrier of
- * virtio 1.2 §2.7.13.1 seen from the device), `Atomics.store(used.idx)` happens
+ * aligned `Uint16Array` over the ring: `Atomics.load(avail.idx)` happens
+ * before the ring entries and descriptors it covers are read (the read barrier of
+ * virtio 1.2 §2.7.13.1 seen from the device; one load covers every entry the
+ * driver had published, so `pop` loads it again only once it has taken them
+ * all), `Atomics.store(used.idx)` happens
  * after the used element is written (the write barrier of §2.7.8.2), and the
  * sequentially consistent store is ordered before the following
  * `Atomics.load` of `used_event`/`avail.flags` (the full barrier needed before
@@ -117,19 +124,21 @@ export class SplitQueue implements Virtqueue {
   #batchHead = 0;
   #batchLen = 0;
   #nextAvail = 0;
+  // The last avail.idx read: the entries up to it are known to be published, so `pop` reads
+  // avail.idx again (one Atomics.load) only once it has taken all of them.
+  #availSeen = 0;
   #nextUsed = 0;
   #signalledUsed: number | undefined;
   #broken: QueueError | undefined;
   // Cached resolution of the three rings in `#mem`.
   #mem: GuestMemory | undefined;
-  #desc!: GuestRegion;
-  #descOff = 0;
-  #avail!: GuestRegion;
-  #availOff = 0;
-  #availIdxIndex = 0;
-  #used!: GuestRegion;
-  #usedOff = 0;
-  #usedIdxIndex = 0;
+  // Views over exactly the three rings, so that every offset into them is a small integer
+  // (see memory/_int.ts for why that matters), whatever the rings' place in a large region.
+  #descView!: DataView;
+  #availView!: DataView;
+  #availU16!: Uint16Array; // [0] flags, [1] idx, [2 + i] ring[i], [2 + size] used_event
+  #usedView!: DataView;
+  #usedU16!: Uint16Array; // [0] flags, [1] idx, [2 + 4 * size] avail_event
   readonly #table = new DescriptorTable();
   readonly #builder = new ChainBuilder();
 
@@ -153,6 +162,7 @@ export class SplitQueue implements Virtqueue {
   }
   set nextAvail(v: number) {
     this.#nextAvail = v & 0xffff;
+    this.#availSeen = this.#nextAvail;
   }
 
   /** Next used-ring index the device will write (wraps at 2^16). */
@@ -247,6 +257,7 @@ export class SplitQueue implements Virtqueue {
     this.inOrder = false;
     this.#batch = 0;
     this.#nextAvail = 0;
+    this.#availSeen = 0;
     this.#nextUsed = 0;
     this.#signalledUsed = undefined;
     this.#broken = undefined;
@@ -296,31 +307,32 @@ export class SplitQueue implements Virtqueue {
           { fatal: true },
         );
       }
-      const offset = addr - region.base;
-      if ((region.bytes.byteOffset + offset) % align !== 0) {
+      const at = region.bytes.byteOffset + (addr - region.base);
+      if (at % align !== 0) {
         throw new QueueError("InvalidRing", `${name} is misaligned in its backing buffer`, {
           fatal: true,
         });
       }
-      return { region, offset };
+      // Views over the area alone (its start is even, checked above, and so is its length).
+      return {
+        view: new DataView(region.bytes.buffer, at, len),
+        u16: new Uint16Array(region.bytes.buffer, at, len >> 1),
+      };
     };
     // virtio 1.2 §2.7: descriptor table 16-aligned, driver area 2, device area 4.
     // Each ring must lie inside one guest memory region, unlike the buffers and indirect tables
     // a chain points to, which may run on into an adjacent region: the rings are resolved once
-    // here to a region and offset, and their 16-bit indices are accessed with Atomics on that
-    // region's Uint16Array, which cannot span two backing buffers. A driver allocates each ring
-    // as one block; one that crosses a region boundary is refused here, at activation, visibly.
+    // here to views over their own bytes, and their 16-bit indices are accessed with Atomics on
+    // a Uint16Array, which cannot span two backing buffers. A driver allocates each ring as one
+    // block; one that crosses a region boundary is refused here, at activation, visibly.
     const d = area("descriptor table", this.descTable, DESCRIPTOR_SIZE * size, 16);
     const a = area("available ring", this.availRing, availRingSize(size), 2);
     const u = area("used ring", this.usedRing, usedRingSize(size), 4);
-    this.#desc = d.region;
-    this.#descOff = d.offset;
-    this.#avail = a.region;
-    this.#availOff = a.offset;
-    this.#availIdxIndex = (a.offset + 2) >>> 1;
-    this.#used = u.region;
-    this.#usedOff = u.offset;
-    this.#usedIdxIndex = (u.offset + 2) >>> 1;
+    this.#descView = d.view;
+    this.#availView = a.view;
+    this.#availU16 = a.u16;
+    this.#usedView = u.view;
+    this.#usedU16 = u.u16;
     this.#mem = mem;
   }
 
@@ -342,7 +354,7 @@ export class SplitQueue implements Virtqueue {
    */
   availIdx(mem: GuestMemory): number {
     this.#ensure(mem);
-    return Atomics.load(this.#avail.u16, this.#availIdxIndex);
+    return Atomics.load(this.#availU16, 1);
   }
 
   /**
@@ -353,7 +365,7 @@ export class SplitQueue implements Virtqueue {
    */
   usedIdx(mem: GuestMemory): number {
     this.#ensure(mem);
-    return Atomics.load(this.#used.u16, this.#usedIdxIndex);
+    return Atomics.load(this.#usedU16, 1);
   }
 
   /**
@@ -380,20 +392,25 @@ export class SplitQueue implements Virtqueue {
   pop(mem: GuestMemory): DescriptorChain | null {
     this.#ensure(mem);
     const size = this.size;
-    const availIdx = Atomics.load(this.#avail.u16, this.#availIdxIndex);
-    const pending = (availIdx - this.#nextAvail) & 0xffff;
-    if (pending === 0) return null;
-    if (pending > size) {
-      this.#fail(
-        new QueueError(
-          "AvailIdxJump",
-          `avail.idx ${availIdx} is ${pending} entries past ${this.#nextAvail} (size ${size})`,
-          { fatal: true },
-        ),
-      );
+    const next = this.#nextAvail;
+    if (next === this.#availSeen) {
+      // Everything seen so far is taken: look at avail.idx again.
+      const availIdx = Atomics.load(this.#availU16, 1);
+      const pending = (availIdx - next) & 0xffff;
+      if (pending === 0) return null;
+      if (pending > size) {
+        this.#fail(
+          new QueueError(
+            "AvailIdxJump",
+            `avail.idx ${availIdx} is ${pending} entries past ${next} (size ${size})`,
+            { fatal: true },
+          ),
+        );
+      }
+      this.#availSeen = availIdx;
     }
     const slot = this.#nextAvail & (size - 1);
-    const head = this.#avail.view.getUint16(this.#availOff + 4 + 2 * slot, true);
+    const head = this.#availView.getUint16(4 + 2 * slot, true);
     this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
     if (head >= size) {
       this.#fail(
@@ -413,47 +430,64 @@ export class SplitQueue implements Virtqueue {
   }
 
   #parse(mem: GuestMemory, head: number): DescriptorChain {
-    const table = this.#table;
-    table.inRegion(mem, this.#desc, this.#descOff);
     const chain = this.#builder;
     chain.start();
-    let entries = this.size;
-    let ttl = this.size;
+    const size = this.size;
+    // The descriptor table is read in place while the chain stays in it; an indirect table
+    // (which may run across regions) is read through `#table`.
+    const ring = this.#descView;
+    const table = this.#table;
+    let entries = size;
+    let ttl = size;
     let inIndirect = false;
     let idx = head;
-    const bad = (code: QueueError["code"], msg: string): never => {
-      throw new QueueError(code, `${msg} (chain ${head})`, { head });
-    };
     for (;;) {
       if (idx >= entries) {
-        bad("DescriptorIndexOutOfRange", `descriptor ${idx} >= table size ${entries}`);
+        chainError(head, "DescriptorIndexOutOfRange", `descriptor ${idx} >= table size ${entries}`);
       }
-      if (ttl-- === 0) bad("ChainTooLong", `more than ${entries} descriptors`);
+      if (ttl-- === 0) chainError(head, "ChainTooLong", `more than ${entries} descriptors`);
       chain.descriptorCount++;
-      table.at(idx);
-      const view = table.view;
-      const off = table.offset;
+      let view = ring;
+      let off = DESCRIPTOR_SIZE * idx;
+      if (inIndirect) {
+        table.at(idx);
+        view = table.view;
+        off = table.offset;
+      }
       const lo = view.getUint32(off, true);
       const hi = view.getUint32(off + 4, true);
       const len = view.getUint32(off + 8, true);
-      const flags = view.getUint16(off + 12, true);
-      const next = view.getUint16(off + 14, true);
-      if (hi > 0x1fffff) bad("DescriptorOutOfBounds", "address above 2^53");
-      const addr = hi * 0x1_0000_0000 + lo;
+      // Flags (bytes 12–13) and next (14–15) in one read.
+      const flagsNext = view.getUint32(off + 12, true);
+      const flags = flagsNext & 0xffff;
+      if (hi > 0x1fffff) chainError(head, "DescriptorOutOfBounds", "address above 2^53");
+      const addr = hi === 0 ? lo : hi * 0x1_0000_0000 + lo;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         // virtio 1.2 §2.7.5.3.1 / §2.7.5.3.2
-        if (!this.indirect) bad("IndirectNotNegotiated", "INDIRECT flag without the feature");
-        if (inIndirect) bad("NestedIndirect", "indirect descriptor in an indirect table");
-        if (flags & VIRTQ_DESC_F_NEXT) bad("IndirectWithNext", "INDIRECT and NEXT both set");
+        if (!this.indirect) {
+          chainError(head, "IndirectNotNegotiated", "INDIRECT flag without the feature");
+        }
+        if (inIndirect) {
+          chainError(head, "NestedIndirect", "indirect descriptor in an indirect table");
+        }
+        if (flags & VIRTQ_DESC_F_NEXT) {
+          chainError(head, "IndirectWithNext", "INDIRECT and NEXT both set");
+        }
         if (len === 0 || len % DESCRIPTOR_SIZE !== 0) {
-          bad("InvalidIndirectLength", `indirect table length ${len}`);
+          chainError(head, "InvalidIndirectLength", `indirect table length ${len}`);
         }
         const n = len / DESCRIPTOR_SIZE;
-        if (n > MAX_INDIRECT_ENTRIES) bad("InvalidIndirectLength", `${n} indirect entries`);
+        if (n > MAX_INDIRECT_ENTRIES) {
+          chainError(head, "InvalidIndirectLength", `${n} indirect entries`);
+        }
         // An indirect table is ordinary driver memory, read across adjacent regions;
         // a table over a hole is out of bounds.
         if (!table.span(mem, addr, len)) {
-          bad("DescriptorOutOfBounds", `indirect table at 0x${addr.toString(16)} (+${len})`);
+          chainError(
+            head,
+            "DescriptorOutOfBounds",
+            `indirect table at 0x${addr.toString(16)} (+${len})`,
+          );
         }
         entries = n;
         ttl = n;
@@ -462,9 +496,9 @@ export class SplitQueue implements Virtqueue {
         continue;
       }
       const problem = chain.add(mem, addr, len, (flags & VIRTQ_DESC_F_WRITE) !== 0);
-      if (problem !== undefined) bad(problem, chainProblem(problem, idx, addr, len));
+      if (problem !== undefined) chainError(head, problem, chainProblem(problem, idx, addr, len));
       if (!(flags & VIRTQ_DESC_F_NEXT)) return chain.finish(mem, head);
-      idx = next;
+      idx = flagsNext >>> 16;
     }
   }
 
@@ -518,13 +552,14 @@ export class SplitQueue implements Virtqueue {
   // One used element at the next used slot, then the index moved by `count` (release).
   #writeUsed(head: number, len: number, count: number): void {
     const slot = this.#nextUsed & (this.size - 1);
-    const off = this.#usedOff + 4 + 8 * slot;
-    const view = this.#used.view;
+    const off = 4 + 8 * slot;
+    const view = this.#usedView;
     view.setUint32(off, head, true);
     view.setUint32(off + 4, len >>> 0, true);
-    this.#nextUsed = (this.#nextUsed + count) & 0xffff;
+    const next = (this.#nextUsed + count) & 0xffff;
+    this.#nextUsed = next;
     // Release: the element above is visible before the new index.
-    Atomics.store(this.#used.u16, this.#usedIdxIndex, this.#nextUsed);
+    Atomics.store(this.#usedU16, 1, next);
   }
 
   /**
@@ -552,17 +587,17 @@ export class SplitQueue implements Virtqueue {
       }
     }
     this.flushUsed(mem);
-    const view = this.#used.view;
+    const view = this.#usedView;
     let next = this.#nextUsed;
     for (let i = 0; i < count; i++) {
-      const off = this.#usedOff + 4 + 8 * (next & (this.size - 1));
+      const off = 4 + 8 * (next & (this.size - 1));
       view.setUint32(off, heads[i], true);
       view.setUint32(off + 4, lens[i] >>> 0, true);
       next = (next + 1) & 0xffff;
     }
     this.#nextUsed = next;
     // Release: every element above is visible before the new index.
-    Atomics.store(this.#used.u16, this.#usedIdxIndex, next);
+    Atomics.store(this.#usedU16, 1, next);
   }
 
   /**
@@ -577,13 +612,13 @@ export class SplitQueue implements Virtqueue {
     this.flushUsed(mem);
     const used = this.#nextUsed;
     if (!this.eventIdx) {
-      const flags = Atomics.load(this.#avail.u16, this.#availIdxIndex - 1);
+      const flags = Atomics.load(this.#availU16, 0);
       return (flags & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     }
     const old = this.#signalledUsed;
     this.#signalledUsed = used;
     if (old === undefined) return true;
-    const usedEvent = Atomics.load(this.#avail.u16, this.#availIdxIndex + 1 + this.size);
+    const usedEvent = Atomics.load(this.#availU16, 2 + this.size);
     // vring_need_event(): notify when used_event lies in (old, used].
     return ((used - usedEvent - 1) & 0xffff) < ((used - old) & 0xffff);
   }
@@ -598,13 +633,12 @@ export class SplitQueue implements Virtqueue {
   enableNotification(mem: GuestMemory): boolean {
     this.#ensure(mem);
     this.flushUsed(mem);
-    const idx = this.#usedIdxIndex;
     if (this.eventIdx) {
-      Atomics.store(this.#used.u16, idx + 1 + 4 * this.size, this.#nextAvail);
+      Atomics.store(this.#usedU16, 2 + 4 * this.size, this.#nextAvail);
     } else {
-      Atomics.store(this.#used.u16, idx - 1, 0);
+      Atomics.store(this.#usedU16, 0, 0);
     }
-    return Atomics.load(this.#avail.u16, this.#availIdxIndex) !== this.#nextAvail;
+    return Atomics.load(this.#availU16, 1) !== this.#nextAvail;
   }
 
   /**
@@ -616,7 +650,7 @@ export class SplitQueue implements Virtqueue {
   disableNotification(mem: GuestMemory): void {
     this.#ensure(mem);
     if (!this.eventIdx) {
-      Atomics.store(this.#used.u16, this.#usedIdxIndex - 1, VIRTQ_USED_F_NO_NOTIFY);
+      Atomics.store(this.#usedU16, 0, VIRTQ_USED_F_NO_NOTIFY);
     }
   }
 

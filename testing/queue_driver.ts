@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { GuestMemory } from "../memory/guest_memory.ts";
+import type { GuestMemory, GuestRegion } from "../memory/guest_memory.ts";
 import type { Virtqueue } from "../queue/virtqueue.ts";
 import {
   availRingSize,
@@ -141,6 +141,8 @@ export class DriverQueue {
   #lastUsed = 0;
   #outstanding = new Map<number, Outstanding>();
   #seed = 0x2545f491;
+  readonly #availView: DataView;
+  readonly #availU16: Uint16Array; // [0] flags, [1] idx, [2 + i] ring[i]
   readonly #descBytes = new Uint8Array(DESCRIPTOR_SIZE);
   readonly #descView = new DataView(this.#descBytes.buffer);
 
@@ -167,6 +169,11 @@ export class DriverQueue {
       throw new RangeError("Rings do not fit in guest memory");
     }
     memory.fill(base, ringsEnd - base, 0);
+    // The available ring, viewed on its own: small offsets however far into its region it is.
+    const rings = memory.findRegion(this.availRing)!;
+    const at = rings.bytes.byteOffset + (this.availRing - rings.base);
+    this.#availView = new DataView(rings.bytes.buffer, at, availRingSize(size));
+    this.#availU16 = new Uint16Array(rings.bytes.buffer, at, availRingSize(size) >> 1);
     this.#bufferBase = options.bufferBase ?? Math.ceil(ringsEnd / 64) * 64;
     const region = memory.findRegion(this.#bufferBase);
     if (region === undefined) throw new RangeError("Buffer area is outside guest memory");
@@ -323,10 +330,32 @@ export class DriverQueue {
    */
   publish(head: number): void {
     const slot = this.#availIdx & (this.size - 1);
-    this.memory.writeU16(this.availRing + 4 + 2 * slot, head);
+    this.#availView.setUint16(4 + 2 * slot, head, true);
     if (this.inOrder) this.#order.push(head);
     this.#availIdx = (this.#availIdx + 1) & 0xffff;
-    this.#storeU16(this.availRing + 2, this.#availIdx);
+    Atomics.store(this.#availU16, 1, this.#availIdx);
+  }
+
+  /**
+   * Put several heads in the available ring, then move `avail.idx` once past all of them (a
+   * driver adding a burst of buffers before it exposes them, as DPDK's virtio driver does).
+   * @param heads Descriptor indexes to publish, in order (at most the queue size).
+   * @throws {RangeError} When there are more heads than the ring has entries.
+   */
+  publishMany(heads: readonly number[]): void {
+    if (heads.length > this.size) {
+      throw new RangeError(`${heads.length} heads do not fit a ring of ${this.size}`);
+    }
+    const view = this.#availView;
+    const mask = this.size - 1;
+    let idx = this.#availIdx;
+    for (let i = 0; i < heads.length; i++) {
+      view.setUint16(4 + 2 * (idx & mask), heads[i], true);
+      idx = (idx + 1) & 0xffff;
+    }
+    if (this.inOrder) this.#order.push(...heads);
+    this.#availIdx = idx;
+    Atomics.store(this.#availU16, 1, idx);
   }
 
   /**
@@ -347,14 +376,21 @@ export class DriverQueue {
     this.#lastUsed = idx & 0xffff;
   }
 
+  // The rings lie in one region (checked by the constructor): no allocation per access.
+  #ringRegion(addr: number): GuestRegion {
+    const region = this.memory.regionOf(addr, 2);
+    if (region === undefined) throw new RangeError(`Ring index at 0x${addr.toString(16)}`);
+    return region;
+  }
+
   #storeU16(addr: number, value: number): void {
-    const { region, offset } = this.memory.resolve(addr, 2);
-    Atomics.store(region.u16, offset >>> 1, value);
+    const region = this.#ringRegion(addr);
+    Atomics.store(region.u16, (addr - region.base) / 2, value);
   }
 
   #loadU16(addr: number): number {
-    const { region, offset } = this.memory.resolve(addr, 2);
-    return Atomics.load(region.u16, offset >>> 1);
+    const region = this.#ringRegion(addr);
+    return Atomics.load(region.u16, (addr - region.base) / 2);
   }
 
   /**

@@ -12,6 +12,8 @@ import { DescriptorChain as DescriptorChainClass } from "../../queue/chain.ts";
 import type { DescriptorChain } from "../../queue/chain.ts";
 import { QueueError } from "../../queue/error.ts";
 import { type DriverBuffer, DriverQueue } from "../../testing/queue_driver.ts";
+import { PackedQueue } from "../../queue/packed.ts";
+import { PackedDriverQueue } from "../../testing/packed_driver.ts";
 
 interface Popped {
   mem: GuestMemory;
@@ -137,6 +139,118 @@ describe("ChainReader", () => {
     chain.reader.readU8();
     assert.equal(chain.reader.readU8(), 2);
     assert.equal(chain.reader, chain.reader);
+  });
+});
+
+describe("Small values in place and across segments", () => {
+  // A value inside one segment is read or written in place; one that straddles segments goes
+  // through a copy. Every width at every stream offset of an uneven chain must agree with the
+  // bytes, whichever way it went.
+  const LENS = [3, 5, 8, 1, 7, 16, 2];
+  const TOTAL = LENS.reduce((a, b) => a + b, 0);
+  const expectLE = (bytes: Uint8Array, at: number, width: number) => {
+    let v = 0n;
+    for (let i = width - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[at + i]);
+    return v;
+  };
+
+  it("ChainReader.readU8/16/32/64 at every offset", () => {
+    const data = seq(TOTAL, 0x31);
+    let off = 0;
+    const buffers = LENS.map((n) => {
+      const b = { readable: data.subarray(off, off + n) };
+      off += n;
+      return b;
+    });
+    const { mem, queue } = popChain(buffers);
+    queue.undoPop();
+    for (const width of [1, 2, 4, 8]) {
+      for (let at = 0; at + width <= TOTAL; at++) {
+        const chain = queue.pop(mem)!;
+        chain.reader.skip(at);
+        const r = chain.reader;
+        const got = width === 1
+          ? BigInt(r.readU8())
+          : width === 2
+          ? BigInt(r.readU16())
+          : width === 4
+          ? BigInt(r.readU32())
+          : r.readU64();
+        assert.equal(got, expectLE(data, at, width), `width ${width} at ${at}`);
+        assert.equal(r.remaining, TOTAL - at - width);
+        queue.undoPop();
+      }
+    }
+  });
+
+  it("ChainWriter.writeU8/16/32/64 at every offset", () => {
+    const { mem, queue } = popChain(LENS.map((n) => ({ writable: n })));
+    queue.undoPop();
+    for (const width of [1, 2, 4, 8]) {
+      for (let at = 0; at + width <= TOTAL; at++) {
+        const chain = queue.pop(mem)!;
+        for (const [i, a] of chain.addrs.entries()) mem.fill(a, chain.lens[i], 0);
+        chain.writer.skip(at);
+        const w = chain.writer;
+        const value = 0x0807060504030201n;
+        if (width === 1) w.writeU8(0x101);
+        else if (width === 2) w.writeU16(0x10201);
+        else if (width === 4) w.writeU32(0x104030201);
+        else w.writeU64(value | (1n << 64n));
+        assert.equal(w.written, at + width);
+        const stream = new Uint8Array(TOTAL);
+        let o = 0;
+        for (const [i, a] of chain.addrs.entries()) {
+          stream.set(mem.slice(a, chain.lens[i]), o);
+          o += chain.lens[i];
+        }
+        const want = new Uint8Array(TOTAL);
+        for (let i = 0; i < width; i++) want[at + i] = i + 1;
+        assert.deepEqual(stream, want, `width ${width} at ${at}`);
+        queue.undoPop();
+      }
+    }
+  });
+});
+
+describe("Copies byte by byte and through views", () => {
+  // Up to 64 bytes from one segment are copied byte by byte, more through views: every size
+  // around that bound, at offsets inside and across segments, must move the same bytes.
+  const LENS = [70, 3, 130];
+  const TOTAL = LENS.reduce((a, b) => a + b, 0);
+
+  it("ChainReader.readExact() and ChainWriter.writeExact() of 1 to 80 bytes", () => {
+    const data = seq(TOTAL, 7);
+    let off = 0;
+    const readable = LENS.map((n) => {
+      const b = { readable: data.subarray(off, off + n) };
+      off += n;
+      return b;
+    });
+    const { mem, queue } = popChain([...readable, ...LENS.map((n) => ({ writable: n }))]);
+    queue.undoPop();
+    for (const at of [0, 5, 60, 68, 71, 74, 100]) {
+      for (let size = 1; size <= 80 && at + size <= TOTAL; size++) {
+        const chain = queue.pop(mem)!;
+        chain.reader.skip(at);
+        const got = new Uint8Array(size);
+        chain.reader.readExact(got);
+        assert.deepEqual(got, data.subarray(at, at + size), `read ${size} at ${at}`);
+        chain.writer.skip(at);
+        chain.writer.writeExact(got);
+        const w = chain.addrs.slice(3);
+        const lens = chain.lens.slice(3);
+        const stream = new Uint8Array(TOTAL);
+        let o = 0;
+        for (const [i, a] of w.entries()) {
+          stream.set(mem.slice(a, lens[i]), o);
+          o += lens[i];
+        }
+        assert.deepEqual(stream.subarray(at, at + size), got, `write ${size} at ${at}`);
+        for (const [i, a] of w.entries()) mem.fill(a, lens[i], 0);
+        queue.undoPop();
+      }
+    }
   });
 });
 
@@ -371,6 +485,40 @@ describe("Chains across adjacent guest memory regions", () => {
     assert.equal(chain.reader.readU64(), 0x0807060504030201n);
   });
 
+  it("a buffer after one in the same region, then one crossing out of it, are cut right", () => {
+    // The builder remembers the region the previous buffer lay in: a buffer wholly inside it
+    // is one segment without a search, one that runs past its end is cut like any other.
+    const mem = regions([EDGE]);
+    const { driver, queue } = queueOn(mem);
+    driver.addChain([
+      { readable: seq(4), at: 0x20000 },
+      { readable: seq(4, 5), at: 0x20010 },
+      { readable: seq(8, 9), at: EDGE - 4 },
+      { readable: seq(4, 17), at: EDGE + 0x10 },
+    ]);
+    const chain = queue.pop(mem)!;
+    assert.deepEqual(chain.addrs, [0x20000, 0x20010, EDGE - 4, EDGE, EDGE + 0x10]);
+    assert.deepEqual(chain.lens, [4, 4, 4, 4, 4]);
+    const got = new Uint8Array(20);
+    chain.reader.readExact(got);
+    assert.deepEqual(got, seq(20));
+  });
+
+  it("what the builder remembers of one guest memory is never used for another", () => {
+    // Two memories over the same first buffer: in `a` a second region follows it, in `b`
+    // nothing does. A buffer there is served from `a`, then refused from `b`.
+    const a = regions([EDGE]);
+    const b = new GuestMemory([{ base: 0, buffer: a.regions[0].bytes.buffer }]);
+    const { driver, queue } = queueOn(a);
+    driver.addChain([{ writable: 16, at: EDGE + 0x100 }]);
+    const chain = queue.pop(a)!;
+    assert.deepEqual(chain.addrs, [EDGE + 0x100]);
+    queue.addUsed(a, chain.head, 0);
+    driver.takeUsed();
+    driver.addChain([{ writable: 16, at: EDGE + 0x100 }]);
+    assertPopRefuses(queue, b, "DescriptorOutOfBounds", chain.head);
+  });
+
   it("an indirect table straddling two regions is read descriptor by descriptor", () => {
     const mem = regions([EDGE]);
     const { driver, queue } = queueOn(mem, true);
@@ -460,8 +608,7 @@ describe("DescriptorChain", () => {
         new DescriptorChainClass(Symbol("forged"), {
           memory: mem,
           head: 0,
-          addrs: [0],
-          lens: [0x1_0000_0000],
+          segments: [0, 0x1_0000_0000],
           readableCount: 0,
           readableBytes: 0,
           writableBytes: 0x1_0000_0000,
@@ -474,5 +621,75 @@ describe("DescriptorChain", () => {
     assert.throws(() => (loose.readableCount = 0), TypeError);
     assert.equal(chain.writableBytes, 5);
     assert.equal(chain.readableBytes, 3);
+  });
+});
+
+describe("Rings and tables more than 2 GiB into a region", () => {
+  // Offsets past 2^31 cannot be int32s: the rings are read through views of their own and an
+  // indirect table there through one too (or entry by entry when it runs into the next region).
+  // The 2 GiB buffer is never touched outside the rings and buffers, so it costs no memory.
+  const HIGH = 0x8000_0000 + 0x10000;
+  const big = () =>
+    new GuestMemory([
+      { base: 0, buffer: new ArrayBuffer(HIGH + 0x10000) },
+      { base: HIGH + 0x10000, buffer: new ArrayBuffer(0x10000) },
+    ]);
+
+  it("split: rings, buffers and indirect tables past 2 GiB, one crossing into the next region", () => {
+    const mem = big();
+    const driver = new DriverQueue(mem, {
+      size: 16,
+      ringBase: HIGH,
+      bufferBase: HIGH + 0x1000,
+      bufferEnd: HIGH + 0x8000,
+    });
+    const queue = new SplitQueue(16);
+    driver.program(queue);
+    queue.indirect = true;
+    const direct = driver.addChain([{ readable: seq(4) }, { writable: 8 }]);
+    const inTable = driver.addChain([{ readable: seq(4, 5) }, { writable: 8 }], {
+      indirectAt: HIGH + 0x9000,
+    });
+    // A table whose second entry lies in the next region.
+    const across = driver.addChain([{ readable: seq(2, 9) }, { writable: 4 }, { writable: 4 }], {
+      indirectAt: HIGH + 0x10000 - 16,
+    });
+    for (const [head, first] of [[direct, 1], [inTable, 5], [across, 9]]) {
+      const chain = queue.pop(mem)!;
+      assert.equal(chain.head, head);
+      assert.equal(chain.reader.readU8(), first);
+      chain.writer.writeU32(0xa0b0c0d0);
+      queue.addUsed(mem, chain.head, 4);
+    }
+    assert.equal(queue.pop(mem), null);
+    const used = driver.takeAllUsed();
+    assert.deepEqual(used.map((u) => u.id), [direct, inTable, across]);
+    for (const u of used) assert.deepEqual([...u.written.subarray(0, 4)], [0xd0, 0xc0, 0xb0, 0xa0]);
+  });
+
+  it("packed: the ring, its event structures and an indirect table past 2 GiB", () => {
+    const mem = big();
+    const driver = new PackedDriverQueue(mem, {
+      size: 8,
+      ringBase: HIGH,
+      bufferBase: HIGH + 0x1000,
+      bufferEnd: HIGH + 0x8000,
+    });
+    const queue = new PackedQueue(8);
+    driver.program(queue);
+    queue.indirect = true;
+    const ids = [
+      driver.addChain([{ readable: seq(4) }, { writable: 8 }]),
+      driver.addChain([{ readable: seq(4, 5) }, { writable: 8 }], { indirect: true }),
+    ];
+    for (const [i, first] of [1, 5].entries()) {
+      const chain = queue.pop(mem)!;
+      assert.equal(chain.head, ids[i]);
+      assert.equal(chain.reader.readU8(), first);
+      chain.writer.writeU32(0xa0b0c0d0);
+      queue.addUsed(mem, chain.head, 4);
+    }
+    assert.equal(queue.needsNotification(mem), true);
+    assert.deepEqual(driver.takeAllUsed().map((u) => u.id), ids);
   });
 });

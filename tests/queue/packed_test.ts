@@ -211,6 +211,54 @@ describe("PackedQueue", () => {
     assert.equal(r.queue.pop(r.mem)?.head, 4);
   });
 
+  it("a bad buffer early in a list consumes the whole list, reported with its last id", () => {
+    const r = rig();
+    const flags = VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_AVAIL;
+    r.driver.writeDescriptor(2, { addr: 0x10200, len: 4, id: 5, flags });
+    r.driver.writeDescriptor(1, { addr: 0x10100, len: 4, id: 0, flags: flags | VIRTQ_DESC_F_NEXT });
+    r.driver.writeDescriptor(0, {
+      addr: 0x7fff_0000_0000,
+      len: 4,
+      id: 0,
+      flags: flags | VIRTQ_DESC_F_NEXT,
+    });
+    const e = expectQueueError(() => r.queue.pop(r.mem), "DescriptorOutOfBounds", false);
+    assert.equal(e.head, 5);
+    assert.equal(r.queue.nextAvail, 3 | (1 << 15));
+    r.queue.addUsed(r.mem, 5, 0);
+    r.driver.writeDescriptor(3, { addr: 0x10300, len: 4, id: 6, flags });
+    assert.equal(r.queue.pop(r.mem)?.head, 6);
+  });
+
+  it("a bad buffer does not hide a list that is not wholly available (fatal)", () => {
+    const r = rig();
+    r.driver.writeDescriptor(0, {
+      addr: 0x7fff_0000_0000,
+      len: 4,
+      id: 0,
+      flags: VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_AVAIL,
+    });
+    expectQueueError(() => r.queue.pop(r.mem), "InvalidChain", true);
+  });
+
+  it("an indirect descriptor at the end of a list is refused", () => {
+    const r = rig({ indirect: true });
+    r.driver.writeDescriptor(1, {
+      addr: 0x10100,
+      len: 16,
+      id: 1,
+      flags: VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_AVAIL,
+    });
+    r.driver.writeDescriptor(0, {
+      addr: 0x10000,
+      len: 4,
+      id: 0,
+      flags: VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_AVAIL,
+    });
+    const e = expectQueueError(() => r.queue.pop(r.mem), "IndirectWithNext", false);
+    assert.equal(e.head, 1);
+  });
+
   it("readable after writable is refused", () => {
     const r = rig();
     r.driver.writeDescriptor(1, { addr: 0x10000, len: 4, id: 2, flags: VIRTQ_DESC_F_AVAIL });

@@ -122,6 +122,39 @@ describe("SplitQueue basic operation", () => {
     assert.deepEqual(driver.takeAllUsed().map((u) => [u.id, u.len]), [[b, 1], [a, 0]]);
   });
 
+  it("DriverQueue.publishMany() makes a burst available with one avail.idx move", () => {
+    const { mem, driver, queue } = setup({ size: 8 });
+    const heads = [0, 1, 2].map(() => driver.addChain([{ writable: 4 }], { publish: false }));
+    assert.equal(queue.pop(mem), null);
+    driver.publishMany(heads);
+    assert.equal(driver.availIdx, 3);
+    assert.equal(queue.availIdx(mem), 3);
+    const popped: number[] = [];
+    let chain;
+    while ((chain = queue.pop(mem)) !== null) popped.push(chain.head);
+    assert.deepEqual(popped, heads);
+    assert.throws(() => driver.publishMany(new Array(9).fill(0)), RangeError);
+  });
+
+  it("pop() takes the entries avail.idx showed, then reads it again", () => {
+    const { mem, driver, queue } = setup({ size: 8 });
+    driver.addChain([{ writable: 1 }]);
+    driver.addChain([{ writable: 1 }]);
+    assert.ok(queue.pop(mem) !== null);
+    // Published after the device read avail.idx: seen on the next read, when the first two
+    // are taken.
+    driver.addChain([{ writable: 1 }]);
+    assert.ok(queue.pop(mem) !== null);
+    assert.ok(queue.pop(mem) !== null);
+    assert.equal(queue.pop(mem), null);
+    // Moving nextAvail (a restart) forgets what was seen: avail.idx is read again and checked.
+    driver.addChain([{ writable: 1 }]);
+    queue.nextAvail = queue.nextAvail - 1;
+    assert.ok(queue.pop(mem) !== null);
+    assert.ok(queue.pop(mem) !== null);
+    assert.equal(queue.pop(mem), null);
+  });
+
   it("undoPop() makes the same chain available again", () => {
     const { mem, driver, queue } = setup();
     const head = driver.addChain([{ writable: 2 }]);

@@ -382,6 +382,18 @@ describe("SplitQueue.pop() chain validation", () => {
     assertBroken(s, caught);
   });
 
+  it("SplitQueue.pop() serves what avail.idx showed, then catches it jumping", () => {
+    const s = setup();
+    s.driver.addChain([{ writable: 1 }]);
+    s.driver.addChain([{ writable: 1 }]);
+    assert.ok(s.queue.pop(s.mem) !== null);
+    s.driver.setAvailIdx(SIZE + 5);
+    // The second entry was published before the device read avail.idx.
+    assert.ok(s.queue.pop(s.mem) !== null);
+    const caught = expectPopError(s, "AvailIdxJump", true);
+    assertBroken(s, caught);
+  });
+
   it("SplitQueue.pop() accepts avail.idx exactly a full queue ahead", () => {
     const s = setup();
     for (let i = 0; i < SIZE; i++) s.driver.addChain([{ writable: 1 }]);
