@@ -19,7 +19,15 @@
 // "error".
 
 import { blockSignalInThread, ioctl, mmapFd, SIGWINCH, threadId } from "../sys/mod.ts";
-import { encodeIrqLevel, encodeSignalMask, KvmIoctl, KvmRunOffset } from "./abi.ts";
+import {
+  decodeRegs,
+  decodeSregs,
+  encodeIrqLevel,
+  encodeSignalMask,
+  KvmIoctl,
+  KvmRunOffset,
+  KvmSize,
+} from "./abi.ts";
 import { decodeExit, dispatchExit, LegacyIo, type StopReason, VcpuError } from "./exits.ts";
 import { kvmRun } from "./vm.ts";
 import { ConsoleChannel } from "./_console.ts";
@@ -57,7 +65,14 @@ export type VcpuMessage =
   }
   | { type: "console"; index: number }
   | { type: "mmio"; index: number }
-  | { type: "exit"; index: number; reason: StopReason | "stopped"; exits: number }
+  | {
+    type: "exit";
+    index: number;
+    reason: StopReason | "stopped";
+    exits: number;
+    /** What stopped it, when more can be said than the reason (a triple fault's registers). */
+    detail?: string;
+  }
   | { type: "error"; index: number; code: string; message: string };
 
 // deno-lint-ignore no-explicit-any
@@ -123,9 +138,9 @@ function runVcpu(start: VcpuStart): void {
   );
   post({ type: "running", index, tid: threadId(), at: performance.timeOrigin + performance.now() });
   let exits = 0;
-  const finish = (reason: StopReason | "stopped") => {
+  const finish = (reason: StopReason | "stopped", detail?: string) => {
     if (sinceDoorbell > 0 || channel.pending > 0) doorbell();
-    post({ type: "exit", index, reason, exits });
+    post({ type: "exit", index, reason, exits, detail });
   };
   for (;;) {
     if (mailbox.stopRequested) return finish("stopped");
@@ -135,8 +150,33 @@ function runVcpu(start: VcpuStart): void {
       continue;
     }
     exits++;
-    const reason = dispatchExit(decodeExit(run), handlers);
-    if (reason !== undefined) return finish(reason);
+    const exit = decodeExit(run);
+    const reason = dispatchExit(exit, handlers);
+    if (reason === undefined) continue;
+    return finish(reason, exit.kind === "shutdown" ? tripleFault(start.vcpuFd, index) : undefined);
+  }
+}
+
+/**
+ * A triple fault (KVM_EXIT_SHUTDOWN) and the vCPU's registers after it. On AMD, KVM reinitializes
+ * the vCPU on a shutdown intercept, so there they read as the reset state (rip 0xfff0).
+ */
+function tripleFault(vcpuFd: number, index: number): string {
+  try {
+    const rb = new Uint8Array(KvmSize.regs);
+    ioctl(vcpuFd, KvmIoctl.GET_REGS, rb);
+    const sb = new Uint8Array(KvmSize.sregs);
+    ioctl(vcpuFd, KvmIoctl.GET_SREGS, sb);
+    const r = decodeRegs(rb);
+    const s = decodeSregs(sb);
+    const hex = (v: bigint | number) => "0x" + v.toString(16);
+    return `triple fault on vCPU ${index}; registers now: rip ${hex(r.rip)} rsp ${hex(r.rsp)} cr0 ${
+      hex(s.cr0)
+    } ` +
+      `cr2 ${hex(s.cr2)} cr3 ${hex(s.cr3)} cr4 ${hex(s.cr4)} efer ${hex(s.efer)} ` +
+      `idt ${hex(s.idt.base)}+${s.idt.limit} cs ${hex(s.cs.selector)}`;
+  } catch (e) {
+    return `triple fault on vCPU ${index} (registers unreadable: ${e})`;
   }
 }
 

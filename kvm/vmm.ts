@@ -168,6 +168,11 @@ export interface RunResult {
   startedAt: number;
   /** Milliseconds from vCPU 0's first `KVM_RUN` until every vCPU had stopped. */
   elapsedMs: number;
+  /**
+   * More about the stop when there is more to say: for a triple fault (a `"reset"` through
+   * `KVM_EXIT_SHUTDOWN`, not through a reset port) the vCPU and its registers.
+   */
+  detail?: string;
 }
 
 /**
@@ -525,6 +530,7 @@ export class MicroVm {
       let startedAt = NaN;
       let exits = 0;
       let reason: StopReason | "stopped" | undefined;
+      let detail: string | undefined;
       let failure: Error | undefined;
       let left = this.#vcpus.length;
       // Whole lines arrive with a doorbell; a partial line (a prompt) is picked up by this.
@@ -553,6 +559,7 @@ export class MicroVm {
             startupMs: startedAt - called,
             startedAt,
             elapsedMs: performance.now() - startedAt,
+            ...(detail === undefined ? {} : { detail }),
           });
         }
       };
@@ -592,6 +599,7 @@ export class MicroVm {
               return;
             case "exit":
               exits += msg.exits;
+              if (msg.detail !== undefined) detail ??= msg.detail;
               if (reason === undefined || reason === "stopped") {
                 reason = msg.reason === "stopped" ? reason ?? "stopped" : msg.reason;
               }

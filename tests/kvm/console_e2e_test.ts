@@ -158,7 +158,10 @@ test(
     try {
       assert.equal(vm.windows[0].base, DEFAULT_MMIO_BASE);
       const result = await vm.run({ timeoutMs: 5 * 60_000 });
-      const show = `\nreason ${result.reason}, ${result.elapsedMs.toFixed(0)} ms` +
+      const show =
+        `\nreason ${result.reason}${result.detail ? ` (${result.detail})` : ""}, ${
+          result.elapsedMs.toFixed(0)
+        } ms` +
         `\n--- serial ---\n${serial}\n--- hvc0 ---\n${hvcOut.text()}` +
         `\n--- ${PORT_NAME} ---\n${agentOut.text()}\n--- events ---\n${agentEvents}` +
         `\n--- errors ---\n${errors.join("\n")}\n--- stats ---\n${JSON.stringify(dev.stats)}`;

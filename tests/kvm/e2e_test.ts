@@ -104,7 +104,9 @@ for (const cpus of [1, 2, 4]) {
       try {
         const result = await vm.run({ timeoutMs: 5 * 60_000 });
         const show =
-          `\nreason ${result.reason}, ${result.exits} exits, ${result.elapsedMs.toFixed(0)} ms` +
+          `\nreason ${result.reason}${
+            result.detail ? ` (${result.detail})` : ""
+          }, ${result.exits} exits, ${result.elapsedMs.toFixed(0)} ms` +
           `\n--- console ---\n${console}\n--- errors ---\n${errors.join("\n")}`;
         assert.match(console, /VT-RESULT: PASS/, show);
         assert.equal(result.reason, "poweroff", `the guest powers off through ACPI S5${show}`);

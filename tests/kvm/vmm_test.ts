@@ -97,3 +97,19 @@ test("a guest's ACPI power off and reset end the run with their reasons", {
     }
   }
 });
+
+test("a triple fault stops the guest as a reset, with the vCPU's registers in the detail", {
+  skip,
+  timeout: 120_000,
+}, async () => {
+  // ud2 with an empty IDT (the boot state has none): #UD, then #GP, #DF, shutdown.
+  const vm = MicroVm.create({ kernel: tinyKernel([0x0f, 0x0b]), memorySize: 16 << 20 });
+  try {
+    const r = await vm.run({ timeoutMs: 60_000 });
+    assert.equal(r.reason, "reset");
+    // Intel keeps the faulting state; AMD's KVM reinitializes the vCPU (rip 0xfff0).
+    assert.match(r.detail ?? "", /^triple fault on vCPU 0; registers now: rip 0x(100200|fff0) /);
+  } finally {
+    vm.close();
+  }
+});
