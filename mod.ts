@@ -30,4 +30,5 @@ export * from "./devices/rng.ts";
 export * from "./devices/block.ts";
 export * from "./devices/net.ts";
 export * from "./devices/vsock.ts";
+export * from "./devices/balloon.ts";
 export * from "./transport/mod.ts";
