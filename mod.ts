@@ -31,4 +31,6 @@ export * from "./devices/block.ts";
 export * from "./devices/net.ts";
 export * from "./devices/vsock.ts";
 export * from "./devices/balloon.ts";
+export * from "./devices/mem.ts";
+export * from "./devices/pmem.ts";
 export * from "./transport/mod.ts";

@@ -8,6 +8,9 @@
  *   {@link parseBzImage}, {@link e820Map}, {@link longModeSregs}), pure TypeScript.
  * - `vm.ts`: the KVM ioctls ({@link Kvm}, {@link Vm}, {@link Vcpu}).
  * - `abi.ts`: ioctl numbers and structure layouts of `<linux/kvm.h>`.
+ * - `device_memory.ts`: device memory above RAM ({@link DeviceMemorySpace}): windows and memory
+ *   slots for devices that have memory of their own (virtio-mem, pmem), the VMM's
+ *   `VirtioRegionHandler`.
  * - `acpi.ts`: RSDP, XSDT, FADT, MADT and DSDT ({@link writeAcpiTables}), pure TypeScript.
  * - `exits.ts`, `serial.ts`: exit decoding and the legacy devices (COM1, ACPI registers, i8042
  *   reset).
@@ -126,6 +129,16 @@ export {
   X86_CR4_PAE,
   XLF_KERNEL_64,
 } from "./boot.ts";
+export {
+  DEFAULT_DEVICE_MEMORY_BASE,
+  type DeviceMemoryRegion,
+  DeviceMemorySpace,
+  type DeviceMemorySpaceOptions,
+  KVM_MEM_READONLY,
+  physAddressLimit,
+  RAM_SLOT,
+  type SetMemorySlot,
+} from "./device_memory.ts";
 export {
   decodeExit,
   dispatchExit,
