@@ -85,10 +85,10 @@ step balloon-inflate
 touch_memory 48
 t0=$(memtotal)
 echo "VT-BALLOON-READY memtotal=$t0"
-wait_until 3000 '[ $(memtotal) -le $((t0 - ${BALLOON_TARGET / 1024} + 1024)) ]'
+wait_until 3000 '[ $(memtotal) -le $((t0 - ${BALLOON_TARGET / 1024})) ]'
 echo "VT-BALLOON-INFLATED memtotal=$(memtotal) balloon_inflate=$(vmstat balloon_inflate)"
 step balloon-deflate
-wait_until 3000 '[ $(memtotal) -ge $((t0 - 1024)) ]'
+wait_until 3000 '[ $(memtotal) -ge $t0 ]'
 touch_memory 48
 echo "VT-BALLOON-DEFLATED memtotal=$(memtotal) balloon_deflate=$(vmstat balloon_deflate)"
 
@@ -240,6 +240,20 @@ async function boot(
   }
 }
 
+const timers = new Set<ReturnType<typeof setInterval>>();
+
+/** Run `then` once `ready()` holds, checking every 100 ms for at most 5 minutes. */
+function waitThen(ready: () => boolean, then: () => void): void {
+  const started = Date.now();
+  const timer = setInterval(() => {
+    if (!ready() && Date.now() - started < 300_000) return;
+    clearInterval(timer);
+    timers.delete(timer);
+    then();
+  }, 100);
+  timers.add(timer);
+}
+
 function ramResident(vm: MicroVm): number {
   const ram = vm.memory.regions[0];
   return residentBytes(BigInt(mappedAddressOf(ram.bytes)!), ram.size);
@@ -274,10 +288,18 @@ test(
             balloon.setTargetPages(BALLOON_TARGET / 4096);
           },
           "VT-BALLOON-INFLATED": () => {
-            rss.inflated = ramResident(vm());
-            rss.inflatedActual = balloon.actualPages;
-            rss.inflatedHeld = balloon.pagesInBalloon;
-            balloon.setTargetPages(0);
+            // The guest counts pages out of MemTotal before the device acknowledges the last
+            // request, and updates actual after: wait (bounded) for both.
+            const target = BALLOON_TARGET / 4096;
+            waitThen(
+              () => balloon.pagesInBalloon === target && balloon.actualPages === target,
+              () => {
+                rss.inflated = ramResident(vm());
+                rss.inflatedActual = balloon.actualPages;
+                rss.inflatedHeld = balloon.pagesInBalloon;
+                balloon.setTargetPages(0);
+              },
+            );
           },
           "VT-BALLOON-DEFLATED": () => {
             rss.deflated = ramResident(vm());
@@ -349,7 +371,6 @@ test(
       const balloon2 = new BalloonDevice({ freePageReporting: true, deflateOnOom: true });
       const pmem2 = new PmemDevice({ path: image });
       const r2: Record<string, number> = {};
-      let poll: ReturnType<typeof setInterval> | undefined;
       let b2: Boot;
       try {
         b2 = await boot(boot2Script(), [balloon2, pmem2], (vm) => ({
@@ -360,19 +381,15 @@ test(
           },
           "VT-REPORT-FREED": () => {
             // Wait (bounded) until the reported pages are released, then start the OOM phase.
-            const started = Date.now();
-            poll = setInterval(() => {
-              const released = balloon2.counters.releasedBytes - r2.releasedBefore;
-              if (released < 0.5 * r2.filled && Date.now() - started < 300_000) return;
-              clearInterval(poll);
-              r2.reported = released;
+            const released = () => balloon2.counters.releasedBytes - r2.releasedBefore;
+            waitThen(() => released() >= 0.5 * r2.filled, () => {
+              r2.reported = released();
               r2.afterFree = ramResident(vm());
               balloon2.setTargetPages(OOM_TARGET / 4096);
-            }, 200);
+            });
           },
         }));
       } finally {
-        if (poll !== undefined) clearInterval(poll);
         balloon2.remove();
         pmem2.remove();
       }
@@ -397,6 +414,7 @@ test(
       );
       console.log(`[memdev e2e]\n  ${figures.join("\n  ")}`);
     } finally {
+      for (const t of timers) clearInterval(t);
       rmSync(dir, { recursive: true, force: true });
     }
   },
