@@ -392,6 +392,17 @@ export class BalloonDevice extends VirtioDeviceBase {
     this.#pages = new BalloonPageMap(this.#ramRanges(config));
     this.#statsHead = undefined;
     this.#startStatsTimer();
+    if (this.#roles.includes(Role.Stats)) {
+      // Linux adds its first stats buffer and notifies before it sets DRIVER_OK (init_vqs),
+      // and transports drop notifications for an inactive device: look at the stats queue
+      // once this activation is complete.
+      queueMicrotask(() => {
+        const index = this.#roles.indexOf(Role.Stats);
+        if (index >= 0 && this.active !== undefined && this.#statsHead === undefined) {
+          this.processQueue(index);
+        }
+      });
+    }
   }
 
   /**

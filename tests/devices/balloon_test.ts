@@ -7,6 +7,10 @@ import assert from "node:assert/strict";
 import { GuestMemory } from "../../memory/guest_memory.ts";
 import { mmapAnonymous } from "../../sys/mod.ts";
 import {
+  DEVICE_ACKNOWLEDGE,
+  DEVICE_DRIVER,
+  DEVICE_DRIVER_OK,
+  DEVICE_FEATURES_OK,
   featureBit,
   type GuestRam,
   MappedGuestRam,
@@ -29,9 +33,14 @@ import {
   VIRTIO_BALLOON_F_PAGE_REPORTING,
   VIRTIO_BALLOON_F_STATS_VQ,
 } from "../../devices/balloon.ts";
-import { MMIO_CONFIG_OFFSET, type MmioError, MmioTransport } from "../../transport/mmio.ts";
+import {
+  MMIO_CONFIG_OFFSET,
+  type MmioError,
+  MmioRegister,
+  MmioTransport,
+} from "../../transport/mmio.ts";
 import { MmioDriver } from "../../testing/mmio_driver.ts";
-import type { DriverQueue } from "../../testing/queue_driver.ts";
+import { DriverQueue } from "../../testing/queue_driver.ts";
 import { residentBytes } from "./_rss.ts";
 
 const RAM = 16 << 20;
@@ -398,6 +407,47 @@ describe("virtio-balloon", () => {
         r.driver.kick(2, true);
         assert.equal(r.balloon.stats?.freeMemory, 5);
         assert.equal(r.balloon.counters.statsUpdates, 2);
+      } finally {
+        r.close();
+      }
+    });
+
+    it("takes the first buffer Linux adds and notifies before DRIVER_OK", async () => {
+      const r = rig();
+      try {
+        // Start again by hand as Linux's virtio_balloon does: the stats buffer is added and
+        // notified while the device is not yet live.
+        const R = MmioRegister;
+        const t = r.transport;
+        t.writeU32(R.Status, 0);
+        t.writeU32(R.Status, DEVICE_ACKNOWLEDGE);
+        t.writeU32(R.Status, DEVICE_ACKNOWLEDGE | DEVICE_DRIVER);
+        r.driver.writeDriverFeatures(r.driver.features);
+        const status = DEVICE_ACKNOWLEDGE | DEVICE_DRIVER | DEVICE_FEATURES_OK;
+        t.writeU32(R.Status, status);
+        const queues = [0, 1, 2].map((i) => {
+          const dq = new DriverQueue(r.mem, {
+            size: 64,
+            ringBase: 0x100000 + i * 0x10000,
+            bufferBase: 0x200000 + i * 0x10000,
+            bufferEnd: 0x200000 + (i + 1) * 0x10000,
+          });
+          t.writeU32(R.QueueSel, i);
+          t.writeU32(R.QueueNum, 64);
+          t.writeU32(R.QueueDescLow, dq.descTable);
+          t.writeU32(R.QueueDriverLow, dq.availRing);
+          t.writeU32(R.QueueDeviceLow, dq.usedRing);
+          t.writeU32(R.QueueReady, 1);
+          return dq;
+        });
+        queues[2].addChain([{ readable: STATS }]);
+        t.writeU32(R.QueueNotify, 2); // dropped: the device is not active
+        assert.equal(r.balloon.counters.statsUpdates, 0);
+        t.writeU32(R.Status, status | DEVICE_DRIVER_OK);
+        await Promise.resolve();
+        assert.equal(r.balloon.stats?.totalMemory, 512 << 20);
+        assert.equal(r.balloon.requestStats(), true);
+        assert.ok(queues[2].takeUsed() !== null);
       } finally {
         r.close();
       }
