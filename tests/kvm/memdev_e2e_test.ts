@@ -97,7 +97,7 @@ bs=$(( 0x$(cat /sys/devices/system/memory/block_size_bytes) ))
 first=$(( 0x100000000 / bs ))
 hot() {
   for d in /sys/devices/system/memory/memory*; do
-    i=\${d##*memory}; [ "$i" -ge "$first" ] && [ "$(cat $d/online)" = 1 ] && printf '%s ' "$i"
+    i=\${d##*memory}; [ "$i" -ge "$first" ] && [ "$(cat $d/online 2>/dev/null)" = 1 ] && printf '%s ' "$i"
   done
   return 0
 }
@@ -149,7 +149,7 @@ rm -f /tmp/fill
 echo "VT-REPORT-FREED"
 
 step deflate-on-oom
-wait_until 3000 '[ "$(vmstat balloon_inflate)" -ge ${(OOM_TARGET / 4096) * 9 / 10} ]'
+wait_until 3000 '[ "$(vmstat balloon_inflate)" -ge ${Math.floor((OOM_TARGET / 4096) * 0.9)} ]'
 a=$(( $(memavail) / 1024 ))
 echo "VT-OOM-INFLATED avail_mib=$a memtotal=$(memtotal)"
 dd if=/dev/zero of=/tmp/oom bs=1M count=$((a + 64)) 2>/dev/null || fail "dd failed"
