@@ -125,7 +125,7 @@ echo "VT-PMEM-MOUNT dax=$dax $(grep pmem0 /proc/mounts)"
 echo "${MARKER}" > /mnt/hello
 sync
 umount /mnt
-echo "VT-PMEM-WRITTEN"
+echo "VT-PMEM-WRITTEN uptime=$(cut -d' ' -f1 /proc/uptime)"
 `;
 }
 
@@ -138,7 +138,7 @@ step pmem-read
 wait_for /dev/pmem0 100
 mount -t ext2 -o dax /dev/pmem0 /mnt 2>/dev/null || mount -t ext2 /dev/pmem0 /mnt
 expect_eq "$(cat /mnt/hello)" "${MARKER}" "the file written by the first boot"
-echo "VT-PMEM-READ ok"
+echo "VT-PMEM-READ ok uptime=$(cut -d' ' -f1 /proc/uptime)"
 umount /mnt
 
 step free-page-reporting
@@ -259,6 +259,11 @@ function ramResident(vm: MicroVm): number {
   return residentBytes(BigInt(mappedAddressOf(ram.bytes)!), ram.size);
 }
 
+/** The guest uptime a marker line reports (`uptime=S`). */
+function uptime(console: string, marker: string): string {
+  return new RegExp(`${marker}.*uptime=([0-9.]+)`).exec(console)?.[1] ?? "?";
+}
+
 function mib(n: number): string {
   return `${(n / MiB).toFixed(1)} MiB`;
 }
@@ -362,9 +367,9 @@ test(
         `virtio-mem: ${mib(rss.memPlugged)} plugged, device memory resident ${
           mib(rss.memTouched)
         } when used, ${mib(rss.memUnplugged)} after unplug`,
-        `pmem: dax=${dax}, ${pmem.counters.flushes} flushes, boot 1 ${
-          (b1.result.elapsedMs / 1000).toFixed(1)
-        } s`,
+        `pmem: dax=${dax}, ${pmem.counters.flushes} flushes, mkfs + write + sync done at ${
+          uptime(b1.console, "VT-PMEM-WRITTEN")
+        } s of guest uptime; boot 1 whole run ${(b1.result.elapsedMs / 1000).toFixed(1)} s`,
       );
 
       // ---- boot 2 ------------------------------------------------------------------------
@@ -408,9 +413,12 @@ test(
         `free page reporting: ${mib(r2.filled)} freed in the guest, ${
           mib(r2.reported)
         } reported and released, RAM resident ${mib(r2.beforeFree)} -> ${mib(r2.afterFree)}`,
-        `DEFLATE_ON_OOM: ${c2.deflatedPages} pages deflated under OOM; pmem boot 2 ${
-          (b2.result.elapsedMs / 1000).toFixed(1)
-        } s`,
+        `DEFLATE_ON_OOM: ${c2.deflatedPages} pages deflated under OOM`,
+        `pmem boot 2: kernel to init ${uptime(b2.console, "VT-BEGIN")} s, the file read back ` +
+          `from /dev/pmem0 (mounted with DAX when allowed) at ${
+            uptime(b2.console, "VT-PMEM-READ")
+          } s ` +
+          `of guest uptime; whole run ${(b2.result.elapsedMs / 1000).toFixed(1)} s`,
       );
       console.log(`[memdev e2e]\n  ${figures.join("\n  ")}`);
     } finally {
