@@ -27,8 +27,6 @@ import { mappedAddressOf } from "../sys/mod.ts";
 export const DEFAULT_DEVICE_MEMORY_BASE = 0x1_0000_0000;
 /** KVM memory slot of guest RAM; device memory slots follow it. */
 export const RAM_SLOT = 0;
-/** `kvm_userspace_memory_region.flags`: the guest may not write the slot. */
-export const KVM_MEM_READONLY = 2;
 
 /** Sets one KVM memory slot (`KVM_SET_USER_MEMORY_REGION`; size 0 deletes it). */
 export type SetMemorySlot = (

@@ -134,7 +134,6 @@ export {
   type DeviceMemoryRegion,
   DeviceMemorySpace,
   type DeviceMemorySpaceOptions,
-  KVM_MEM_READONLY,
   physAddressLimit,
   RAM_SLOT,
   type SetMemorySlot,
