@@ -121,7 +121,9 @@ export class PmemDevice extends VirtioDeviceBase {
   readonly #config: DataView;
   readonly #onError: ((err: VirtioError) => void) | undefined;
   readonly #response = new Uint8Array(PMEM_REQUEST_SIZE);
+  readonly #responseView = new DataView(this.#response.buffer);
   readonly #request = new Uint8Array(PMEM_REQUEST_SIZE);
+  readonly #requestView = new DataView(this.#request.buffer);
   #fd: number;
   #mapping: Mapping | undefined;
   #counters: PmemCounters = { flushes: 0, flushFailures: 0, badRequests: 0, unanswerable: 0 };
@@ -309,7 +311,7 @@ export class PmemDevice extends VirtioDeviceBase {
       c.badRequests++;
     } else {
       chain.reader.readExact(this.#request);
-      const type = new DataView(this.#request.buffer).getUint32(0, true);
+      const type = this.#requestView.getUint32(0, true);
       if (type !== VIRTIO_PMEM_REQ_TYPE_FLUSH) {
         c.badRequests++;
       } else {
@@ -329,7 +331,7 @@ export class PmemDevice extends VirtioDeviceBase {
         }
       }
     }
-    new DataView(this.#response.buffer).setUint32(0, ret, true);
+    this.#responseView.setUint32(0, ret, true);
     return writer.write(this.#response);
   };
 
