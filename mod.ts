@@ -33,4 +33,5 @@ export * from "./devices/vsock.ts";
 export * from "./devices/balloon.ts";
 export * from "./devices/mem.ts";
 export * from "./devices/pmem.ts";
+export * from "./devices/console.ts";
 export * from "./transport/mod.ts";

@@ -1,12 +1,12 @@
 /**
  * Boots a real Linux guest on OUR virtual machine monitor (kvm/): Debian's stock cloud kernel and
  * the busybox initramfs of launcher/guest, with a virtio entropy device and a virtio block device
- * (an 8 MiB scratch file) over virtio-mmio, declared to the guest in ACPI, and prints the guest
- * console. Where /dev/kvm is absent it says so and exits 0 (scripts/kvm-guest.sh runs it in a
- * nested-KVM guest).
+ * (an 8 MiB scratch file) over virtio-mmio, declared to the guest in ACPI (or over virtio-pci with
+ * MSI-X with `--pci`), and prints the guest console. Where /dev/kvm is absent it says so and
+ * exits 0 (scripts/kvm-guest.sh runs it in a nested-KVM guest).
  *
- * Run: `node_modules/.bin/deno run --allow-all demo/kvm.ts [--no-block] [--cpus N]` (the console
- * is output-only: host input is not forwarded to the guest).
+ * Run: `node_modules/.bin/deno run --allow-all demo/kvm.ts [--no-block] [--cpus N] [--pci]` (the
+ * console is output-only: host input is not forwarded to the guest).
  *
  * @module
  */
@@ -31,6 +31,7 @@ if (!MicroVm.available()) {
 }
 
 const withBlock = !args.includes("--no-block");
+const pci = args.includes("--pci");
 const cpusAt = args.indexOf("--cpus");
 const cpus = cpusAt >= 0 ? Number(args[cpusAt + 1]) : 1;
 const script = [
@@ -45,6 +46,7 @@ const script = [
   ...(withBlock
     ? ["step block", "wait_for /dev/vda", "cat /sys/block/vda/size", "head -c 32 /dev/vda; echo"]
     : []),
+  ...(pci ? ["step interrupts", "grep -E 'CPU|virtio' /proc/interrupts"] : []),
 ].join("\n");
 
 console.error("demo/kvm.ts: building or finding the guest kernel and initramfs…");
@@ -67,8 +69,9 @@ if (withBlock) {
 const vm = MicroVm.create({
   kernel: new Uint8Array(readFileSync(guest.kernel)),
   initrd,
-  cmdline: "console=ttyS0 panic=-1 pci=off quiet",
+  cmdline: pci ? "console=ttyS0 panic=-1 quiet" : "console=ttyS0 panic=-1 pci=off quiet",
   cpus,
+  transport: pci ? "pci" : "mmio",
   devices,
   onError: (e) => console.error(`device error: ${e.message}`),
 });

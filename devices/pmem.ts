@@ -57,8 +57,8 @@ import {
 
 /**
  * Feature bit: the region is shared memory region 0 instead of `start`/`size` in the
- * configuration (virtio 1.2 §5.19.3). Offered; Linux 6.1 does not know it and reads the
- * configuration.
+ * configuration (virtio 1.2 §5.19.3). Offered only with `shmemRegion: true`, for a transport
+ * that exposes the device's shared memory (virtio-mmio does); Linux 6.1 does not know it.
  */
 export const VIRTIO_PMEM_F_SHMEM_REGION = 0;
 /** Request type: make every completed write durable. */
@@ -93,6 +93,12 @@ export interface PmemOptions {
   path: string;
   /** Queue size (default {@linkcode PMEM_QUEUE_SIZE}). */
   queueSize?: number;
+  /**
+   * Offer VIRTIO_PMEM_F_SHMEM_REGION (default false): only where the transport exposes shared
+   * memory region 0 (virtio-mmio's SHM registers; our VMM's PCI functions have no shared
+   * memory BAR).
+   */
+  shmemRegion?: boolean;
   /** Called for each error while serving (default: ignore). */
   onError?: (err: VirtioError) => void;
 }
@@ -161,7 +167,8 @@ export class PmemDevice extends VirtioDeviceBase {
       new VirtioDeviceInfo(
         "virtio-pmem",
         featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_F_INDIRECT_DESC) |
-          featureBit(VIRTIO_F_EVENT_IDX) | featureBit(VIRTIO_PMEM_F_SHMEM_REGION),
+          featureBit(VIRTIO_F_EVENT_IDX) |
+          (options.shmemRegion ? featureBit(VIRTIO_PMEM_F_SHMEM_REGION) : 0n),
         [options.queueSize ?? PMEM_QUEUE_SIZE],
         config,
       ),

@@ -4,8 +4,11 @@
 // COM1 through a ConsoleChannel (its lock serializes their UART accesses, its ring keeps the output
 // in order). MMIO exits belong to the transports on the main thread: the worker writes the access
 // into its Mailbox, rings the main thread with postMessage and sleeps in Atomics.wait until the
-// main thread has served it. Queue notifications and device interrupts never come here: they
-// travel through ioeventfd/irqfd.
+// main thread has served it. With PCI, the configuration address latch (0xCF8) is kept here, in
+// memory shared by every vCPU, and so is a copy of the configuration space that reads are answered
+// from (the main thread refreshes it after each write, before the writer resumes); writes, reads
+// the copy cannot answer, and ports in the PCI I/O window travel to the main thread, the same way.
+// Queue notifications and device interrupts never come here: they travel through ioeventfd/irqfd.
 //
 // Stopping: SIGWINCH is blocked in this thread except while KVM_RUN runs (KVM_SET_SIGNAL_MASK), so
 // the main thread's tgkill makes a running or halted vCPU leave KVM_RUN with EINTR, after which the
@@ -20,7 +23,8 @@ import { encodeIrqLevel, encodeSignalMask, KvmIoctl, KvmRunOffset } from "./abi.
 import { decodeExit, dispatchExit, LegacyIo, type StopReason, VcpuError } from "./exits.ts";
 import { kvmRun } from "./vm.ts";
 import { ConsoleChannel } from "./_console.ts";
-import { Mailbox } from "./_mailbox.ts";
+import { AccessKind, Mailbox } from "./_mailbox.ts";
+import { Conf1Ports, ConfigShadow } from "./pci.ts";
 
 /** The start message. */
 export interface VcpuStart {
@@ -34,6 +38,11 @@ export interface VcpuStart {
   mailbox: SharedArrayBuffer;
   /** The VM's {@link ConsoleChannel}. */
   console: SharedArrayBuffer;
+  /**
+   * With PCI: the shared configuration address latch (4 bytes), the copy of the configuration
+   * space reads are answered from (`ConfigShadow`), and the I/O window.
+   */
+  pci?: { conf1: SharedArrayBuffer; shadow: SharedArrayBuffer; ioBase: number; ioSize: number };
 }
 
 /** Messages the worker posts. */
@@ -80,10 +89,30 @@ function runVcpu(start: VcpuStart): void {
     uartState: channel.uartState,
     lock: channel,
   });
+  const ring = () => post({ type: "mmio", index });
+  const pci = start.pci;
+  const conf1 = pci === undefined ? undefined : new Conf1Ports(new Int32Array(pci.conf1, 0, 1));
+  const shadow = pci === undefined ? undefined : new ConfigShadow(pci.shadow);
+  const config = (offset: number, write: boolean, data: Uint8Array) => {
+    if (!write && shadow?.read(offset, data)) return;
+    mailbox.request(offset, write, data, ring, AccessKind.PCI_CONFIG);
+  };
   const handlers = {
     io,
     mmio: (addr: number, write: boolean, data: Uint8Array) => {
-      mailbox.request(addr, write, data, () => post({ type: "mmio", index }));
+      mailbox.request(addr, write, data, ring);
+    },
+    pio: (port: number, write: boolean, data: Uint8Array): boolean => {
+      if (pci === undefined || conf1 === undefined) return false;
+      if (Conf1Ports.owns(port)) {
+        conf1.access(port, write, data, config);
+        return true;
+      }
+      if (port >= pci.ioBase && port < pci.ioBase + pci.ioSize) {
+        mailbox.request(port, write, data, ring, AccessKind.IO);
+        return true;
+      }
+      return false;
     },
   };
   const blocked = blockSignalInThread(SIGWINCH);

@@ -133,6 +133,10 @@ export const KvmSize = {
   signalMask: 4,
   /** `__u64` (the argument of `KVM_SET_IDENTITY_MAP_ADDR`) */
   u64: 8,
+  /** `struct kvm_irq_routing` header (`nr`, `flags`; the entries follow) */
+  irqRouting: 8,
+  /** `struct kvm_irq_routing_entry` */
+  irqRoutingEntry: 48,
 } as const;
 
 /** KVM ioctl request numbers (system, VM and vCPU ioctls), x86-64. */
@@ -160,7 +164,8 @@ export const KvmIoctl: Readonly<
     | "GET_LAPIC"
     | "SET_LAPIC"
     | "SET_CPUID2"
-    | "SET_SIGNAL_MASK",
+    | "SET_SIGNAL_MASK"
+    | "SET_GSI_ROUTING",
     number
   >
 > = {
@@ -187,6 +192,7 @@ export const KvmIoctl: Readonly<
   SET_LAPIC: _IOW(KVMIO, 0x8f, KvmSize.lapicState),
   SET_CPUID2: _IOW(KVMIO, 0x90, KvmSize.cpuid2),
   SET_SIGNAL_MASK: _IOW(KVMIO, 0x8b, KvmSize.signalMask),
+  SET_GSI_ROUTING: _IOW(KVMIO, 0x6a, KvmSize.irqRouting),
 } as const;
 
 /** KVM capabilities queried with `KVM_CHECK_EXTENSION`. */
@@ -201,6 +207,7 @@ export const KvmCap = {
   SET_IDENTITY_MAP_ADDR: 37,
   IOEVENTFD: 36,
   IRQFD: 32,
+  IRQ_ROUTING: 25,
   IMMEDIATE_EXIT: 136,
   TSC_DEADLINE_TIMER: 72,
 } as const;
@@ -241,6 +248,12 @@ export const KVM_IOEVENTFD_FLAG_PIO = 1 << 1;
 export const KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2;
 /** `kvm_irqfd.flags`: remove the registration. */
 export const KVM_IRQFD_FLAG_DEASSIGN = 1 << 0;
+/** `kvm_irq_routing_entry.type`: a pin of an in-kernel interrupt controller. */
+export const KVM_IRQ_ROUTING_IRQCHIP = 1;
+/** `kvm_irq_routing_entry.type`: an MSI message. */
+export const KVM_IRQ_ROUTING_MSI = 2;
+/** `kvm_irq_routing_irqchip.irqchip` values: the two 8259s and the I/O APIC. */
+export const KvmIrqchip = { PIC_MASTER: 0, PIC_SLAVE: 1, IOAPIC: 2 } as const;
 /** `kvm_pit_config.flags`: the PIT speaker port is a dummy. */
 export const KVM_PIT_SPEAKER_DUMMY = 1;
 
@@ -379,6 +392,62 @@ export function encodeIoeventfd(
   v.setUint32(16, len, true);
   v.setInt32(20, fd, true);
   v.setUint32(24, flags | (datamatch === undefined ? 0 : KVM_IOEVENTFD_FLAG_DATAMATCH), true);
+  return b;
+}
+
+/** One GSI route of `KVM_SET_GSI_ROUTING`. */
+export type GsiRoute =
+  | {
+    /** The GSI (what an irqfd or `KVM_IRQ_LINE` names). */
+    gsi: number;
+    /** A pin of an in-kernel interrupt controller. */
+    kind: "irqchip";
+    /** {@link KvmIrqchip} value. */
+    irqchip: number;
+    /** The pin. */
+    pin: number;
+  }
+  | {
+    /** The GSI. */
+    gsi: number;
+    /** An MSI message. */
+    kind: "msi";
+    /** Message address (64 bits). */
+    address: bigint;
+    /** Message data. */
+    data: number;
+  };
+
+/**
+ * `struct kvm_irq_routing` with its entries: the whole routing table `KVM_SET_GSI_ROUTING`
+ * replaces.
+ *
+ * @param routes The routes (at most 4096, KVM_MAX_IRQ_ROUTES).
+ * @returns The structure: an 8-byte header and 48 bytes per entry.
+ * @throws {RangeError} For too many routes or a field out of range.
+ */
+export function encodeGsiRouting(routes: readonly GsiRoute[]): Uint8Array {
+  if (routes.length > 4096) throw new RangeError(`${routes.length} GSI routes (at most 4096)`);
+  const b = new Uint8Array(KvmSize.irqRouting + routes.length * KvmSize.irqRoutingEntry);
+  const v = view(b);
+  v.setUint32(0, routes.length, true);
+  routes.forEach((r, i) => {
+    const at = KvmSize.irqRouting + i * KvmSize.irqRoutingEntry;
+    if (!Number.isInteger(r.gsi) || r.gsi < 0 || r.gsi > 0xffffffff) {
+      throw new RangeError(`GSI ${r.gsi}`);
+    }
+    v.setUint32(at, r.gsi, true);
+    if (r.kind === "irqchip") {
+      v.setUint32(at + 4, KVM_IRQ_ROUTING_IRQCHIP, true);
+      v.setUint32(at + 16, r.irqchip, true);
+      v.setUint32(at + 20, r.pin, true);
+    } else {
+      v.setUint32(at + 4, KVM_IRQ_ROUTING_MSI, true);
+      v.setUint32(at + 16, Number(r.address & 0xffffffffn), true);
+      v.setUint32(at + 20, Number((r.address >> 32n) & 0xffffffffn), true);
+      v.setUint32(at + 24, r.data >>> 0, true);
+    }
+  });
   return b;
 }
 

@@ -4,6 +4,10 @@
  * device (`_HID "LNRO0005"`, the id Linux's `virtio_mmio` driver matches through ACPI) with its
  * register window and interrupt. This is how a stock distribution kernel, which has
  * `CONFIG_VIRTIO_MMIO` but not `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`, finds our devices and CPUs.
+ * With PCI, the DSDT declares the host bridge `\_SB.PCI0` (PNP0A08, compatible with PNP0A03: its
+ * bus range, I/O and memory windows, and the `_PRT` wiring each slot's INTx pins to I/O APIC
+ * GSIs) and a motherboard resource (PNP0C02) reserving the ECAM window, which an MCFG table
+ * describes (PCI Firmware 3.2 §4.1.2).
  *
  * References: ACPI 6.5 §5.2 (tables), §6.4 (resource descriptors), §20 (AML encoding).
  * Everything here writes into a {@link GuestMemory} and returns plain values; the tables are
@@ -14,6 +18,7 @@
 
 import type { GuestMemory } from "../memory/guest_memory.ts";
 import type { MmioDeviceSpec } from "./boot.ts";
+import { intxGsi, PCI_SLOTS, type PciLayout } from "./pci.ts";
 
 /** Guest-physical region of the tables (the PC BIOS area, where Linux also scans for the RSDP). */
 export const AcpiLayout = {
@@ -71,6 +76,8 @@ export interface AcpiOptions {
   cpus: number;
   /** The virtio-mmio devices to declare in the DSDT (none when they are on the command line). */
   virtioMmio: readonly MmioDeviceSpec[];
+  /** The PCI host bridge's resources: declares `\_SB.PCI0` and writes an MCFG table. */
+  pci?: PciLayout;
 }
 
 /** A table as written. */
@@ -275,6 +282,111 @@ function ioPorts(base: number, length: number): number[] {
   return [0x47, 0x01, ...u16(base), ...u16(base), 0x01, length];
 }
 
+/** General flags of an address space descriptor: producer, positive decode, min and max fixed. */
+const ADDRESS_FIXED_PRODUCER = 0x0c;
+const u64 = (n: number) => [...u32(n % 0x1_0000_0000), ...u32(Math.floor(n / 0x1_0000_0000))];
+
+/** Word address space descriptor (§6.4.3.5.3): `type` 1 I/O, 2 bus numbers. */
+function wordAddress(type: number, typeFlags: number, min: number, length: number): number[] {
+  return [
+    0x88,
+    ...u16(13),
+    type,
+    ADDRESS_FIXED_PRODUCER,
+    typeFlags,
+    ...u16(0), // granularity
+    ...u16(min),
+    ...u16(min + length - 1),
+    ...u16(0), // translation offset
+    ...u16(length),
+  ];
+}
+
+/** DWord memory descriptor (§6.4.3.5.2): read/write, non-cacheable. */
+function dwordMemory(min: number, length: number): number[] {
+  return [
+    0x87,
+    ...u16(23),
+    0, // memory
+    ADDRESS_FIXED_PRODUCER,
+    0x01, // read/write, non-cacheable
+    ...u32(0),
+    ...u32(min),
+    ...u32(min + length - 1),
+    ...u32(0),
+    ...u32(length),
+  ];
+}
+
+/** QWord memory descriptor (§6.4.3.5.1): read/write, prefetchable. */
+function qwordMemory(min: number, length: number): number[] {
+  return [
+    0x8a,
+    ...u16(43),
+    0, // memory
+    ADDRESS_FIXED_PRODUCER,
+    0x07, // read/write, prefetchable
+    ...u64(0),
+    ...u64(min),
+    ...u64(min + length - 1),
+    ...u64(0),
+    ...u64(length),
+  ];
+}
+
+/**
+ * The PCI host bridge (`\_SB.PCI0`) and the motherboard resource reserving its ECAM window.
+ * `_PRT` maps pin `p` of slot `s` to GSI `intxFirstGsi + (s + p) % 8` (PCI Firmware 3.2
+ * §4.6.1: an entry with a zero Source names the GSI directly; such lines are level-triggered,
+ * active low).
+ */
+function pciHostBridgeAml(pci: PciLayout): number[] {
+  const crs = resourceTemplate([
+    wordAddress(2, 0, 0, pci.buses),
+    ioPorts(0xcf8, 8),
+    wordAddress(1, 0x03, pci.io.base, pci.io.size),
+    dwordMemory(pci.mmio32.base, pci.mmio32.size),
+    qwordMemory(pci.mmio64.base, pci.mmio64.size),
+  ]);
+  const prt: number[][] = [];
+  for (let slot = 1; slot < PCI_SLOTS; slot++) {
+    for (let pin = 0; pin < 4; pin++) {
+      prt.push(amlPackage([
+        amlInteger(slot * 0x10000 + 0xffff),
+        amlInteger(pin),
+        [0x00], // Source: none (GSI)
+        amlInteger(intxGsi(slot, pin, pci.intxFirstGsi)),
+      ]));
+    }
+  }
+  const pci0 = amlDevice("PCI0", [
+    ...amlName("_HID", amlInteger(eisaId("PNP0A08"))),
+    ...amlName("_CID", amlInteger(eisaId("PNP0A03"))),
+    ...amlName("_SEG", amlInteger(0)),
+    ...amlName("_BBN", amlInteger(0)),
+    ...amlName("_UID", amlInteger(0)),
+    ...amlName("_CRS", crs),
+    ...amlName("_PRT", amlPackage(prt)),
+  ]);
+  const mbrd = amlDevice("MBRD", [
+    ...amlName("_HID", amlInteger(eisaId("PNP0C02"))),
+    ...amlName("_UID", amlInteger(0)),
+    ...amlName("_CRS", resourceTemplate([memory32Fixed(pci.ecamBase, pci.buses * 0x10_0000)])),
+  ]);
+  return [...pci0, ...mbrd];
+}
+
+/** The MCFG body (PCI Firmware 3.2 §4.1.2): 8 reserved bytes and one ECAM allocation. */
+function mcfg(pci: PciLayout): Uint8Array {
+  const t = new Uint8Array(8 + 16);
+  const v = new DataView(t.buffer);
+  v.setBigUint64(8, BigInt(pci.ecamBase), true);
+  v.setUint16(16, 0, true); // segment group
+  v.setUint8(18, 0); // start bus
+  v.setUint8(19, pci.buses - 1); // end bus
+  return t;
+}
+
 /** IRQ descriptor without flags: edge, active high (§6.4.2.1). */
 function irqNoFlags(irq: number): number[] {
   return [0x22, ...u16(1 << irq)];
@@ -296,9 +408,10 @@ function edgeInterrupt(gsi: number): number[] {
  * pulses the line) and `\_S5` for power off.
  *
  * @param devices The virtio-mmio devices.
+ * @param pci The PCI host bridge's resources, to declare `\_SB.PCI0` and `\_SB.MBRD`.
  * @returns The AML bytes (the DSDT body).
  */
-export function dsdtAml(devices: readonly MmioDeviceSpec[]): Uint8Array {
+export function dsdtAml(devices: readonly MmioDeviceSpec[], pci?: PciLayout): Uint8Array {
   const com1 = amlDevice("COM1", [
     ...amlName("_HID", amlInteger(eisaId("PNP0501"))),
     ...amlName("_UID", amlInteger(1)),
@@ -312,11 +425,12 @@ export function dsdtAml(devices: readonly MmioDeviceSpec[]): Uint8Array {
     ])
   );
   const s5 = amlName("\\_S5", amlPackage([amlInteger(ACPI_S5_SLP_TYP), [0], [0], [0]]));
-  return Uint8Array.from([...amlScope("\\_SB", [...com1, ...virtio.flat()]), ...s5]);
+  const host = pci === undefined ? [] : pciHostBridgeAml(pci);
+  return Uint8Array.from([...amlScope("\\_SB", [...com1, ...virtio.flat(), ...host]), ...s5]);
 }
 
 /**
- * Writes RSDP, XSDT, FADT, MADT and DSDT at {@link AcpiLayout.RSDP}.
+ * Writes RSDP, XSDT, FADT, MADT, DSDT (and MCFG with PCI) at {@link AcpiLayout.RSDP}.
  *
  * @example Two vCPUs and one device
  * ```ts
@@ -332,10 +446,14 @@ export function dsdtAml(devices: readonly MmioDeviceSpec[]): Uint8Array {
  * @param memory Guest memory covering {@link AcpiLayout} (RAM from 0 up to at least 1 MiB).
  * @param options vCPUs and devices.
  * @returns The RSDP address and where each table went.
- * @throws {RangeError} For a CPU count outside 1–254 or tables that outgrow the region.
+ * @throws {RangeError} For a CPU count outside 1–254, a PCI bus count outside 1–256, or tables
+ *   that outgrow the region.
  */
 export function writeAcpiTables(memory: GuestMemory, options: AcpiOptions): AcpiInfo {
-  const { cpus } = options;
+  const { cpus, pci } = options;
+  if (pci !== undefined && (!Number.isInteger(pci.buses) || pci.buses < 1 || pci.buses > 256)) {
+    throw new RangeError(`${pci.buses} PCI buses: 1 to 256 are possible`);
+  }
   // xAPIC ids are 8 bits and 0xff is the broadcast id.
   if (!Number.isInteger(cpus) || cpus < 1 || cpus > 254) {
     throw new RangeError(`${cpus} vCPUs: 1 to 254 are possible`);
@@ -343,19 +461,24 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiOptions): Acpi
   const align = (n: number) => Math.ceil(n / 16) * 16;
   const rsdpAddr = AcpiLayout.RSDP;
   const xsdtAddr = align(rsdpAddr + 36);
-  const fadtAddr = align(xsdtAddr + HEADER_SIZE + 2 * 8);
+  const fadtAddr = align(xsdtAddr + HEADER_SIZE + 3 * 8);
   const madtAddr = align(fadtAddr + 276);
   const madtTable = table("APIC", 5, madt(cpus));
   const dsdtAddr = align(madtAddr + madtTable.byteLength);
-  const dsdtTable = table("DSDT", 2, dsdtAml(options.virtioMmio));
-  if (dsdtAddr + dsdtTable.byteLength > AcpiLayout.END) {
+  const dsdtTable = table("DSDT", 2, dsdtAml(options.virtioMmio, pci));
+  const mcfgAddr = align(dsdtAddr + dsdtTable.byteLength);
+  const mcfgTable = pci === undefined ? undefined : table("MCFG", 1, mcfg(pci));
+  const end = mcfgTable === undefined
+    ? dsdtAddr + dsdtTable.byteLength
+    : mcfgAddr + mcfgTable.byteLength;
+  if (end > AcpiLayout.END) {
     throw new RangeError("The ACPI tables do not fit below 1 MiB");
   }
   const fadtTable = table("FACP", 6, fadt(dsdtAddr));
-  const xsdtBody = new Uint8Array(16);
+  const pointers = [fadtAddr, madtAddr, ...(mcfgTable === undefined ? [] : [mcfgAddr])];
+  const xsdtBody = new Uint8Array(8 * pointers.length);
   const xv = new DataView(xsdtBody.buffer);
-  xv.setBigUint64(0, BigInt(fadtAddr), true);
-  xv.setBigUint64(8, BigInt(madtAddr), true);
+  pointers.forEach((p, i) => xv.setBigUint64(8 * i, BigInt(p), true));
   const xsdtTable = table("XSDT", 1, xsdtBody);
 
   // RSDP (ACPI 6.5 §5.2.5.3): revision 2, 36 bytes; the first checksum covers the first 20.
@@ -376,7 +499,8 @@ export function writeAcpiTables(memory: GuestMemory, options: AcpiOptions): Acpi
     ["APIC", madtAddr, madtTable],
     ["DSDT", dsdtAddr, dsdtTable],
   ];
-  memory.fill(rsdpAddr, dsdtAddr + dsdtTable.byteLength - rsdpAddr, 0);
+  if (mcfgTable !== undefined) placed.push(["MCFG", mcfgAddr, mcfgTable]);
+  memory.fill(rsdpAddr, end - rsdpAddr, 0);
   for (const [, addr, bytes] of placed) memory.write(addr, bytes);
   return {
     rsdp: rsdpAddr,

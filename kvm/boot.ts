@@ -340,6 +340,11 @@ export interface LoadLinuxOptions {
   ramSize?: number;
   /** Where the ACPI RSDP is, if the guest has ACPI tables (`boot_params.acpi_rsdp_addr`). */
   acpiRsdp?: number;
+  /**
+   * More ranges to declare reserved in the e820 map, above the RAM (e.g. the PCI ECAM window,
+   * which Linux only uses when firmware reserved it).
+   */
+  reserved?: readonly { addr: number; size: number }[];
 }
 
 /** Where things ended up, and the entry state. */
@@ -454,6 +459,12 @@ export function loadLinux(memory: GuestMemory, options: LoadLinuxOptions): BootI
   const image = parseBzImage(options.kernel);
   const { header } = image;
   const e820 = e820Map(ramSize);
+  for (const r of options.reserved ?? []) {
+    if (!Number.isSafeInteger(r.addr) || !Number.isSafeInteger(r.size) || r.addr < ramSize) {
+      throw new BootError("NoRoom", `Reserved range 0x${r.addr.toString(16)} overlaps the RAM`);
+    }
+    e820.push({ addr: r.addr, size: r.size, type: E820Type.RESERVED });
+  }
 
   const cmdline = new TextEncoder().encode(options.cmdline);
   if (cmdline.byteLength > header.cmdlineSize) {

@@ -5,7 +5,8 @@
  * {@link VirtioRegionHandler}.
  *
  * The area starts at 4 GiB by default: above any RAM a {@link MicroVm} gives (at most 3 GiB)
- * and above the 3–4 GiB hole of device windows, APICs and firmware. It is not reported as RAM
+ * and above the 3–4 GiB hole of device windows, APICs and firmware; on a PCI machine, after the
+ * host bridge's 64-bit window (the guest places BARs there). It is not reported as RAM
  * in e820 (virtio 1.2 §5.15: the driver decides what device memory becomes) nor reserved: Linux
  * claims each region itself (`request_mem_region`) when its driver binds.
  *
@@ -171,18 +172,19 @@ export class DeviceMemorySpace implements VirtioRegionHandler {
    * interrupt line and register window, and for device memory a window in the area and a
    * memory slot; then insert the memory the device returns.
    * @param device The device.
-   * @param mmio Its register window and interrupt line.
+   * @param mmio Its register window and interrupt line, when the transport has fixed ones
+   *   (virtio-mmio; a PCI function's BARs are placed later, by the guest).
    * @returns The device's shared memory window, for its transport, if it has one.
    * @throws {Error} When the device refuses the resources or its memory cannot be inserted.
    */
   attach(
     device: VirtioDevice,
-    mmio: { base: number; size: number; irq: number },
+    mmio?: { base: number; size: number; irq: number },
   ): VirtioSharedMemoryList | undefined {
     const needs: ResourceConstraint[] = [];
     device.getResourceRequirements?.(needs, false);
     if (!needs.some((n) => n.type === "MemAddress")) return undefined;
-    const assigned: Resource[] = [
+    const assigned: Resource[] = mmio === undefined ? [] : [
       { type: "LegacyIrq", irq: mmio.irq },
       { type: "MmioAddress", base: mmio.base, size: mmio.size },
     ];

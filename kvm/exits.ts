@@ -309,6 +309,11 @@ export interface ExitHandlers {
   io: LegacyIo;
   /** An MMIO access: fill `data` for a read. */
   mmio: (addr: number, write: boolean, data: Uint8Array) => void;
+  /**
+   * Port I/O that is not legacy PC hardware (PCI configuration ports, I/O BARs), tried first:
+   * returns true when it served the access.
+   */
+  pio?: (port: number, write: boolean, data: Uint8Array) => boolean;
 }
 
 /**
@@ -325,11 +330,9 @@ export function dispatchExit(exit: VcpuExit, handlers: ExitHandlers): StopReason
   switch (exit.kind) {
     case "io": {
       for (let i = 0; i < exit.count; i++) {
-        handlers.io.access(
-          exit.port,
-          exit.write,
-          exit.data.subarray(i * exit.size, (i + 1) * exit.size),
-        );
+        const data = exit.data.subarray(i * exit.size, (i + 1) * exit.size);
+        if (handlers.pio?.(exit.port, exit.write, data)) continue;
+        handlers.io.access(exit.port, exit.write, data);
       }
       return handlers.io.stopRequested;
     }

@@ -11,7 +11,9 @@
  * - `device_memory.ts`: device memory above RAM ({@link DeviceMemorySpace}): windows and memory
  *   slots for devices that have memory of their own (virtio-mem, pmem), the VMM's
  *   `VirtioRegionHandler`.
- * - `acpi.ts`: RSDP, XSDT, FADT, MADT and DSDT ({@link writeAcpiTables}), pure TypeScript.
+ * - `acpi.ts`: RSDP, XSDT, FADT, MADT, DSDT and MCFG ({@link writeAcpiTables}), pure TypeScript.
+ * - `pci.ts`: with `transport: "pci"`, the host bridge and bus 0 ({@link PciBus}), configuration
+ *   mechanism #1 ({@link Conf1Ports}), BAR windows ({@link DEFAULT_PCI_LAYOUT}), INTx wiring.
  * - `exits.ts`, `serial.ts`: exit decoding and the legacy devices (COM1, ACPI registers, i8042
  *   reset).
  *
@@ -43,6 +45,7 @@ export {
   decodeRegs,
   decodeSregs,
   encodeCpuid2,
+  encodeGsiRouting,
   encodeIoeventfd,
   encodeIrqfd,
   encodeIrqLevel,
@@ -51,6 +54,7 @@ export {
   encodeRegs,
   encodeSignalMask,
   encodeSregs,
+  type GsiRoute,
   IOC_NONE,
   IOC_READ,
   IOC_WRITE,
@@ -60,6 +64,8 @@ export {
   KVM_IOEVENTFD_FLAG_DATAMATCH,
   KVM_IOEVENTFD_FLAG_DEASSIGN,
   KVM_IOEVENTFD_FLAG_PIO,
+  KVM_IRQ_ROUTING_IRQCHIP,
+  KVM_IRQ_ROUTING_MSI,
   KVM_IRQFD_FLAG_DEASSIGN,
   KVM_PIT_SPEAKER_DUMMY,
   KvmCap,
@@ -67,6 +73,7 @@ export {
   KvmExit,
   KVMIO,
   KvmIoctl,
+  KvmIrqchip,
   type KvmRegs,
   KvmRunOffset,
   type KvmSegment,
@@ -161,6 +168,7 @@ export {
   CPUID_1_ECX_HYPERVISOR,
   CPUID_1_ECX_TSC_DEADLINE,
   CPUID_1_EDX_HTT,
+  defaultIrqchipRoutes,
   guestCpuid,
   type GuestCpuidOptions,
   Kvm,
@@ -176,6 +184,7 @@ export {
   DEFAULT_FIRST_IRQ,
   DEFAULT_MEMORY_SIZE,
   DEFAULT_MMIO_BASE,
+  DEFAULT_PCI_CMDLINE,
   IDENTITY_MAP_ADDRESS,
   KvmUnavailableError,
   MAX_VCPUS,
@@ -184,3 +193,24 @@ export {
   type RunResult,
   TSS_ADDRESS,
 } from "./vmm.ts";
+export {
+  BarAllocator,
+  Conf1Ports,
+  DEFAULT_PCI_LAYOUT,
+  intxGsi,
+  IntxLines,
+  PCI_CONFIG_ADDRESS_PORT,
+  PCI_CONFIG_DATA_PORT,
+  PCI_FUNCTION_CONFIG_SIZE,
+  PCI_HOST_BRIDGE_DEVICE,
+  PCI_HOST_BRIDGE_VENDOR,
+  PCI_INTX_LINES,
+  PCI_SLOTS,
+  PciBus,
+  PciBusError,
+  type PciBusErrorCode,
+  type PciBusOptions,
+  type PciFunction,
+  PciHostBridge,
+  type PciLayout,
+} from "./pci.ts";

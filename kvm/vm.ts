@@ -14,6 +14,7 @@ import {
   decodeRegs,
   decodeSregs,
   encodeCpuid2,
+  encodeGsiRouting,
   encodeIoeventfd,
   encodeIrqfd,
   encodeIrqLevel,
@@ -21,11 +22,14 @@ import {
   encodePitConfig,
   encodeRegs,
   encodeSregs,
+  type GsiRoute,
   KVM_API_VERSION,
   KVM_IOEVENTFD_FLAG_DEASSIGN,
+  KVM_IOEVENTFD_FLAG_PIO,
   KVM_IRQFD_FLAG_DEASSIGN,
   KVM_PIT_SPEAKER_DUMMY,
   KvmIoctl,
+  KvmIrqchip,
   type KvmRegs,
   KvmSize,
   type KvmSregs,
@@ -257,21 +261,32 @@ export class Vm {
    * `KVM_IOEVENTFD`: a guest write of `len` bytes at `addr` (equal to `datamatch` if given)
    * signals `eventFd` inside the kernel instead of exiting to user space.
    *
-   * @param addr Guest-physical address.
+   * @param addr Guest-physical address, or an I/O port with `options.pio`.
    * @param len Access width (1, 2, 4 or 8).
    * @param eventFd The eventfd descriptor.
    * @param datamatch The value to match, or undefined for any value.
-   * @param deassign Remove the registration instead.
+   * @param options `deassign`: remove the registration instead; `pio`: `addr` is a port.
    */
   ioeventfd(
     addr: number,
     len: number,
     eventFd: number,
     datamatch?: bigint,
-    deassign = false,
+    options: { deassign?: boolean; pio?: boolean } = {},
   ): void {
-    const flags = deassign ? KVM_IOEVENTFD_FLAG_DEASSIGN : 0;
+    const flags = (options.deassign ? KVM_IOEVENTFD_FLAG_DEASSIGN : 0) |
+      (options.pio ? KVM_IOEVENTFD_FLAG_PIO : 0);
     ioctl(this.fd, KvmIoctl.IOEVENTFD, encodeIoeventfd(addr, len, eventFd, datamatch, flags));
+  }
+
+  /**
+   * `KVM_SET_GSI_ROUTING`: replaces the whole GSI routing table (include the in-kernel
+   * irqchip's pins, {@link defaultIrqchipRoutes}, or they stop working).
+   *
+   * @param routes Every route.
+   */
+  setGsiRouting(routes: readonly GsiRoute[]): void {
+    ioctl(this.fd, KvmIoctl.SET_GSI_ROUTING, encodeGsiRouting(routes));
   }
 
   /**
@@ -288,6 +303,28 @@ export class Vm {
   close(): void {
     close(this.fd);
   }
+}
+
+/**
+ * The routes `KVM_CREATE_IRQCHIP` sets up, which `KVM_SET_GSI_ROUTING` replaces: GSIs 0–15 on
+ * both the 8259s (0–7 master, 8–15 slave) and the I/O APIC, GSIs 16–23 on the I/O APIC only.
+ *
+ * @returns The routes.
+ */
+export function defaultIrqchipRoutes(): GsiRoute[] {
+  const routes: GsiRoute[] = [];
+  for (let gsi = 0; gsi < 24; gsi++) {
+    if (gsi < 16) {
+      routes.push({
+        gsi,
+        kind: "irqchip",
+        irqchip: gsi < 8 ? KvmIrqchip.PIC_MASTER : KvmIrqchip.PIC_SLAVE,
+        pin: gsi % 8,
+      });
+    }
+    routes.push({ gsi, kind: "irqchip", irqchip: KvmIrqchip.IOAPIC, pin: gsi });
+  }
+  return routes;
 }
 
 /** Offset of the LVT LINT0 register in `struct kvm_lapic_state`. */

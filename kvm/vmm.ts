@@ -1,5 +1,6 @@
 /**
- * The smallest VMM that boots a Linux bzImage with our virtio-mmio devices on KVM.
+ * The smallest VMM that boots a Linux bzImage with our virtio devices (over virtio-mmio or
+ * virtio-pci) on KVM.
  *
  * Design:
  * - Guest RAM is one anonymous `mmap` registered as KVM memory slot 0 and, at the same time, the
@@ -27,12 +28,22 @@
  *   cheap enough, and device state stays on one thread.
  * - Stopping: the stop flag, `kvm_run.immediate_exit` and a SIGWINCH to each vCPU thread (blocked
  *   there except inside `KVM_RUN`) bring every vCPU out, halted ones included.
+ * - With `transport: "pci"` the devices are virtio-pci functions instead (virtio 1.2 §4.1), one
+ *   per slot of bus 0 behind a host bridge at 00:00.0 (`pci.ts`, `_pci_devices.ts`): configuration
+ *   mechanism #1 (the 0xCF8 latch lives in the vCPU workers, shared, and reads are answered there
+ *   from a copy of the configuration space; writes go to the main thread through the mailbox)
+ *   and ECAM (an MCFG table, and the window reserved in e820 and by a PNP0C02 device); BARs
+ *   placed in the 32-bit, 64-bit and I/O windows the DSDT's `\_SB.PCI0` declares; an ioeventfd
+ *   per queue on its notify address (re-registered when the guest moves the BAR); MSI-X vectors
+ *   as GSIs routed with `KVM_SET_GSI_ROUTING`, each with its irqfd; INTx through `KVM_IRQ_LINE`
+ *   on the I/O APIC pin the `_PRT` names.
  *
  * @module
  */
 
 import { GuestMemory, type GuestRegion } from "../memory/guest_memory.ts";
 import { MMIO_WINDOW_SIZE, MmioRegister, MmioTransport } from "../transport/mmio.ts";
+import type { PciTransport } from "../transport/pci.ts";
 import { MappedGuestRam, type VirtioDevice, type VirtioRegionHandler } from "../devices/device.ts";
 import { DeviceMemorySpace, physAddressLimit } from "./device_memory.ts";
 import {
@@ -59,9 +70,19 @@ import {
 import type { StopReason } from "./exits.ts";
 import { VcpuError } from "./exits.ts";
 import { COM1_IRQ } from "./serial.ts";
-import { guestCpuid, Kvm, KvmError, NO_KVM_REASON, type Vcpu, type Vm } from "./vm.ts";
+import {
+  defaultIrqchipRoutes,
+  guestCpuid,
+  Kvm,
+  KvmError,
+  NO_KVM_REASON,
+  type Vcpu,
+  type Vm,
+} from "./vm.ts";
+import { DEFAULT_PCI_LAYOUT, type PciLayout } from "./pci.ts";
 import { CONSOLE_CHANNEL_SIZE, ConsoleChannel } from "./_console.ts";
-import { Mailbox, MAILBOX_SIZE } from "./_mailbox.ts";
+import { AccessKind, Mailbox, MAILBOX_SIZE } from "./_mailbox.ts";
+import { PciDevices } from "./_pci_devices.ts";
 import type { VcpuMessage, VcpuStart } from "./_vcpu_worker.ts";
 
 /** Default guest-physical base of the first device window (in the 3–4 GiB MMIO gap). */
@@ -70,8 +91,10 @@ export const DEFAULT_MMIO_BASE = 0xd0000000;
 export const DEFAULT_FIRST_IRQ = 5;
 /** Default RAM size: 256 MiB. */
 export const DEFAULT_MEMORY_SIZE = 256 << 20;
-/** Default kernel command line (devices declared there are appended). */
+/** Default kernel command line with virtio-mmio (devices declared there are appended). */
 export const DEFAULT_CMDLINE = "console=ttyS0 panic=-1 pci=off quiet";
+/** Default kernel command line with virtio-pci (the guest probes PCI). */
+export const DEFAULT_PCI_CMDLINE = "console=ttyS0 panic=-1 quiet";
 /** Most vCPUs a {@link MicroVm} takes. */
 export const MAX_VCPUS = 64;
 /** How often a running VM's console is checked for output without a line end, in ms. */
@@ -87,14 +110,33 @@ export interface MicroVmOptions {
   kernel: Uint8Array;
   /** The initramfs, if any. */
   initrd?: Uint8Array;
-  /** Kernel command line (default {@link DEFAULT_CMDLINE}). */
+  /**
+   * Kernel command line (default {@link DEFAULT_CMDLINE}, or {@link DEFAULT_PCI_CMDLINE} with
+   * PCI; with PCI it must not say `pci=off`).
+   */
   cmdline?: string;
   /** Guest RAM in bytes (default 256 MiB, at most 3 GiB). */
   memorySize?: number;
   /** vCPUs, each run by its own Worker (default 1, at most {@link MAX_VCPUS}). */
   cpus?: number;
-  /** The devices, in window order. Their transports are made by the VMM. */
+  /** The devices, in window (or slot) order. Their transports are made by the VMM. */
   devices?: readonly VirtioDevice[];
+  /**
+   * How the devices are attached: `"mmio"` (default; virtio-mmio windows, the smallest and
+   * quickest to boot) or `"pci"` (virtio-pci functions behind a PCI host bridge with MSI-X, what
+   * every stock x86 kernel drives: it needs `CONFIG_VIRTIO_PCI`, built in or in the initramfs).
+   */
+  transport?: "mmio" | "pci";
+  /** PCI options (with `transport: "pci"`). */
+  pci?: {
+    /**
+     * Also offer the legacy interface (transitional device ids and an I/O BAR, virtio 1.2
+     * §4.1.4.10) for drivers older than virtio 1.0 (default false).
+     */
+    transitional?: boolean;
+    /** Where ECAM, the BAR windows and the INTx lines go (default {@link DEFAULT_PCI_LAYOUT}). */
+    layout?: PciLayout;
+  };
   /**
    * How the guest learns of the devices: `"acpi"` (default), in the DSDT as `LNRO0005`, which
    * stock kernels with `CONFIG_VIRTIO_MMIO` and `CONFIG_ACPI` understand; or `"cmdline"`,
@@ -108,7 +150,7 @@ export interface MicroVmOptions {
   firstIrq?: number;
   /**
    * Guest-physical start of device memory (virtio-mem and pmem regions, DAX windows; default
-   * 4 GiB, `DEFAULT_DEVICE_MEMORY_BASE`).
+   * 4 GiB, `DEFAULT_DEVICE_MEMORY_BASE`, or the end of the 64-bit PCI window with PCI).
    */
   deviceMemoryBase?: number;
   /** Receives console (COM1) output as text (default: `process.stdout.write`). */
@@ -185,8 +227,10 @@ interface VcpuSlot {
 export class MicroVm implements VirtioRegionHandler {
   /** Guest RAM as the devices see it (aliases the KVM memory slot). */
   readonly memory: GuestMemory;
-  /** The transports, one per device, in window order. */
-  readonly transports: readonly MmioTransport[];
+  /** The transports, one per device, in window (or slot) order. */
+  readonly transports: readonly (MmioTransport | PciTransport)[];
+  /** How the devices are attached. */
+  readonly transport: "mmio" | "pci";
   /** Where the loader put the kernel and its data. */
   readonly boot: BootInfo;
   /** The full kernel command line. */
@@ -200,6 +244,8 @@ export class MicroVm implements VirtioRegionHandler {
   readonly #runSize: number;
   readonly #slots: DeviceSlot[];
   readonly #deviceMemory: DeviceMemorySpace;
+  readonly #pci: PciDevices | undefined;
+  readonly #conf1 = new SharedArrayBuffer(4);
   readonly #consoleBuffer: SharedArrayBuffer;
   readonly #channel: ConsoleChannel;
   readonly #console: (text: string) => void;
@@ -218,6 +264,7 @@ export class MicroVm implements VirtioRegionHandler {
       memory: GuestMemory;
       slots: DeviceSlot[];
       deviceMemory: DeviceMemorySpace;
+      pci: PciDevices | undefined;
       boot: BootInfo;
       cmdline: string;
     },
@@ -230,8 +277,10 @@ export class MicroVm implements VirtioRegionHandler {
     this.#ram = parts.ram;
     this.#runSize = parts.runSize;
     this.#slots = parts.slots;
+    this.#pci = parts.pci;
     this.memory = parts.memory;
-    this.transports = parts.slots.map((s) => s.transport);
+    this.transport = parts.pci === undefined ? "mmio" : "pci";
+    this.transports = parts.pci?.transports ?? parts.slots.map((s) => s.transport);
     this.boot = parts.boot;
     this.cmdline = parts.cmdline;
     this.cpus = parts.vcpus.length;
@@ -265,6 +314,7 @@ export class MicroVm implements VirtioRegionHandler {
    * @throws {KvmError} When KVM lacks a needed capability.
    * @throws {RangeError} For a vCPU count outside 1–{@link MAX_VCPUS}.
    * @throws {BootError} When the kernel cannot be loaded.
+   * @throws {TypeError} For `pci=off` on the command line of a PCI machine.
    */
   static create(options: MicroVmOptions): MicroVm {
     const unusable = kvmUnavailableReason();
@@ -275,8 +325,13 @@ export class MicroVm implements VirtioRegionHandler {
     const devices = options.devices ?? [];
     const cpus = options.cpus ?? 1;
     const onError = options.onError ?? (() => {});
+    const usePci = options.transport === "pci";
+    const layout = options.pci?.layout ?? DEFAULT_PCI_LAYOUT;
     if (!Number.isInteger(cpus) || cpus < 1 || cpus > MAX_VCPUS) {
       throw new RangeError(`${cpus} vCPUs: 1 to ${MAX_VCPUS} are possible`);
+    }
+    if (usePci && /(^|\s)pci=off(\s|$)/.test(options.cmdline ?? "")) {
+      throw new TypeError("pci=off on the command line of a PCI machine");
     }
 
     const kvm = Kvm.open();
@@ -305,14 +360,40 @@ export class MicroVm implements VirtioRegionHandler {
       const guestRam = new MappedGuestRam([{ base: 0, mapping: ram }]);
       const deviceMemory = new DeviceMemorySpace({
         memory,
-        base: options.deviceMemoryBase,
+        // After the PCI host bridge's 64-bit window, where the guest may move BARs.
+        base: options.deviceMemoryBase ??
+          (usePci ? layout.mmio64.base + layout.mmio64.size : undefined),
         limit: physAddressLimit(kvm.supportedCpuid()),
         maxSlots: kvm.checkExtension(KvmCap.NR_MEMSLOTS) || undefined,
         setSlot: (slot, gpa, size, host, flags) =>
           vm.setUserMemoryRegion(slot, gpa, size, host, flags),
       });
 
-      const slots: DeviceSlot[] = devices.map((device, i) => {
+      let pci: PciDevices | undefined;
+      if (usePci) {
+        // Device memory is found through the device configuration (virtio-mem, pmem), not BARs.
+        for (const device of devices) {
+          device.setGuestRam?.(guestRam);
+          deviceMemory.attach(device);
+        }
+        pci = new PciDevices(devices, {
+          memory,
+          layout,
+          kvm: {
+            ioeventfd: (addr, len, fd, datamatch, flags) =>
+              vm.ioeventfd(addr, len, fd, datamatch, flags),
+            irqfd: (fd, gsi) => vm.irqfd(fd, gsi),
+            setGsiRouting: (routes) => vm.setGsiRouting(routes),
+            irqLine: (gsi, level) => vm.irqLine(gsi, level),
+          },
+          baseRoutes: defaultIrqchipRoutes(),
+          transitional: options.pci?.transitional,
+          onError,
+        });
+        const devicesOfPci = pci;
+        undo.push(() => devicesOfPci.close());
+      }
+      const slots: DeviceSlot[] = (usePci ? [] : devices).map((device, i) => {
         const base = mmioBase + i * MMIO_WINDOW_SIZE;
         const irq = firstIrq + i;
         if (irq === COM1_IRQ) throw new KvmError(`IRQ ${irq} is COM1's`);
@@ -344,9 +425,13 @@ export class MicroVm implements VirtioRegionHandler {
 
       const specs = slots.map((s) => ({ addr: s.base, irq: s.irq }));
       const onCmdline = options.mmioDiscovery === "cmdline";
-      const acpi = writeAcpiTables(memory, { cpus, virtioMmio: onCmdline ? [] : specs });
+      const acpi = writeAcpiTables(memory, {
+        cpus,
+        virtioMmio: onCmdline ? [] : specs,
+        pci: usePci ? layout : undefined,
+      });
       const cmdline = [
-        options.cmdline ?? DEFAULT_CMDLINE,
+        options.cmdline ?? (usePci ? DEFAULT_PCI_CMDLINE : DEFAULT_CMDLINE),
         onCmdline ? virtioMmioCmdline(specs) : "",
       ]
         .filter((s) => s).join(" ");
@@ -356,6 +441,7 @@ export class MicroVm implements VirtioRegionHandler {
         cmdline,
         ramSize: memorySize,
         acpiRsdp: acpi.rsdp,
+        reserved: usePci ? [{ addr: layout.ecamBase, size: layout.buses * 0x10_0000 }] : [],
       });
 
       const supported = kvm.supportedCpuid();
@@ -378,7 +464,7 @@ export class MicroVm implements VirtioRegionHandler {
       }
 
       return new MicroVm(
-        { kvm, vm, vcpus, ram, runSize, memory, slots, deviceMemory, boot, cmdline },
+        { kvm, vm, vcpus, ram, runSize, memory, slots, pci, deviceMemory, boot, cmdline },
         options,
       );
     } catch (err) {
@@ -393,7 +479,7 @@ export class MicroVm implements VirtioRegionHandler {
     }
   }
 
-  /** The device windows: base address and interrupt line of each transport. */
+  /** The virtio-mmio device windows: base address and interrupt line of each transport. */
   get windows(): { base: number; irq: number }[] {
     return this.#slots.map(({ base, irq }) => ({ base, irq }));
   }
@@ -418,6 +504,32 @@ export class MicroVm implements VirtioRegionHandler {
   }
 
   /**
+   * The PCI devices: slot, INTx GSI and MSI-X GSIs of each (empty with virtio-mmio).
+   */
+  get pciSlots(): { slot: number; intxGsi: number; msiGsi: number; vectors: number }[] {
+    return this.#pci?.slots ?? [];
+  }
+
+  /**
+   * Serves one access a vCPU handed over: MMIO, a port in the PCI I/O window, or a PCI
+   * configuration register.
+   *
+   * @param addr Guest-physical address, port, or ECAM-style configuration offset.
+   * @param write True for a write.
+   * @param data The value (write) or the buffer to fill (read).
+   * @param kind What `addr` is (`AccessKind` of the mailbox).
+   */
+  #handleAccess(addr: number, write: boolean, data: Uint8Array, kind: number): void {
+    const pci = this.#pci;
+    if (kind === AccessKind.MMIO) this.handleMmio(addr, write, data);
+    else if (pci === undefined) {
+      if (!write) data.fill(0xff);
+    } else if (kind === AccessKind.IO) pci.io(addr, write, data);
+    else if (kind === AccessKind.PCI_CONFIG) pci.config(addr, write, data);
+    else if (!write) data.fill(0xff);
+  }
+
+  /**
    * Serves one MMIO access from a vCPU.
    *
    * @param addr Guest-physical address.
@@ -425,6 +537,7 @@ export class MicroVm implements VirtioRegionHandler {
    * @param data The value (write) or the buffer to fill (read).
    */
   handleMmio(addr: number, write: boolean, data: Uint8Array): void {
+    if (this.#pci?.mmio(addr, write, data)) return;
     for (const slot of this.#slots) {
       if (addr >= slot.base && addr < slot.base + MMIO_WINDOW_SIZE) {
         if (write) slot.transport.write(addr - slot.base, data);
@@ -518,7 +631,9 @@ export class MicroVm implements VirtioRegionHandler {
               return;
             case "mmio":
               try {
-                slot.mailbox.serve((addr, write, data) => this.handleMmio(addr, write, data));
+                slot.mailbox.serve((addr, write, data, kind) =>
+                  this.#handleAccess(addr, write, data, kind)
+                );
               } catch (err) {
                 this.#onError(err instanceof Error ? err : new Error(String(err)));
               }
@@ -551,6 +666,13 @@ export class MicroVm implements VirtioRegionHandler {
           runSize: this.#runSize,
           mailbox: slot.mailboxBuffer,
           console: this.#consoleBuffer,
+          pci: this.#pci === undefined ? undefined : {
+            conf1: this.#conf1,
+            shadow: this.#pci.configShadow,
+            ioBase: this.#pci.layout.io.base,
+            // Without I/O BARs nothing answers there: the worker's "all ones" is the answer.
+            ioSize: this.#pci.hasIoBars ? this.#pci.layout.io.size : 0,
+          },
         };
         worker.postMessage(start);
       });
@@ -597,6 +719,7 @@ export class MicroVm implements VirtioRegionHandler {
       for (const q of s.queueFds) q.close();
       s.irqFd.close();
     }
+    this.#pci?.close();
     for (const slot of this.#vcpus) {
       slot.run.unmap();
       slot.vcpu.close();

@@ -24,19 +24,27 @@ export interface BackendProcess {
 /**
  * Start `vhost_user/main.ts` with `args` and wait until it listens on its `--socket` path.
  *
- * @param args CLI arguments; must include `--socket PATH`.
+ * @param args CLI arguments: `--socket PATH` and one device's options, or `--device` specs
+ *   (then `waitFor` names the socket to wait for: the last spec's, which listens last).
  * @param options `stdout`: show the backend's stdout (default: ignore it); stderr is shown.
  *   `runtime`: run it with Deno (default) or Bun. `prefix`: a command the backend runs under,
  *   e.g. `["ip", "netns", "exec", "ns1"]` to put it in a network namespace (it must exec the
- *   rest, so that stopping it stops the backend).
+ *   rest, so that stopping it stops the backend). `waitFor`: the socket to wait for instead
+ *   of the `--socket` argument.
  * @returns The running backend.
  */
 export function startBackend(
   args: string[],
-  options: { stdout?: "inherit" | "ignore"; runtime?: "deno" | "bun"; prefix?: string[] } = {},
+  options: {
+    stdout?: "inherit" | "ignore";
+    runtime?: "deno" | "bun";
+    prefix?: string[];
+    waitFor?: string;
+  } = {},
 ): Promise<BackendProcess> {
-  const socket = args[args.indexOf("--socket") + 1];
-  if (!args.includes("--socket") || socket === undefined) throw new Error("--socket is required");
+  const socket = options.waitFor ??
+    (args.includes("--socket") ? args[args.indexOf("--socket") + 1] : undefined);
+  if (socket === undefined) throw new Error("--socket or the waitFor option is required");
   const main = join(ROOT, "vhost_user", "main.ts");
   const bun = options.runtime === "bun";
   const runtime = join(ROOT, "node_modules", ".bin", bun ? "bun" : "deno");

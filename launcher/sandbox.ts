@@ -13,6 +13,7 @@ import { join } from "node:path";
 import type { VirtioDevice } from "../devices/device.ts";
 import { VhostUserBackend, type VhostUserBackendOptions } from "../vhost_user/backend.ts";
 import { type BackendProcess, startBackend } from "./backends.ts";
+import { FdWatcher } from "../sys/mod.ts";
 import { bootGuest, type BootOptions, type BootResult } from "./qemu.ts";
 
 /** The vhost-user device kinds QEMU can attach, by the CLI's `--device` name. */
@@ -122,6 +123,11 @@ export class Sandbox {
   readonly processes: ReadonlyMap<string, BackendProcess>;
   readonly #devices: SandboxDevice[];
   readonly #ownsDir: boolean;
+  // One poll(2) for every in-process backend (as in VhostUserBackendSet): under Bun a watcher
+  // is a Worker, under Deno a thread of the blocking pool held for good.
+  readonly #watcher = new FdWatcher({
+    onError: (e) => console.error(`sandbox: ${e instanceof Error ? e.message : String(e)}`),
+  });
   #stopped = false;
 
   private constructor(
@@ -169,6 +175,7 @@ export class Sandbox {
           // QEMU keeps a net device's configuration space itself (and warns when offered it).
           const b = new VhostUserBackend(d.device, {
             ...(d.kind === "net" ? { configSpace: false } : {}),
+            watcher: box.#watcher,
             ...d.backendOptions,
             socketPath: socket,
           });
@@ -223,6 +230,7 @@ export class Sandbox {
     if (this.#stopped) return;
     this.#stopped = true;
     for (const b of this.backends.values()) await b.close();
+    await this.#watcher.stop();
     for (const p of this.processes.values()) await p.stop();
     if (this.#ownsDir) rmSync(this.dir, { recursive: true, force: true });
   }

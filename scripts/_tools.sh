@@ -68,9 +68,49 @@ run_kvm_tests() {
   # A no-op unless the copy is from other inputs (then it rebuilds there, on the host).
   VT_GUEST_CACHE="$snap" bash launcher/guest/build.sh >/dev/null
   local rc=0
-  VT_GUEST_CACHE="$snap" bash scripts/kvm-guest.sh bash -c \
-    "$(printf %q "$DENO") test --no-check --allow-all tests/kvm/ &&
-     $(printf %q "$BUN") test --timeout 600000 ./tests/kvm" || rc=$?
+  nested_kvm_run "$snap" deno || rc=$?
+  ((rc != 0)) || nested_kvm_run "$snap" bun || rc=$?
   rm -rf "$snap"
   return "$rc"
+}
+
+# One runtime's KVM tests in a nested-KVM guest (its own boot, its own time limit). Emulated
+# SMP is not always faithful: about one nested boot in twenty of a 4-vCPU guest on 2 emulated
+# CPUs has reset before init, and once the nested guest itself stopped making progress until
+# its time limit. So a run that fails is run once more, in a fresh nested guest, for the test
+# files that failed (all of them after a time-out), and the retry is announced; a failure
+# that repeats fails the stage. Directly on /dev/kvm nothing is retried.
+nested_kvm_run() {
+  local snap="$1" runtime="$2" log rc=0 files
+  log="$(mktemp)"
+  nested_kvm_files "$snap" "$runtime" tests/kvm/ 2>&1 | tee "$log"
+  rc="${PIPESTATUS[0]}"
+  if ((rc != 0)); then
+    if [[ "$runtime" == deno ]]; then
+      files="$(grep -o '=> \./tests/kvm/[A-Za-z0-9_]*\.ts' "$log" | sed 's/^=> //' | sort -u)"
+    else
+      files="$(awk '/^\.?\/?tests\/kvm\/[A-Za-z0-9_]*\.ts:$/ { f = $0; sub(/:$/, "", f) }
+        /^\(fail\)/ && f != "" { print "./" f }' "$log" | sed 's#^\./\./#./#' | sort -u)"
+    fi
+    [[ -n "$files" ]] || files="tests/kvm/"
+    echo "== RETRY: the nested $runtime run ended with status $rc; running once more:" $files
+    rc=0
+    # shellcheck disable=SC2086 # one word per file
+    nested_kvm_files "$snap" "$runtime" $files || rc=$?
+  fi
+  rm -f "$log"
+  return "$rc"
+}
+
+nested_kvm_files() {
+  local snap="$1" runtime="$2"
+  shift 2
+  local cmd
+  if [[ "$runtime" == deno ]]; then
+    cmd="$(printf %q "$DENO") test --no-check --allow-all $*"
+  else
+    cmd="$(printf %q "$BUN") test --timeout 600000 $*"
+  fi
+  VT_NESTED_TIMEOUT="${VT_NESTED_TIMEOUT:-1200}" VT_GUEST_CACHE="$snap" \
+    bash scripts/kvm-guest.sh bash -c "$cmd"
 }

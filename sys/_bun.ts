@@ -108,8 +108,11 @@ const SYMBOLS: Record<string, BunSymbol> = {
 };
 
 // The Worker that blocks in poll(2). It is plain JavaScript started from a Blob URL, so it works
-// wherever the library is loaded from. Messages in: { fds: Uint8Array, nfds, timeout }; out:
-// { fds, result, errno } (errno read on the Worker's own thread, right after the call).
+// wherever the library is loaded from. The pollfd array lives in a SharedArrayBuffer both
+// threads see, sent once (and again only when it grows): a round posts two numbers each way,
+// not a copy of the array, so a watcher of hundreds of descriptors leaves no garbage per round
+// in either heap. Messages in: [nfds, timeout], or { fds } with a new array; out: [result,
+// errno] (errno read on the Worker's own thread, right after the call).
 const POLL_WORKER = `
 const ffi = require("bun:ffi");
 const lib = ffi.dlopen("libc.so.6", {
@@ -117,10 +120,15 @@ const lib = ffi.dlopen("libc.so.6", {
   poll: { args: ["ptr", "u64", "i32"], returns: "i32" },
 });
 const errno = new Int32Array(ffi.toArrayBuffer(lib.symbols.__errno_location(), 0, 4));
+let fds;
 self.onmessage = (event) => {
-  const { fds, nfds, timeout } = event.data;
+  if (!Array.isArray(event.data)) {
+    fds = event.data.fds;
+    return;
+  }
+  const [nfds, timeout] = event.data;
   const result = lib.symbols.poll(fds, BigInt(nfds), timeout);
-  self.postMessage({ fds, result, errno: result < 0 ? errno[0] : 0 });
+  self.postMessage([result, result < 0 ? errno[0] : 0]);
 };
 `;
 
@@ -131,6 +139,8 @@ class BunPoller implements AsyncPoller {
   #pending:
     | { fds: Uint8Array; resolve(r: AsyncPollResult): void; reject(e: unknown): void }
     | undefined;
+  // The pollfd array the Worker polls, over a SharedArrayBuffer (see POLL_WORKER).
+  #shared: Uint8Array | undefined;
 
   #start(): BunWorker {
     workerUrl ??= URL.createObjectURL(
@@ -142,8 +152,8 @@ class BunPoller implements AsyncPoller {
       const pending = this.#pending;
       this.#pending = undefined;
       if (pending === undefined) return;
-      const { fds, result, errno } = event.data as { fds: Uint8Array } & AsyncPollResult;
-      pending.fds.set(fds.subarray(0, pending.fds.byteLength));
+      const [result, errno] = event.data as [number, number];
+      pending.fds.set(this.#shared!.subarray(0, pending.fds.byteLength));
       pending.resolve({ result, errno });
     };
     worker.onerror = (event: ErrorEvent) => {
@@ -160,11 +170,20 @@ class BunPoller implements AsyncPoller {
 
   poll(fds: Uint8Array, nfds: number, timeout: number): Promise<AsyncPollResult> {
     if (this.#pending !== undefined) throw new Error("A poll is already pending");
+    const fresh = this.#worker === undefined;
     const worker = this.#worker ??= this.#start();
+    const bytes = Math.min(nfds * 8, fds.byteLength);
+    let shared = this.#shared;
+    if (fresh || shared === undefined || shared.byteLength < bytes) {
+      // Room for twice as many: a growing watcher sends a new array now and then, not per round.
+      shared = this.#shared = new Uint8Array(new SharedArrayBuffer(Math.max(64, 2 * bytes)));
+      worker.postMessage({ fds: shared });
+    }
+    shared.set(fds.subarray(0, bytes));
     return new Promise((resolve, reject) => {
-      this.#pending = { fds, resolve, reject };
+      this.#pending = { fds: fds.subarray(0, bytes), resolve, reject };
       worker.ref();
-      worker.postMessage({ fds: fds.slice(0, nfds * 8), nfds, timeout });
+      worker.postMessage([nfds, timeout]);
     });
   }
 

@@ -161,6 +161,13 @@ export class FdWatcher {
   #loop: Promise<void> | undefined;
   #stopped = false;
   #scratch = new Uint8Array(new ArrayBuffer(8));
+  // The pollfd array of the last round and its registrations, kept until the set changes: a
+  // watcher shared by many devices polls hundreds of descriptors, and a round per kick must
+  // not build them again.
+  #round: Registration[] = [];
+  #pollFds: Uint8Array = new Uint8Array(0);
+  #pollView: DataView = new DataView(new ArrayBuffer(0));
+  #changed = true;
 
   /**
    * Makes a watcher. Nothing is allocated in the kernel until the first {@link FdWatcher.watch}.
@@ -204,6 +211,7 @@ export class FdWatcher {
     }
     const registration = new Registration(fd, events, callback, this.#forget);
     this.#watches.add(registration);
+    this.#changed = true;
     if (this.#loop === undefined) {
       this.#loop = this.#run();
     } else {
@@ -223,6 +231,7 @@ export class FdWatcher {
     this.#stopped = true;
     for (const registration of this.#watches) registration.active = false;
     this.#watches.clear();
+    this.#round = [];
     this.#wake();
     await this.#loop;
     this.#poller?.close();
@@ -232,7 +241,10 @@ export class FdWatcher {
   }
 
   readonly #forget = (registration: Registration): void => {
-    if (this.#watches.delete(registration)) this.#wake();
+    if (this.#watches.delete(registration)) {
+      this.#changed = true;
+      this.#wake();
+    }
   };
 
   #wake(): void {
@@ -256,8 +268,15 @@ export class FdWatcher {
       await Promise.resolve();
       while (!this.#stopped && this.#watches.size > 0) {
         if (this.#woken) this.#drain();
-        const round = [...this.#watches];
-        const buf = encodePollFds([{ fd: this.#control, events: POLLIN }, ...round]);
+        if (this.#changed) {
+          this.#changed = false;
+          this.#round = [...this.#watches];
+          this.#pollFds = encodePollFds([{ fd: this.#control, events: POLLIN }, ...this.#round]);
+          this.#pollView = new DataView(this.#pollFds.buffer);
+        }
+        // poll(2) writes every revents and reads only fd and events: the array is reusable.
+        const round = this.#round;
+        const buf = this.#pollFds;
         this.#poller ??= backend().createPoller();
         const { result, errno } = await this.#poller.poll(buf, round.length + 1, -1);
         if (result < 0) {
@@ -265,7 +284,7 @@ export class FdWatcher {
           throw new SysError("poll", errno);
         }
         if (result === 0) continue;
-        const view = new DataView(buf.buffer);
+        const view = this.#pollView;
         if (view.getUint16(6, true) !== 0) this.#drain();
         for (let i = 0; i < round.length; i++) {
           const revents = view.getUint16((i + 1) * POLLFD_SIZE + 6, true);

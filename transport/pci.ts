@@ -205,7 +205,10 @@ export interface PciBarInfo {
   readonly size: number;
   /** Whether the memory is prefetchable. */
   readonly prefetchable: boolean;
-  /** The address the driver (or the VMM) put it at. */
+  /**
+   * The address the driver (or the VMM) put it at. While a driver sizes the upper half of a
+   * 64-bit BAR it can be above 2^53 and so inexact: a VMM maps no BAR that high.
+   */
   readonly address: number;
   /** Whether the function decodes it now (its space is enabled in the command register). */
   readonly enabled: boolean;
@@ -250,7 +253,14 @@ interface Bar {
   kind: "io" | "mem32" | "mem64";
   size: number;
   prefetchable: boolean;
-  address: number;
+  // The two address registers as written (a 64-bit address may exceed 2^53 while the driver
+  // sizes the upper register, so the halves are kept apart).
+  lo: number;
+  hi: number;
+}
+
+function barAddress(b: Bar): number {
+  return b.hi * 0x1_0000_0000 + b.lo;
 }
 
 interface VendorCap {
@@ -485,6 +495,16 @@ export class PciTransport {
     return this.#intxLevel;
   }
 
+  /**
+   * The configuration registers whose accesses have side effects: the data field of the PCI
+   * configuration access capability (virtio 1.2 §4.1.4.9), which reads and writes a BAR. Every
+   * other register reads without side effects, so a VMM may answer reads from a copy it
+   * refreshes after each configuration write and INTx change.
+   */
+  get configPassThrough(): { offset: number; length: number } {
+    return { offset: this.#pciCfgCap + 16, length: 4 };
+  }
+
   /** The BARs the function has. */
   bars(): PciBarInfo[] {
     const out: PciBarInfo[] = [];
@@ -494,7 +514,8 @@ export class PciTransport {
 
   #barInfo(b: Bar): PciBarInfo {
     const enabled = (this.#command & (b.kind === "io" ? CMD_IO : CMD_MEMORY)) !== 0;
-    return { ...b, enabled };
+    const { index, kind, size, prefetchable } = b;
+    return { index, kind, size, prefetchable, address: barAddress(b), enabled };
   }
 
   /**
@@ -514,7 +535,8 @@ export class PciTransport {
     if (b.kind !== "mem64" && address >= 0x1_0000_0000) {
       throw new RangeError(`BAR${index} is a 32-bit BAR`);
     }
-    b.address = address;
+    b.lo = address % 0x1_0000_0000;
+    b.hi = Math.floor(address / 0x1_0000_0000);
     this.#onBarChanged(this.#barInfo(b));
   }
 
@@ -529,8 +551,9 @@ export class PciTransport {
     for (const b of this.#bars) {
       if (b === undefined || (b.kind === "io") !== io) continue;
       if ((this.#command & (io ? CMD_IO : CMD_MEMORY)) === 0) continue;
-      if (address >= b.address && address < b.address + b.size) {
-        return { bar: b.index, offset: address - b.address };
+      const base = barAddress(b);
+      if (address >= base && address < base + b.size) {
+        return { bar: b.index, offset: address - base };
       }
     }
     return undefined;
@@ -613,11 +636,11 @@ export class PciTransport {
       // The upper half of a 64-bit BAR.
       const lower = this.#bars[index - 1];
       if (lower !== undefined && lower.kind === "mem64") {
-        return Math.floor(lower.address / 0x1_0000_0000) >>> 0;
+        return lower.hi;
       }
       return 0;
     }
-    const lo = (b.address % 0x1_0000_0000) >>> 0;
+    const lo = b.lo;
     if (b.kind === "io") return (lo & ~(b.size - 1)) | 0x1;
     const flags = (b.kind === "mem64" ? 0x4 : 0) | (b.prefetchable ? 0x8 : 0);
     return ((lo & ~(b.size - 1)) | flags) >>> 0;
@@ -689,17 +712,14 @@ export class PciTransport {
       const lower = this.#bars[index - 1];
       if (lower === undefined || lower.kind !== "mem64") return;
       // Upper half of a 64-bit BAR: every bit is writable (BARs are smaller than 4 GiB).
-      const hi = Math.floor(lower.address / 0x1_0000_0000) >>> 0;
       const shift = 8 * byte;
-      const nhi = ((hi & ~(0xff << shift)) | (value << shift)) >>> 0;
-      lower.address = nhi * 0x1_0000_0000 + (lower.address % 0x1_0000_0000);
+      lower.hi = ((lower.hi & ~(0xff << shift)) | (value << shift)) >>> 0;
       return;
     }
-    const lo = (b.address % 0x1_0000_0000) >>> 0;
     const shift = 8 * byte;
-    const nlo = (((lo & ~(0xff << shift)) | (value << shift)) >>> 0) & ~(b.size - 1);
-    const hi = b.address - (b.address % 0x1_0000_0000);
-    b.address = hi + (nlo >>> 0);
+    let lo = (((b.lo & ~(0xff << shift)) | (value << shift)) >>> 0) & ~(b.size - 1);
+    if (b.kind === "io") lo &= 0xffff; // I/O space is 64 KiB on x86
+    b.lo = lo >>> 0;
   }
 
   #barWritten(index: number): void {
@@ -1377,7 +1397,7 @@ export class PciTransport {
 }
 
 function bar(index: number, kind: Bar["kind"], size: number, prefetchable: boolean): Bar {
-  return { index, kind, size, prefetchable, address: 0 };
+  return { index, kind, size, prefetchable, lo: 0, hi: 0 };
 }
 
 function pow2(n: number, min: number): number {

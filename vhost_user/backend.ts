@@ -121,6 +121,14 @@ export interface VhostUserBackendOptions {
    * sealed memory (QEMU's `memory-backend-memfd`, which seals by default) cannot shrink.
    */
   requireSealedMemory?: boolean;
+  /**
+   * The {@link FdWatcher} that waits on this backend's descriptors (its listening socket, its
+   * connection and its kick eventfds). Default: one of its own, stopped by `close()`. A
+   * watcher passed here is shared (as {@link VhostUserBackendSet} shares one between all its
+   * backends): one poll(2) covers every device of the process, the backend only closes its
+   * own watches, and errors of its callbacks still go to its own `onError`.
+   */
+  watcher?: FdWatcher;
 }
 
 // sockaddr_un.sun_path holds 108 bytes, the terminating NUL included.
@@ -176,6 +184,7 @@ export class VhostUserBackend {
   readonly #onError: (err: Error) => void;
   readonly #log: (message: string) => void;
   readonly #watcher: FdWatcher;
+  readonly #ownWatcher: boolean;
   readonly #offeredProtocol: bigint;
   #listenFd = -1;
   #listenWatch: Watch | undefined;
@@ -214,7 +223,8 @@ export class VhostUserBackend {
     this.#path = options.socketPath;
     this.#onError = options.onError ?? ((e) => console.error(`vhost-user: ${e.message}`));
     this.#log = options.log ?? (() => {});
-    this.#watcher = new FdWatcher({ onError: (e) => this.#onError(asError(e)) });
+    this.#ownWatcher = options.watcher === undefined;
+    this.#watcher = options.watcher ?? new FdWatcher({ onError: (e) => this.#onError(asError(e)) });
     const pollUs = options.pollUs ?? 0;
     if (!Number.isFinite(pollUs) || pollUs < 0 || pollUs > MAX_POLL_US) {
       throw new RangeError(`pollUs must be 0 to ${MAX_POLL_US}, got ${pollUs}`);
@@ -244,6 +254,11 @@ export class VhostUserBackend {
     this.#offeredProtocol = hasConfig ? BACKEND_PROTOCOL_FEATURES : BACKEND_PROTOCOL_FEATURES &
       ~(featureBit(ProtocolFeature.CONFIG) | featureBit(ProtocolFeature.BACKEND_REQ));
     this.closed = new Promise((resolve) => (this.#closedResolve = resolve));
+  }
+
+  /** The path of the Unix socket it listens on. */
+  get socketPath(): string {
+    return this.#path;
   }
 
   /** Whether a frontend is connected. */
@@ -287,7 +302,7 @@ export class VhostUserBackend {
       throw err;
     }
     this.#listenFd = fd;
-    this.#listenWatch = this.#watcher.watch(fd, () => this.#accept());
+    this.#listenWatch = this.#watch(fd, () => this.#accept());
     this.#log(`listening on ${this.#path}`);
   }
 
@@ -297,11 +312,13 @@ export class VhostUserBackend {
     this.#pollResume = undefined;
     this.#disconnect("backend closing");
     this.#listenWatch?.close();
+    this.#listenWatch = undefined;
     if (this.#acceptRetry !== undefined) clearTimeout(this.#acceptRetry);
     this.#acceptRetry = undefined;
     if (this.#listenFd >= 0) close(this.#listenFd);
     this.#listenFd = -1;
-    await this.#watcher.stop();
+    // A shared watcher goes on serving the other backends: only this one's watches are closed.
+    if (this.#ownWatcher) await this.#watcher.stop();
     try {
       if (existsSync(this.#path)) unlinkSync(this.#path);
     } catch { /* already gone */ }
@@ -322,7 +339,7 @@ export class VhostUserBackend {
       this.#acceptRetry ??= setTimeout(() => {
         this.#acceptRetry = undefined;
         if (this.#listenFd >= 0) {
-          this.#listenWatch = this.#watcher.watch(this.#listenFd, () => this.#accept());
+          this.#listenWatch = this.#watch(this.#listenFd, () => this.#accept());
         }
       }, ACCEPT_RETRY_MS);
       return;
@@ -340,8 +357,20 @@ export class VhostUserBackend {
     this.#conn = fd;
     this.connections++;
     this.#reader = new MessageReader();
-    this.#connWatch = this.#watcher.watch(fd, () => this.#readable());
+    this.#connWatch = this.#watch(fd, () => this.#readable());
     this.#log(`frontend connected (connection ${this.connections})`);
+  }
+
+  // Watch `fd` on the (maybe shared) watcher; whatever the callback throws is this backend's
+  // error, never the watcher's (whose other watches belong to other devices).
+  #watch(fd: number, callback: () => void): Watch {
+    return this.#watcher.watch(fd, () => {
+      try {
+        callback();
+      } catch (err) {
+        this.#onError(asError(err));
+      }
+    });
   }
 
   #readable(): void {
@@ -803,8 +832,12 @@ export class VhostUserBackend {
     return watchEventFd(kick, {
       watcher: this.#watcher,
       onSignal: () => {
-        this.core.notify(index);
-        if (this.#pollMs > 0) this.#busyPoll();
+        try {
+          this.core.notify(index);
+          if (this.#pollMs > 0) this.#busyPoll();
+        } catch (err) {
+          this.#onError(asError(err));
+        }
       },
       onBroken: (reason) =>
         this.#onError(

@@ -1,5 +1,6 @@
 /**
- * Command-line vhost-user backend: serve one of our devices on a Unix socket.
+ * Command-line vhost-user backend: serve our devices on Unix sockets, one device with its
+ * options as flags, or many in one process with one `--device KIND,socket=PATH,...` spec each.
  *
  * ```sh
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vblk.sock --device blk --file disk.img
@@ -8,6 +9,9 @@
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vsock.sock --device vsock \
  *   --guest-cid 3 --uds-path /tmp/vsock.uds
  * deno run --allow-all vhost_user/main.ts --socket /tmp/vfs.sock --device fs --shared-dir /srv --tag share
+ * # many devices, one process
+ * deno run --allow-all vhost_user/main.ts --device blk,socket=/tmp/a.sock,file=a.img \
+ *   --device blk,socket=/tmp/b.sock,file=b.img,readonly --device rng,socket=/tmp/rng.sock
  * ```
  *
  * @module
@@ -16,28 +20,34 @@
 import { parseArgs } from "node:util";
 import process from "node:process";
 import type { VirtioDevice } from "../devices/device.ts";
-import { RNG_MAX_PERIOD_MS, RngDevice } from "../devices/rng.ts";
-import { BlockDevice, FileBackend, OverlayBackend } from "../devices/block.ts";
-import {
-  LoopbackNetBackend,
-  type NetBackend,
-  NetDevice,
-  SocketNetBackend,
-  TapNetBackend,
-} from "../devices/net.ts";
+// The device modules are loaded when a device of their kind is asked for: a process serving
+// block devices holds no file server, network or socket device code.
+import type { OverlayBackend } from "../devices/block.ts";
+import type { NetBackend, NetDevice } from "../devices/net.ts";
 import { writeFileSync } from "node:fs";
-import { MAX_POLL_US, UnsealedMemoryWarning, VhostUserBackend } from "./backend.ts";
-import { VsockDevice } from "../devices/vsock.ts";
-import { FsDevice } from "../devices/fs.ts";
+import { MAX_POLL_US, UnsealedMemoryWarning } from "./backend.ts";
+import { VhostUserBackendSet } from "./backend_set.ts";
+import { DeviceSpecError, specArgs } from "./_device_spec.ts";
 import { getrlimit, RLIMIT_NOFILE, setrlimit } from "../sys/mod.ts";
 
 const USAGE = `Usage: vhost_user/main.ts --socket PATH --device rng|blk|vsock|fs|net [options]
+       vhost_user/main.ts --device KIND,socket=PATH[,option[=value]...] [--device ...]
 
-Serves a virtio device to a vhost-user frontend (QEMU, Cloud Hypervisor, ...).
+Serves virtio devices to vhost-user frontends (QEMU, Cloud Hypervisor, ...).
+
+One device: its options as flags. Many devices in one process (as qemu-storage-daemon's
+--export): one --device spec each, KIND then the device's options below without their
+dashes, as key=value, or the key alone for a flag (flag=on|off also works); a comma inside
+a value is written twice (file=a,,b.img). Each device has its own socket and frontend; an
+error or a misbehaving frontend on one never stops the others. --poll-us and
+--require-sealed-memory given as flags hold for every spec without its own.
+  --device blk,socket=/tmp/a.sock,file=a.img --device blk,socket=/tmp/b.sock,file=b.img,readonly
+  --device rng,socket=/tmp/rng.sock,rng-max-bytes=1024 --device fs,socket=/tmp/fs.sock,shared-dir=/srv,tag=share
 
 Options:
   --socket PATH     Unix socket to listen on (required)
-  --device NAME     rng, blk, vsock, fs or net (required)
+  --device NAME     rng, blk, vsock, fs or net (required); or a spec (above), repeatable
+  --id NAME         a name for the device in messages (default: KIND0, KIND1, ... with specs)
   --file PATH       blk: the raw disk image or block device
   --readonly        blk: refuse writes (VIRTIO_BLK_F_RO); fs: a read-only share (EROFS)
   --overlay PATH    blk: copy-on-write overlay file over --file, which is then opened
@@ -88,7 +98,8 @@ Options:
                     refuse guest memory not sealed against shrinking (F_SEAL_SHRINK); by
                     default it is served with a warning, since a frontend that truncates it
                     would kill this process with SIGBUS (QEMU's memory-backend-memfd seals)
-  --once            exit after the first frontend disconnects
+  --once            exit after the first frontend disconnects (with specs: once every
+                    device has had a frontend and none is connected)
   --verbose         log connections and ring state changes
   --help            show this text
 
@@ -120,60 +131,73 @@ function intOption<T extends number | undefined>(
   return null;
 }
 
+/** The options of one device (the single-device form, or one `--device` spec). */
+const DEVICE_OPTIONS = {
+  socket: { type: "string" },
+  device: { type: "string" },
+  id: { type: "string" },
+  file: { type: "string" },
+  readonly: { type: "boolean" },
+  overlay: { type: "string" },
+  serial: { type: "string" },
+  queues: { type: "string" },
+  "poll-us": { type: "string" },
+  "rng-max-bytes": { type: "string" },
+  "rng-period-ms": { type: "string" },
+  "block-size": { type: "string" },
+  "guest-cid": { type: "string" },
+  "uds-path": { type: "string" },
+  "vsock-buffer-size": { type: "string" },
+  "physical-block-size": { type: "string" },
+  "shared-dir": { type: "string" },
+  tag: { type: "string" },
+  cache: { type: "string" },
+  writethrough: { type: "boolean" },
+  tap: { type: "string" },
+  "socket-peer": { type: "string" },
+  "socket-bind": { type: "string" },
+  "socket-raw": { type: "boolean" },
+  loopback: { type: "boolean" },
+  mac: { type: "string" },
+  mtu: { type: "string" },
+  "queue-size": { type: "string" },
+  stats: { type: "string" },
+  "require-sealed-memory": { type: "boolean" },
+} as const;
+
+/** The whole process's options. */
+const PROCESS_OPTIONS = {
+  once: { type: "boolean" },
+  verbose: { type: "boolean" },
+  help: { type: "boolean" },
+} as const;
+
+/** Device options that may also be given once, for every `--device` spec. */
+const SHARED_DEFAULTS = ["poll-us", "require-sealed-memory"] as const;
+
+type DeviceArgs = ReturnType<typeof parseDeviceArgs> & { verbose?: boolean };
+
+function parseDeviceArgs(argv: string[]) {
+  return parseArgs({ args: argv, options: DEVICE_OPTIONS, strict: true }).values;
+}
+
+/** A device made from its options, with what its backend needs and what ends it. */
+interface Built {
+  id: string;
+  kind: string;
+  socket: string;
+  device: VirtioDevice;
+  pollUs: number;
+  requireSealedMemory: boolean;
+  /** Release what the device holds once its backend closed. */
+  finish(): void;
+}
+
 /**
- * Run the CLI.
- * @param argv Arguments (without the program name).
- * @returns The process exit code.
+ * Make one device from its options, or say why not (an exit code: 2 for a usage error, 1 when
+ * something could not be opened).
  */
-export async function main(argv: string[]): Promise<number> {
-  let args;
-  try {
-    args = parseArgs({
-      args: argv,
-      options: {
-        socket: { type: "string" },
-        device: { type: "string" },
-        file: { type: "string" },
-        readonly: { type: "boolean", default: false },
-        overlay: { type: "string" },
-        serial: { type: "string" },
-        queues: { type: "string" },
-        "poll-us": { type: "string" },
-        "rng-max-bytes": { type: "string" },
-        "rng-period-ms": { type: "string" },
-        "block-size": { type: "string" },
-        "guest-cid": { type: "string" },
-        "uds-path": { type: "string" },
-        "vsock-buffer-size": { type: "string" },
-        "physical-block-size": { type: "string" },
-        "shared-dir": { type: "string" },
-        tag: { type: "string" },
-        cache: { type: "string" },
-        writethrough: { type: "boolean", default: false },
-        tap: { type: "string" },
-        "socket-peer": { type: "string" },
-        "socket-bind": { type: "string" },
-        "socket-raw": { type: "boolean", default: false },
-        loopback: { type: "boolean", default: false },
-        mac: { type: "string" },
-        mtu: { type: "string" },
-        "queue-size": { type: "string" },
-        stats: { type: "string" },
-        "require-sealed-memory": { type: "boolean", default: false },
-        once: { type: "boolean", default: false },
-        verbose: { type: "boolean", default: false },
-        help: { type: "boolean", default: false },
-      },
-      strict: true,
-    }).values;
-  } catch (err) {
-    console.error(`${(err as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  if (args.help) {
-    console.log(USAGE);
-    return 0;
-  }
+async function buildDevice(args: DeviceArgs): Promise<Built | number> {
   if (args.socket === undefined || args.device === undefined) {
     console.error(`--socket and --device are required\n\n${USAGE}`);
     return 2;
@@ -197,7 +221,9 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const rngMaxBytes = intOption(args["rng-max-bytes"], "rng-max-bytes", undefined, 1);
-  const rngPeriodMs = intOption(args["rng-period-ms"], "rng-period-ms", 1000, 1, RNG_MAX_PERIOD_MS);
+  // (Without rng options the period is the default and its bound does not matter.)
+  const maxPeriod = rngOptions ? (await import("../devices/rng.ts")).RNG_MAX_PERIOD_MS : 1000;
+  const rngPeriodMs = intOption(args["rng-period-ms"], "rng-period-ms", 1000, 1, maxPeriod);
   if (rngMaxBytes === null || rngPeriodMs === null) return 2;
   const vsockOptions = args["guest-cid"] !== undefined || args["uds-path"] !== undefined ||
     args["vsock-buffer-size"] !== undefined;
@@ -208,14 +234,17 @@ export async function main(argv: string[]): Promise<number> {
   let device: VirtioDevice;
   let overlay: OverlayBackend | undefined;
   let net: NetDevice | undefined;
+  let remove: (() => void) | undefined;
   switch (args.device) {
-    case "rng":
+    case "rng": {
+      const { RngDevice } = await import("../devices/rng.ts");
       device = new RngDevice({
         rateLimit: rngMaxBytes === undefined
           ? undefined
           : { bytes: rngMaxBytes, periodMs: rngPeriodMs },
       });
       break;
+    }
     case "blk": {
       if (args.file === undefined) {
         console.error("--device blk needs --file");
@@ -238,6 +267,7 @@ export async function main(argv: string[]): Promise<number> {
         physicalBlockSize,
         writeback: !args.writethrough,
       };
+      const { BlockDevice, FileBackend, OverlayBackend } = await import("../devices/block.ts");
       try {
         if (args.overlay !== undefined) {
           const base = new FileBackend(args.file, { readOnly: true });
@@ -273,13 +303,17 @@ export async function main(argv: string[]): Promise<number> {
         0xffffffff,
       );
       if (cid === null || bufferSize === null) return 2;
+      const { VsockDevice } = await import("../devices/vsock.ts");
       try {
-        device = new VsockDevice({
+        const vsock = new VsockDevice({
           guestCid: cid,
           udsPath: args["uds-path"],
           bufferSize,
           onError: args.verbose ? (e) => console.error(`vsock: ${e.message}`) : undefined,
         });
+        // Close the vsock Unix socket and its connections.
+        remove = () => vsock.remove();
+        device = vsock;
       } catch (err) {
         console.error(`--device vsock: ${(err as Error).message}`);
         return 1;
@@ -299,6 +333,7 @@ export async function main(argv: string[]): Promise<number> {
       const queues = intOption(args.queues, "queues", 1, 1, 64);
       if (queues === null) return 2;
       raiseOpenFileLimit();
+      const { FsDevice } = await import("../devices/fs.ts");
       try {
         device = new FsDevice({
           sharedDir: args["shared-dir"],
@@ -315,7 +350,7 @@ export async function main(argv: string[]): Promise<number> {
       break;
     }
     case "net": {
-      const made = netDevice(args);
+      const made = await netDevice(args);
       if (typeof made === "number") return made;
       device = net = made;
       break;
@@ -324,43 +359,173 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`unknown device ${args.device}\n\n${USAGE}`);
       return 2;
   }
-  const verbose = args.verbose;
-  const backend = new VhostUserBackend(device, {
-    socketPath: args.socket,
+  const finish = () => {
+    remove?.();
+    // Persist the overlay's bitmap (a SIGKILL keeps what the last FLUSH made durable).
+    overlay?.close();
+    if (net !== undefined) {
+      if (args.stats !== undefined) writeFileSync(args.stats, JSON.stringify(net.stats) + "\n");
+      net.remove();
+    }
+  };
+  return {
+    id: args.id ?? args.device,
+    kind: args.device,
+    socket: args.socket,
+    device,
     pollUs,
-    // QEMU keeps a net device's configuration space itself.
-    configSpace: args.device !== "net",
-    requireSealedMemory: args["require-sealed-memory"],
-    log: verbose ? (m) => console.error(`vhost-user: ${m}`) : undefined,
-    onError: (e) =>
+    requireSealedMemory: args["require-sealed-memory"] ?? false,
+    finish,
+  };
+}
+
+/**
+ * Run the CLI.
+ * @param argv Arguments (without the program name).
+ * @returns The process exit code.
+ */
+export async function main(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        ...DEVICE_OPTIONS,
+        ...PROCESS_OPTIONS,
+        device: { type: "string", multiple: true },
+      },
+      strict: true,
+    }).values;
+  } catch (err) {
+    console.error(`${(err as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (parsed.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const verbose = parsed.verbose ?? false;
+  const specs = parsed.device ?? [];
+  // One --device KIND with its options as flags (the single-device form), or one --device
+  // KIND,key=value,... spec per device.
+  const many = specs.length > 1 || specs.some((d) => d.includes(","));
+  const deviceArgs: DeviceArgs[] = [];
+  if (!many) {
+    deviceArgs.push({ ...parsed, device: specs[0], verbose });
+  } else {
+    const misplaced = Object.keys(parsed).filter((k) =>
+      k !== "device" && Object.hasOwn(DEVICE_OPTIONS, k) &&
+      !(SHARED_DEFAULTS as readonly string[]).includes(k)
+    );
+    if (misplaced.length > 0) {
+      const keys = misplaced.map((k) => `--${k}`).join(", ");
       console.error(
-        e instanceof UnsealedMemoryWarning
-          ? `vhost-user: ${e.message}`
-          : `vhost-user: error: ${e.message}`,
+        `with --device specs, ${keys} go inside each spec (--device blk,socket=PATH,file=IMG)`,
+      );
+      return 2;
+    }
+    const reserved = new Set(Object.keys(PROCESS_OPTIONS));
+    for (const spec of specs) {
+      let values: DeviceArgs;
+      try {
+        const a = specArgs(spec, DEVICE_OPTIONS, reserved);
+        if (!a.some((x) => x.startsWith("--socket="))) {
+          throw new DeviceSpecError(spec, "needs socket=PATH");
+        }
+        values = parseDeviceArgs(a);
+      } catch (err) {
+        console.error(`${(err as Error).message}\n\n${USAGE}`);
+        return 2;
+      }
+      // --poll-us and --require-sealed-memory given once hold for every spec without its own.
+      values["poll-us"] ??= parsed["poll-us"];
+      values["require-sealed-memory"] ??= parsed["require-sealed-memory"];
+      deviceArgs.push({ ...values, verbose });
+    }
+  }
+  // Every device is made (and every option checked) before anything listens.
+  const built: Built[] = [];
+  const finishAll = () => {
+    for (const b of built) b.finish();
+  };
+  const ids = new Map<string, number>();
+  for (const a of deviceArgs) {
+    const b = await buildDevice(a);
+    if (typeof b === "number") {
+      finishAll();
+      return b;
+    }
+    if (many && a.id === undefined) {
+      // blk0, blk1, ... in the order given.
+      const n = ids.get(b.kind) ?? 0;
+      ids.set(b.kind, n + 1);
+      b.id = `${b.kind}${n}`;
+    }
+    built.push(b);
+  }
+  // Each backend holds a listening socket, a connection, the eventfds of its rings and its
+  // image or share: more devices than the default soft limit on open files allows.
+  if (many) raiseOpenFileLimit();
+  const set = new VhostUserBackendSet({
+    log: verbose ? (id, m) => console.error(`vhost-user${many ? ` ${id}` : ""}: ${m}`) : undefined,
+    onError: (id, e) =>
+      console.error(
+        `vhost-user${many ? ` ${id}` : ""}: ${
+          e instanceof UnsealedMemoryWarning ? "" : "error: "
+        }${e.message}`,
       ),
   });
-  backend.listen();
-  console.error(`vhost-user ${args.device} backend listening on ${args.socket}`);
-  const stop = () => void backend.close();
+  try {
+    for (const b of built) {
+      set.add({
+        id: b.id,
+        device: b.device,
+        socketPath: b.socket,
+        pollUs: b.pollUs,
+        // QEMU keeps a net device's configuration space itself.
+        configSpace: b.kind !== "net",
+        requireSealedMemory: b.requireSealedMemory,
+      });
+    }
+  } catch (err) {
+    // One socket path given twice.
+    console.error((err as Error).message);
+    await set.close();
+    finishAll();
+    return 2;
+  }
+  // Listening one by one to say which socket failed; those already listening are closed.
+  for (const b of built) {
+    try {
+      set.get(b.id)!.listen();
+    } catch (err) {
+      console.error(`cannot listen on ${b.socket}: ${(err as Error).message}`);
+      await set.close();
+      finishAll();
+      return 1;
+    }
+  }
+  for (const b of built) {
+    console.error(
+      `vhost-user ${b.kind} backend ${many ? `${b.id} ` : ""}listening on ${b.socket}`,
+    );
+  }
+  const stop = () => void set.close();
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
-  if (args.once) {
+  if (parsed.once) {
+    // Exit once every device has had a frontend and none is connected any more.
     const timer = setInterval(() => {
-      if (backend.connections > 0 && !backend.connected) {
+      if (set.backends.every((b) => b.connections > 0 && !b.connected)) {
         clearInterval(timer);
         stop();
       }
     }, 50);
   }
-  await backend.closed;
-  // Close the vsock Unix socket and its connections.
-  if (device instanceof VsockDevice) device.remove();
-  // Persist the overlay's bitmap (a SIGKILL keeps what the last FLUSH made durable).
-  overlay?.close();
-  if (net !== undefined) {
-    if (args.stats !== undefined) writeFileSync(args.stats, JSON.stringify(net.stats) + "\n");
-    net.remove();
-  }
+  await set.closed;
+  process.off("SIGINT", stop);
+  process.off("SIGTERM", stop);
+  finishAll();
   return 0;
 }
 
@@ -391,7 +556,7 @@ interface NetArgs {
 }
 
 /** Build the net device from the CLI arguments, or say why not (an exit code). */
-function netDevice(args: NetArgs): NetDevice | number {
+async function netDevice(args: NetArgs): Promise<NetDevice | number> {
   const kinds = [args.tap !== undefined, args["socket-peer"] !== undefined, !!args.loopback];
   if (kinds.filter((k) => k).length !== 1) {
     console.error("--device net needs exactly one of --tap, --socket-peer and --loopback");
@@ -407,6 +572,9 @@ function netDevice(args: NetArgs): NetDevice | number {
   const mtu = intOption(args.mtu, "mtu", 1500, 68, 65535);
   const queueSize = intOption(args["queue-size"], "queue-size", 256, 2, 32768);
   if (queues === null || mtu === null || queueSize === null) return 2;
+  const { LoopbackNetBackend, NetDevice, SocketNetBackend, TapNetBackend } = await import(
+    "../devices/net.ts"
+  );
   let backend: NetBackend;
   try {
     if (args.tap !== undefined) backend = new TapNetBackend({ name: args.tap, queues });

@@ -7,3 +7,4 @@
 
 export * from "./protocol.ts";
 export * from "./backend.ts";
+export * from "./backend_set.ts";

@@ -62,7 +62,7 @@ interface Rig {
 function rig(name: string, features = ALL): Rig {
   const path = file(name, SIZE, 0x11);
   const mem = GuestMemory.create(4 * MiB);
-  const device = new PmemDevice({ path });
+  const device = new PmemDevice({ path, shmemRegion: true });
   const space = new DeviceMemorySpace({ memory: mem, setSlot: () => {} });
   const shm = space.attach(device, { base: 0xd000_0000, size: 0x1000, irq: 5 })!;
   const errors: MmioError[] = [];
@@ -118,6 +118,13 @@ describe("virtio-pmem", () => {
     } finally {
       r.device.remove();
     }
+  });
+
+  it("offers SHMEM_REGION only when asked", () => {
+    const path = file("offer.img", PMEM_SIZE_ALIGN);
+    const d = new PmemDevice({ path });
+    assert.equal(d.getAvailFeatures(0) & (1 << VIRTIO_PMEM_F_SHMEM_REGION), 0);
+    d.remove();
   });
 
   it("without SHMEM_REGION the configuration has start and size; with it, zeroes and shared memory 0", () => {

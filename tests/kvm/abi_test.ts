@@ -16,12 +16,16 @@ import {
   decodeRegs,
   decodeSregs,
   encodeCpuid2,
+  encodeGsiRouting,
   encodeIoeventfd,
   encodeIrqfd,
   encodeMemoryRegion,
   encodeRegs,
   encodeSregs,
   KVM_IOEVENTFD_FLAG_DATAMATCH,
+  KVM_IOEVENTFD_FLAG_PIO,
+  KVM_IRQ_ROUTING_IRQCHIP,
+  KVM_IRQ_ROUTING_MSI,
   KvmCap,
   KvmExit,
   KvmIoctl,
@@ -61,6 +65,22 @@ test("struct encoders put fields at their offsets", () => {
   assert.equal(io.getUint32(24, true), KVM_IOEVENTFD_FLAG_DATAMATCH);
   const irq = new DataView(encodeIrqfd(9, 5).buffer);
   assert.deepEqual([irq.getUint32(0, true), irq.getUint32(4, true), irq.byteLength], [9, 5, 32]);
+});
+
+test("encodeGsiRouting lays out irqchip and MSI entries", () => {
+  const b = encodeGsiRouting([
+    { gsi: 4, kind: "irqchip", irqchip: 2, pin: 4 },
+    { gsi: 24, kind: "msi", address: 0x1_fee0_1000n, data: 0x4041 },
+  ]);
+  const v = new DataView(b.buffer);
+  assert.equal(b.byteLength, 8 + 2 * 48);
+  assert.equal(v.getUint32(0, true), 2);
+  assert.deepEqual([0, 4, 16, 20].map((o) => v.getUint32(8 + o, true)), [4, 1, 2, 4]);
+  assert.deepEqual(
+    [0, 4, 16, 20, 24].map((o) => v.getUint32(56 + o, true)),
+    [24, 2, 0xfee01000, 1, 0x4041],
+  );
+  assert.throws(() => encodeGsiRouting([{ gsi: -1, kind: "irqchip", irqchip: 0, pin: 0 }]));
 });
 
 test("kvm_regs, kvm_sregs and kvm_cpuid2 round-trip", () => {
@@ -131,7 +151,14 @@ int main(void) {
   P("IOEVENTFD", KVM_IOEVENTFD); P("RUN", KVM_RUN); P("GET_REGS", KVM_GET_REGS);
   P("SET_REGS", KVM_SET_REGS); P("GET_SREGS", KVM_GET_SREGS); P("SET_SREGS", KVM_SET_SREGS);
   P("GET_LAPIC", KVM_GET_LAPIC); P("SET_LAPIC", KVM_SET_LAPIC); P("SET_CPUID2", KVM_SET_CPUID2);
-  P("SET_SIGNAL_MASK", KVM_SET_SIGNAL_MASK);
+  P("SET_SIGNAL_MASK", KVM_SET_SIGNAL_MASK); P("SET_GSI_ROUTING", KVM_SET_GSI_ROUTING);
+  P("size.irqRouting", sizeof(struct kvm_irq_routing));
+  P("size.irqRoutingEntry", sizeof(struct kvm_irq_routing_entry));
+  O(kvm_irq_routing_entry, u.irqchip.irqchip); O(kvm_irq_routing_entry, u.irqchip.pin);
+  O(kvm_irq_routing_entry, u.msi.address_lo); O(kvm_irq_routing_entry, u.msi.address_hi);
+  O(kvm_irq_routing_entry, u.msi.data); O(kvm_irq_routing_entry, type);
+  P("routing.IRQCHIP", KVM_IRQ_ROUTING_IRQCHIP); P("routing.MSI", KVM_IRQ_ROUTING_MSI);
+  P("cap.IRQ_ROUTING", KVM_CAP_IRQ_ROUTING); P("ioeventfd.PIO", KVM_IOEVENTFD_FLAG_PIO);
   P("size.signalMask", sizeof(struct kvm_signal_mask));
   P("size.userspaceMemoryRegion", sizeof(struct kvm_userspace_memory_region));
   P("size.irqLevel", sizeof(struct kvm_irq_level)); P("size.irqfd", sizeof(struct kvm_irqfd));
@@ -261,6 +288,15 @@ test("kvm/abi.ts matches <linux/kvm.h> (C program)", {
       "kvm_regs.rflags": 136,
       "kvm_regs.rsi": 32,
       "ioeventfd.DATAMATCH": KVM_IOEVENTFD_FLAG_DATAMATCH,
+      "ioeventfd.PIO": KVM_IOEVENTFD_FLAG_PIO,
+      "kvm_irq_routing_entry.type": 4,
+      "kvm_irq_routing_entry.u.irqchip.irqchip": 16,
+      "kvm_irq_routing_entry.u.irqchip.pin": 20,
+      "kvm_irq_routing_entry.u.msi.address_lo": 16,
+      "kvm_irq_routing_entry.u.msi.address_hi": 20,
+      "kvm_irq_routing_entry.u.msi.data": 24,
+      "routing.IRQCHIP": KVM_IRQ_ROUTING_IRQCHIP,
+      "routing.MSI": KVM_IRQ_ROUTING_MSI,
     };
     for (const [name, value] of Object.entries(fixed)) assert.equal(value, c.get(name), name);
     for (const [name, value] of Object.entries(KvmExit)) {

@@ -16,12 +16,21 @@ import {
   writeAcpiTables,
 } from "../../kvm/acpi.ts";
 import { BootParamsOffset, e820Map, E820Type, loadLinux } from "../../kvm/boot.ts";
+import { DEFAULT_PCI_LAYOUT } from "../../kvm/pci.ts";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 const DEVICES = [{ addr: 0xd0000000, irq: 5 }, { addr: 0xd0001000, irq: 6 }];
 
-function tables(cpus: number) {
+function tables(cpus: number, pci = false) {
   const memory = GuestMemory.create(2 << 20);
-  const info = writeAcpiTables(memory, { cpus, virtioMmio: DEVICES });
+  const info = writeAcpiTables(memory, {
+    cpus,
+    virtioMmio: pci ? [] : DEVICES,
+    pci: pci ? DEFAULT_PCI_LAYOUT : undefined,
+  });
   const bytes = (addr: number, len: number) => memory.slice(addr, len);
   const sig = (addr: number, len = 4) => String.fromCharCode(...bytes(addr, len));
   const table = (addr: number) => {
@@ -199,3 +208,69 @@ function u32(n: number): number[] {
 function ascii(s: string): number[] {
   return [...s].map((c) => c.charCodeAt(0));
 }
+
+test("with PCI: the XSDT adds an MCFG for bus 0's ECAM window, and the DSDT declares PCI0 and MBRD", () => {
+  const { info, table, memory } = tables(1, true);
+  const xsdt = table(Number(memory.readU64(info.rsdp + 24)));
+  const pointed = [0, 1, 2].map((i) => Number(xsdt.v.getBigUint64(36 + i * 8, true)));
+  assert.deepEqual(pointed.map((p) => table(p).sig), ["FACP", "APIC", "MCFG"]);
+  const mcfg = table(pointed[2]);
+  assert.equal(mcfg.t.length, 36 + 8 + 16);
+  assert.equal(mcfg.v.getBigUint64(44, true), BigInt(DEFAULT_PCI_LAYOUT.ecamBase));
+  assert.deepEqual([mcfg.v.getUint16(52, true), mcfg.t[54], mcfg.t[55]], [0, 0, 0]);
+  const dsdt = dsdtAml([], DEFAULT_PCI_LAYOUT);
+  const name = (s: string) => [...s].map((c) => c.charCodeAt(0));
+  for (const n of ["PCI0", "MBRD", "_PRT", "_CRS", "_BBN", "_SEG"]) {
+    assert.ok(indexOf(dsdt, name(n)) > 0, `${n} in the DSDT`);
+  }
+  const id = (s: string) => {
+    const v = eisaId(s);
+    return [0x0c, v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, v >>> 24];
+  };
+  assert.ok(indexOf(dsdt, id("PNP0A08")) > 0 && indexOf(dsdt, id("PNP0A03")) > 0);
+  assert.ok(indexOf(dsdt, id("PNP0C02")) > 0);
+  // The 32-bit window: a DWord memory descriptor from 0xC0000000, 512 MiB long.
+  assert.ok(indexOf(dsdt, [0x87, 23, 0, 0, 0x0c, 0x01, 0, 0, 0, 0, 0, 0, 0, 0xc0]) > 0);
+  // _PRT: slot 1 INTA (0x0001FFFF, pin 0, source 0) is GSI 17.
+  assert.ok(indexOf(dsdt, [0x0c, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0x0a, 17]) > 0);
+});
+
+function iasl(): boolean {
+  try {
+    execFileSync("iasl", ["-v"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test("with PCI: ACPICA's disassembler reads the DSDT back as we meant it", {
+  skip: iasl() ? false : "skipped: no iasl (acpica-tools)",
+}, () => {
+  const dir = mkdtempSync(join(tmpdir(), "vt-acpi-"));
+  try {
+    const { info, memory } = tables(2, true);
+    const dsdt = info.tables.find((t) => t.signature === "DSDT")!;
+    writeFileSync(join(dir, "dsdt.dat"), memory.slice(dsdt.addr, dsdt.length));
+    execFileSync("iasl", ["-d", join(dir, "dsdt.dat")], { stdio: "ignore" });
+    const asl = readFileSync(join(dir, "dsdt.dsl"), "utf8").replace(/\s+/g, " ");
+    for (
+      const want of [
+        'Device (PCI0) { Name (_HID, EisaId ("PNP0A08")',
+        'Name (_CID, EisaId ("PNP0A03")',
+        "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0x0000, // Granularity 0x0000, // Range Minimum 0x0000, // Range Maximum",
+        "WordIO (ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0x0000, // Granularity 0x1000, // Range Minimum 0xFFFF,",
+        "DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, 0x00000000, // Granularity 0xC0000000, // Range Minimum 0xDFFFFFFF,",
+        "QWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, Prefetchable, ReadWrite, 0x0000000000000000, // Granularity 0x0000000100000000, // Range Minimum 0x00000001FFFFFFFF,",
+        "Name (_PRT, Package (0x7C)",
+        "Package (0x04) { 0x001FFFFF, 0x03, Zero, 0x12 }",
+        'Device (MBRD) { Name (_HID, EisaId ("PNP0C02")',
+        "Memory32Fixed (ReadWrite, 0xE0000000, // Address Base 0x00100000, // Address Length",
+      ]
+    ) {
+      assert.ok(asl.includes(want), `missing: ${want}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

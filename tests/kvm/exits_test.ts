@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { KvmExit, KvmRunOffset as R, KvmSystemEvent } from "../../kvm/abi.ts";
 import { decodeExit, dispatchExit, LegacyIo, VcpuError } from "../../kvm/exits.ts";
 import { ACPI_RESET_VALUE, AcpiPort } from "../../kvm/acpi.ts";
-import { Mailbox, MAILBOX_SIZE } from "../../kvm/_mailbox.ts";
+import { AccessKind, Mailbox, MAILBOX_SIZE } from "../../kvm/_mailbox.ts";
 import {
   APIC_MODE_EXTINT,
   CPUID_1_ECX_TSC_DEADLINE,
@@ -196,6 +196,38 @@ test("decodeExit() refuses I/O data outside the mapping", () => {
     v.setBigUint64(R.ioDataOffset, 4090n, true);
   });
   assert.throws(() => decodeExit(bad), RangeError);
+});
+
+test("dispatchExit() offers port I/O to the pio handler first (PCI), the legacy ports otherwise", () => {
+  const { h } = handlers();
+  const claimed: number[] = [];
+  const withPci = {
+    ...h,
+    pio: (port: number, _write: boolean, data: Uint8Array) => {
+      if (port !== 0xcfc) return false;
+      claimed.push(port);
+      data.fill(0x42);
+      return true;
+    },
+  };
+  const cfc = ioRun(0xcfc, false, [0, 0, 0, 0], 4);
+  dispatchExit(decodeExit(cfc), withPci);
+  assert.deepEqual([...cfc.subarray(4096 - 64, 4096 - 60)], [0x42, 0x42, 0x42, 0x42]);
+  const lsr = ioRun(0x3fd, false, [0]);
+  dispatchExit(decodeExit(lsr), withPci);
+  assert.equal(lsr[4096 - 64] & 0x60, 0x60, "COM1 still answers");
+  assert.deepEqual(claimed, [0xcfc]);
+});
+
+test("Mailbox says what kind of address an access names (MMIO, port, PCI configuration)", () => {
+  const sab = new SharedArrayBuffer(MAILBOX_SIZE);
+  const worker = new Mailbox(sab), main = new Mailbox(sab);
+  const kinds: number[] = [];
+  const serve = () => main.serve((_addr, _write, _data, kind) => kinds.push(kind));
+  worker.request(0xd0000000, false, new Uint8Array(4), serve);
+  worker.request(0x1010, true, new Uint8Array(2), serve, AccessKind.IO);
+  worker.request((1 << 15) | 4, false, new Uint8Array(2), serve, AccessKind.PCI_CONFIG);
+  assert.deepEqual(kinds, [AccessKind.MMIO, AccessKind.IO, AccessKind.PCI_CONFIG]);
 });
 
 test("Mailbox carries an MMIO access and its answer between the two sides", () => {

@@ -127,6 +127,18 @@ describe("PciTransport configuration space", () => {
     assert.deepEqual(r.errors, []);
   });
 
+  it("sizing the upper half of a 64-bit BAR above 4 GiB gives its address back exactly", () => {
+    const r = rig();
+    r.pci.setBarAddress(PCI_MODERN_BAR, 0x1_0000_4000);
+    const reg = 0x10 + 4 * (PCI_MODERN_BAR + 1);
+    const hi = r.driver.cfgRead(reg, 4);
+    r.driver.cfgWrite(reg, 4, 0xffffffff); // the address is then above 2^53
+    assert.equal(r.driver.cfgRead(reg, 4), 0xffffffff);
+    r.driver.cfgWrite(reg, 4, hi);
+    assert.equal(r.pci.bars().find((b) => b.index === PCI_MODERN_BAR)!.address, 0x1_0000_4000);
+    assert.equal(r.driver.cfgRead(reg - 4, 4), 0x4000 | 0xc);
+  });
+
   it("lists the virtio structures, the notify multiplier and MSI-X", () => {
     const r = rig(new BlockDevice({ backend: new MemoryBackend(1 << 20) }));
     r.driver.probe();
