@@ -5,7 +5,8 @@
 // VMM process holds of guest memory (resident pages from /proc/self/pagemap), so every check is
 // on both sides:
 //
-// Boot 1 (balloon without free page reporting or DEFLATE_ON_OOM, virtio-mem, pmem):
+// Boot 1, over virtio-mmio (balloon without free page reporting or DEFLATE_ON_OOM, virtio-mem,
+// pmem):
 //   - balloon: the host sets a 128 MiB target, MemTotal falls by as much and the RAM the VMM
 //     holds falls by about that much; target 0, MemTotal comes back and the memory is usable;
 //     statistics arrive on the interval.
@@ -14,7 +15,8 @@
 //     MemTotal shrinks and the device's mapping is no longer resident.
 //   - pmem: /dev/pmem0, mkfs.ext2 + mount -o dax, a file written, synced (FLUSH), power off:
 //     the host file holds the data.
-// Boot 2 (balloon with free page reporting and DEFLATE_ON_OOM, the same pmem file):
+// Boot 2, over virtio-pci (balloon with free page reporting and DEFLATE_ON_OOM, the same pmem
+// file; device memory then lies after the 64-bit PCI window):
 //   - pmem: the file from boot 1 is there.
 //   - free page reporting: memory the guest frees is released without a target.
 //   - DEFLATE_ON_OOM: with most memory in the balloon, the guest allocates more than it has,
@@ -44,7 +46,7 @@ const MEM_REQUEST = 128 * MiB;
 const PMEM_SIZE = 64 * MiB;
 const OOM_TARGET = 384 * MiB;
 const MARKER = `pmem-data-${Date.now().toString(36)}`;
-const CMDLINE = "console=ttyS0 panic=-1 pci=off quiet memhp_default_state=online_movable";
+const CMDLINE = "console=ttyS0 panic=-1 quiet memhp_default_state=online_movable";
 
 const skip = kvmUnavailableReason() === undefined ? false : `skipped: ${kvmUnavailableReason()}`;
 
@@ -209,6 +211,7 @@ interface Boot {
 }
 
 async function boot(
+  transport: "mmio" | "pci",
   script: string,
   devices: VirtioDevice[],
   handlers: (vm: () => MicroVm) => Record<string, (line: string) => void>,
@@ -220,7 +223,8 @@ async function boot(
   const vm = MicroVm.create({
     kernel: new Uint8Array(readFileSync(guest.kernel)),
     initrd: concat(new Uint8Array(readFileSync(guest.initramfs)), scriptCpio(script)),
-    cmdline: CMDLINE,
+    cmdline: transport === "pci" ? CMDLINE : `${CMDLINE} pci=off`,
+    transport,
     memorySize: RAM,
     devices,
     console: director.feed,
@@ -287,7 +291,7 @@ test(
       const memRss = () => residentBytes(mem.mapping!.address, MEM_REGION);
       let b1: Boot;
       try {
-        b1 = await boot(boot1Script(), [balloon, mem, pmem], (vm) => ({
+        b1 = await boot("mmio", boot1Script(), [balloon, mem, pmem], (vm) => ({
           "VT-BALLOON-READY": () => {
             rss.beforeInflate = ramResident(vm());
             balloon.setTargetPages(BALLOON_TARGET / 4096);
@@ -378,11 +382,12 @@ test(
       const r2: Record<string, number> = {};
       let b2: Boot;
       try {
-        b2 = await boot(boot2Script(), [balloon2, pmem2], (vm) => ({
+        b2 = await boot("pci", boot2Script(), [balloon2, pmem2], (vm) => ({
           "VT-REPORT-FILLED": (line) => {
             r2.filled = Number(/mib=(\d+)/.exec(line)?.[1] ?? 0) * MiB;
             r2.beforeFree = ramResident(vm());
             r2.releasedBefore = balloon2.counters.releasedBytes;
+            r2.pmemAddress = pmem2.address ?? -1;
           },
           "VT-REPORT-FREED": () => {
             // Wait (bounded) until the reported pages are released, then start the OOM phase.
@@ -400,6 +405,8 @@ test(
       }
       const show2 = `\n${JSON.stringify(r2)}\n--- console ---\n${b2.console}`;
       assert.match(b2.console, /VT-PMEM-READ ok/, show2);
+      // On the PCI machine device memory starts after the 64-bit window (4 GiB + 4 GiB).
+      assert.equal(r2.pmemAddress, 0x2_0000_0000, show2);
       assert.ok(
         r2.reported >= 0.5 * r2.filled,
         `reported and released ${mib(r2.reported)}${show2}`,
@@ -414,7 +421,9 @@ test(
           mib(r2.reported)
         } reported and released, RAM resident ${mib(r2.beforeFree)} -> ${mib(r2.afterFree)}`,
         `DEFLATE_ON_OOM: ${c2.deflatedPages} pages deflated under OOM`,
-        `pmem boot 2: kernel to init ${uptime(b2.console, "VT-BEGIN")} s, the file read back ` +
+        `pmem boot 2 (virtio-pci): kernel to init ${
+          uptime(b2.console, "VT-BEGIN")
+        } s, the file read back ` +
           `from /dev/pmem0 (mounted with DAX when allowed) at ${
             uptime(b2.console, "VT-PMEM-READ")
           } s ` +
