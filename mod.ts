@@ -30,5 +30,8 @@ export * from "./devices/rng.ts";
 export * from "./devices/block.ts";
 export * from "./devices/net.ts";
 export * from "./devices/vsock.ts";
+export * from "./devices/balloon.ts";
+export * from "./devices/mem.ts";
+export * from "./devices/pmem.ts";
 export * from "./devices/console.ts";
 export * from "./transport/mod.ts";

@@ -10,6 +10,7 @@
 import { featureBit } from "./constants.ts";
 import type { VirtioDeviceConfig, VirtioQueueConfig } from "./config.ts";
 import { ActivateError, VirtioError } from "./errors.ts";
+import type { GuestRam } from "./guest_ram.ts";
 import type {
   DeviceResources,
   ResourceConstraint,
@@ -22,6 +23,7 @@ export * from "./notifier.ts";
 export * from "./shared_memory.ts";
 export * from "./config.ts";
 export * from "./serve.ts";
+export * from "./guest_ram.ts";
 
 /**
  * What a transport (virtio-mmio, virtio-pci, vhost-user) needs from a device: the seed's
@@ -109,6 +111,13 @@ export interface VirtioDevice {
    * @throws {ActivateError} When the resources do not fit the device.
    */
   setResource?(resources: DeviceResources): VirtioSharedMemoryList | undefined;
+  /**
+   * Take the guest's RAM (not in the seed): for a device that gives guest pages back to the host
+   * (the balloon). The VMM calls it once, before the guest runs; a device without it never
+   * learns where RAM is or how it is backed.
+   * @param ram Where RAM is, and how to release the host pages behind part of it.
+   */
+  setGuestRam?(ram: GuestRam): void;
 }
 
 /**

@@ -8,6 +8,9 @@
  *   {@link parseBzImage}, {@link e820Map}, {@link longModeSregs}), pure TypeScript.
  * - `vm.ts`: the KVM ioctls ({@link Kvm}, {@link Vm}, {@link Vcpu}).
  * - `abi.ts`: ioctl numbers and structure layouts of `<linux/kvm.h>`.
+ * - `device_memory.ts`: device memory above RAM ({@link DeviceMemorySpace}): windows and memory
+ *   slots for devices that have memory of their own (virtio-mem, pmem), the VMM's
+ *   `VirtioRegionHandler`.
  * - `acpi.ts`: RSDP, XSDT, FADT, MADT, DSDT and MCFG ({@link writeAcpiTables}), pure TypeScript.
  * - `pci.ts`: with `transport: "pci"`, the host bridge and bus 0 ({@link PciBus}), configuration
  *   mechanism #1 ({@link Conf1Ports}), BAR windows ({@link DEFAULT_PCI_LAYOUT}), INTx wiring.
@@ -133,6 +136,15 @@ export {
   X86_CR4_PAE,
   XLF_KERNEL_64,
 } from "./boot.ts";
+export {
+  DEFAULT_DEVICE_MEMORY_BASE,
+  type DeviceMemoryRegion,
+  DeviceMemorySpace,
+  type DeviceMemorySpaceOptions,
+  physAddressLimit,
+  RAM_SLOT,
+  type SetMemorySlot,
+} from "./device_memory.ts";
 export {
   decodeExit,
   dispatchExit,

@@ -216,12 +216,19 @@ export class Vm {
    * @param guestPhysAddr Guest-physical start.
    * @param size Size in bytes (0 deletes the slot).
    * @param hostAddr Host virtual address (e.g. `Mapping.address`).
+   * @param flags `KVM_MEM_*` flags (default 0).
    */
-  setUserMemoryRegion(slot: number, guestPhysAddr: number, size: number, hostAddr: bigint): void {
+  setUserMemoryRegion(
+    slot: number,
+    guestPhysAddr: number,
+    size: number,
+    hostAddr: bigint,
+    flags = 0,
+  ): void {
     ioctl(
       this.fd,
       KvmIoctl.SET_USER_MEMORY_REGION,
-      encodeMemoryRegion(slot, guestPhysAddr, size, hostAddr),
+      encodeMemoryRegion(slot, guestPhysAddr, size, hostAddr, flags),
     );
   }
 

@@ -41,10 +41,11 @@
  * @module
  */
 
-import { GuestMemory } from "../memory/guest_memory.ts";
+import { GuestMemory, type GuestRegion } from "../memory/guest_memory.ts";
 import { MMIO_WINDOW_SIZE, MmioRegister, MmioTransport } from "../transport/mmio.ts";
 import type { PciTransport } from "../transport/pci.ts";
-import type { VirtioDevice } from "../devices/device.ts";
+import { MappedGuestRam, type VirtioDevice, type VirtioRegionHandler } from "../devices/device.ts";
+import { DeviceMemorySpace, physAddressLimit } from "./device_memory.ts";
 import {
   EventFd,
   hasKvm,
@@ -147,6 +148,11 @@ export interface MicroVmOptions {
   mmioBase?: number;
   /** Interrupt line of the first device (default {@link DEFAULT_FIRST_IRQ}). */
   firstIrq?: number;
+  /**
+   * Guest-physical start of device memory (virtio-mem and pmem regions, DAX windows; default
+   * 4 GiB, `DEFAULT_DEVICE_MEMORY_BASE`, or the end of the 64-bit PCI window with PCI).
+   */
+  deviceMemoryBase?: number;
   /** Receives console (COM1) output as text (default: `process.stdout.write`). */
   console?: (text: string) => void;
   /** Receives device and transport errors (default: ignore). */
@@ -223,7 +229,7 @@ interface VcpuSlot {
  * vm.close();
  * ```
  */
-export class MicroVm {
+export class MicroVm implements VirtioRegionHandler {
   /** Guest RAM as the devices see it (aliases the KVM memory slot). */
   readonly memory: GuestMemory;
   /** The transports, one per device, in window (or slot) order. */
@@ -242,6 +248,7 @@ export class MicroVm {
   readonly #ram: Mapping;
   readonly #runSize: number;
   readonly #slots: DeviceSlot[];
+  readonly #deviceMemory: DeviceMemorySpace;
   readonly #pci: PciDevices | undefined;
   readonly #conf1 = new SharedArrayBuffer(4);
   readonly #consoleBuffer: SharedArrayBuffer;
@@ -261,12 +268,14 @@ export class MicroVm {
       runSize: number;
       memory: GuestMemory;
       slots: DeviceSlot[];
+      deviceMemory: DeviceMemorySpace;
       pci: PciDevices | undefined;
       boot: BootInfo;
       cmdline: string;
     },
     options: MicroVmOptions,
   ) {
+    this.#deviceMemory = parts.deviceMemory;
     this.#kvm = parts.kvm;
     this.#vm = parts.vm;
     this.#vcpus = parts.vcpus;
@@ -352,9 +361,26 @@ export class MicroVm {
       undo.push(() => ram.unmap());
       vm.setUserMemoryRegion(0, 0, memorySize, ram.address);
       const memory = new GuestMemory([{ base: 0, buffer: ram.buffer }]);
+      // What a balloon may release (RAM only), and where device memory goes (above 4 GiB).
+      const guestRam = new MappedGuestRam([{ base: 0, mapping: ram }]);
+      const deviceMemory = new DeviceMemorySpace({
+        memory,
+        // After the PCI host bridge's 64-bit window, where the guest may move BARs.
+        base: options.deviceMemoryBase ??
+          (usePci ? layout.mmio64.base + layout.mmio64.size : undefined),
+        limit: physAddressLimit(kvm.supportedCpuid()),
+        maxSlots: kvm.checkExtension(KvmCap.NR_MEMSLOTS) || undefined,
+        setSlot: (slot, gpa, size, host, flags) =>
+          vm.setUserMemoryRegion(slot, gpa, size, host, flags),
+      });
 
       let pci: PciDevices | undefined;
       if (usePci) {
+        // Device memory is found through the device configuration (virtio-mem, pmem), not BARs.
+        for (const device of devices) {
+          device.setGuestRam?.(guestRam);
+          deviceMemory.attach(device);
+        }
         pci = new PciDevices(devices, {
           memory,
           layout,
@@ -379,9 +405,12 @@ export class MicroVm {
         const irqFd = new EventFd();
         undo.push(() => irqFd.close());
         vm.irqfd(irqFd.fd, irq);
+        device.setGuestRam?.(guestRam);
+        const shmRegions = deviceMemory.attach(device, { base, size: MMIO_WINDOW_SIZE, irq });
         const transport = new MmioTransport(device, memory, {
           interrupt: () => irqFd.write(1n),
           onError,
+          shmRegions,
         });
         const queueFds: EventFd[] = [];
         const watches: Watch[] = [];
@@ -440,7 +469,7 @@ export class MicroVm {
       }
 
       return new MicroVm(
-        { kvm, vm, vcpus, ram, runSize, memory, slots, pci, boot, cmdline },
+        { kvm, vm, vcpus, ram, runSize, memory, slots, pci, deviceMemory, boot, cmdline },
         options,
       );
     } catch (err) {
@@ -458,6 +487,25 @@ export class MicroVm {
   /** The virtio-mmio device windows: base address and interrupt line of each transport. */
   get windows(): { base: number; irq: number }[] {
     return this.#slots.map(({ base, irq }) => ({ base, irq }));
+  }
+
+  /** Device memory inserted so far: guest-physical place and memory slot of each region. */
+  get deviceMemory(): readonly { base: number; size: number; slot: number }[] {
+    return this.#deviceMemory.regions;
+  }
+
+  /**
+   * Inserts device memory into the guest (seed `VirtioRegionHandler`): a new KVM memory slot,
+   * and a region of {@link MicroVm.memory}. Devices that declare device memory get theirs at
+   * creation; this is for memory added later.
+   *
+   * @param region The region, at or above the device memory base, over a live mapping.
+   * @throws {TypeError} When the region is not over a mapping.
+   * @throws {RangeError} When it is not page-aligned, below the device memory base, past the
+   *   guest's physical address space, overlaps other memory, or no slot is left.
+   */
+  insertRegion(region: GuestRegion): void {
+    this.#deviceMemory.insertRegion(region);
   }
 
   /**

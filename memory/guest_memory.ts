@@ -133,8 +133,7 @@ export class GuestRegion {
  * ```
  */
 export class GuestMemory {
-  /** The regions, sorted by base address. */
-  readonly regions: readonly GuestRegion[];
+  #regions: GuestRegion[];
   #last: GuestRegion;
   #lastIndex = 0;
 
@@ -157,8 +156,50 @@ export class GuestMemory {
         );
       }
     }
-    this.regions = list;
+    this.#regions = list;
     this.#last = list[0];
+  }
+
+  /** The regions, sorted by base address. */
+  get regions(): readonly GuestRegion[] {
+    return this.#regions;
+  }
+
+  /**
+   * Add a region to the address space while it is in use: device memory a VMM maps into the
+   * guest (a virtio-mem or pmem region, a DAX window). Views and queues over the existing
+   * regions stay valid; the new one is found from the next access on.
+   * @param region The region, or where it lives and what backs it.
+   * @returns The region added.
+   * @throws {RangeError} When it overlaps a region already there.
+   * @example
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { GuestMemory } from "./guest_memory.ts";
+   * const mem = GuestMemory.create(0x10000);
+   * mem.insertRegion({ base: 0x100000, buffer: new ArrayBuffer(0x1000) });
+   * mem.writeU32(0x100010, 7);
+   * assert.equal(mem.readU32(0x100010), 7);
+   * assert.throws(() => mem.insertRegion({ base: 0x8000, buffer: new ArrayBuffer(0x1000) }));
+   * ```
+   */
+  insertRegion(region: GuestRegionOptions | GuestRegion): GuestRegion {
+    const r = region instanceof GuestRegion ? region : new GuestRegion(region);
+    for (const other of this.#regions) {
+      if (r.base < other.end && other.base < r.end) {
+        throw new RangeError(
+          `Region at 0x${r.base.toString(16)} (+0x${r.size.toString(16)}) overlaps the one at 0x${
+            other.base.toString(16)
+          }`,
+        );
+      }
+    }
+    const list = [...this.#regions, r].sort((a, b) => a.base - b.base);
+    // Indices moved: restart the lookup cache at the first region.
+    this.#regions = list;
+    this.#last = list[0];
+    this.#lastIndex = 0;
+    return r;
   }
 
   /**

@@ -289,3 +289,33 @@ describe("GuestMemory zero-copy views", () => {
     assert.throws(() => region.u16, RangeError);
   });
 });
+
+describe("GuestMemory.insertRegion", () => {
+  it("adds a region in address order while views of the others stay valid", () => {
+    const mem = new GuestMemory([{ base: 0x10000, buffer: new ArrayBuffer(0x1000) }]);
+    const view = mem.slice(0x10000, 4);
+    mem.readU32(0x10000); // warm the lookup cache on the old region
+    const added = mem.insertRegion({ base: 0x1000, buffer: new ArrayBuffer(0x1000) });
+    assert.deepEqual(mem.regions.map((r) => r.base), [0x1000, 0x10000]);
+    assert.equal(mem.findRegion(0x1800), added);
+    mem.writeU32(0x1ffc, 5);
+    assert.equal(mem.readU32(0x1ffc), 5);
+    view[0] = 9;
+    assert.equal(mem.readU8(0x10000), 9);
+    assert.equal(mem.findRegionIndex(0x10000), 1);
+    assert.equal(mem.totalSize, 0x2000);
+  });
+
+  it("refuses a region that overlaps one already there", () => {
+    const mem = new GuestMemory([{ base: 0x10000, buffer: new ArrayBuffer(0x1000) }]);
+    for (const base of [0xf001, 0x10000, 0x10fff]) {
+      assert.throws(
+        () => mem.insertRegion({ base, buffer: new ArrayBuffer(0x1000) }),
+        RangeError,
+        `base ${base.toString(16)}`,
+      );
+    }
+    mem.insertRegion({ base: 0x11000, buffer: new ArrayBuffer(0x1000) }); // adjacent is fine
+    assert.ok(mem.checkSpan(0x10800, 0x1000));
+  });
+});
