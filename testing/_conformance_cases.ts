@@ -419,9 +419,6 @@ const SPLIT: SplitCase[] = [
       const dq = rig.split[q];
       for (let i = 0; i < rig.size(q); i++) dq.publish(head);
       rig.arm();
-      // The chain's buffers were allowed when it was added; allow them again after arming.
-      rig.allowUsedAreas();
-      allowAllBuffers(rig, q);
       rig.kick(q);
     },
   },
@@ -455,7 +452,6 @@ const SPLIT: SplitCase[] = [
       const lazy = rig.isLazy(q);
       for (let i = 0; i < n; i++) heads.push(rig.addChain(q, rig.request(q).buffers));
       rig.arm();
-      allowAllBuffers(rig, q);
       rig.kick(q);
       await rig.settle();
       const used = rig.verify();
@@ -524,7 +520,6 @@ const SPLIT: SplitCase[] = [
         rig.watch.sync(dq.availRing, availRingSize(rig.size(q)));
       };
       rig.arm();
-      allowAllBuffers(rig, q);
       rig.kick(q);
       await rig.settle();
       rig.onPop = undefined;
@@ -635,7 +630,6 @@ const SPLIT: SplitCase[] = [
       rig.memory.writeU16(dq.availRing + 4 + 2 * rig.size(q), 0x8765);
       const head = rig.addChain(q, rig.request(q).buffers);
       rig.arm();
-      allowAllBuffers(rig, q);
       rig.kick(q);
       await rig.settle();
       const used = rig.verify();
@@ -662,15 +656,6 @@ const SPLIT: SplitCase[] = [
     },
   },
 ];
-
-/** Allow every buffer the driver harness could have handed out on queue `q`. */
-function allowAllBuffers(rig: Rig, q: number): void {
-  // The driver harness's buffer area of queue q: from after the rings, 1 MiB.
-  const base = rig.format === "packed" ? rig.packed[q] : rig.split[q];
-  const area = 0x10000 + 0x10000 * rig.queueCount + 0x100000 * q;
-  void base;
-  rig.watch.allow(area, 0x100000);
-}
 
 function hugeChain(rig: Rig, q: number, n: number, writable: boolean): void {
   const flags = writable ? VIRTQ_DESC_F_WRITE : 0;
@@ -877,7 +862,6 @@ const PACKED: PackedCase[] = [
       const n = 3 * rig.size(q) + 1;
       let done = 0;
       rig.arm();
-      allowAllBuffers(rig, q);
       for (let i = 0; i < n && !rig.needsReset(); i++) {
         // A lazy queue keeps its buffers until it has data: stop when the ring is full.
         if (rig.packed[q].freeDescriptors < 4) break;

@@ -132,6 +132,8 @@ export class Rig {
   /** Called after each chain the device takes (a concurrent driver, say). */
   onPop: ((q: Virtqueue, chain: DescriptorChain | null) => void) | undefined;
   #refused: { queue: number; id: number; what: string }[] = [];
+  // Writable buffers of the chains added through `addChain`, allowed again by each `arm`.
+  #chainRanges: [number, number][] = [];
   #broken: { queue: number; what: string }[] = [];
   #hostile: number[] = [];
   #uncaught: unknown[] = [];
@@ -365,7 +367,11 @@ export class Rig {
     options: { indirect?: boolean; publish?: boolean } = {},
   ): number {
     const { buffers: at, placed } = this.place(q, buffers);
-    for (const p of placed) if (p.writable) this.watch.allow(p.addr, p.len);
+    for (const p of placed) {
+      if (!p.writable) continue;
+      this.watch.allow(p.addr, p.len);
+      this.#chainRanges.push([p.addr, p.len]);
+    }
     if (this.format === "packed") return this.packed[q].addChain(at, options);
     return this.split[q].addChain(at, options);
   }
@@ -397,6 +403,7 @@ export class Rig {
   arm(): void {
     this.watch.arm();
     this.allowUsedAreas();
+    for (const [a, n] of this.#chainRanges) this.watch.allow(a, n);
     this.meter.resetCounts();
   }
 
@@ -537,6 +544,7 @@ export class Rig {
     }
     this.#refused = [];
     this.#broken = [];
+    this.#chainRanges = [];
     return used;
   }
 

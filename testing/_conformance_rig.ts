@@ -281,7 +281,17 @@ export class MemoryWatch {
 
   /** Snapshot memory and forget the allowed ranges. */
   arm(): void {
+    this.resnap();
+    this.clearRanges();
+  }
+
+  /** Snapshot memory, keeping the allowed ranges. */
+  resnap(): void {
     this.#snap.set(this.#bytes);
+  }
+
+  /** Forget the allowed ranges. */
+  clearRanges(): void {
     this.#ranges = [];
     this.#sorted = true;
   }
