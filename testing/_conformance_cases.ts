@@ -642,6 +642,10 @@ const SPLIT: SplitCase[] = [
     },
   },
   {
+    name: "buffers running from one memory region into the next",
+    run: crossing,
+  },
+  {
     name: "rings overlapping each other at set-up",
     sameRings: false,
     run(rig, q) {
@@ -656,6 +660,48 @@ const SPLIT: SplitCase[] = [
     },
   },
 ];
+
+/**
+ * A valid request whose largest buffer runs from the first memory region into the second: the
+ * regions are adjacent, so the buffer is valid and the request must work as usual.
+ */
+async function crossing(rig: Rig, q: number): Promise<void> {
+  const v = rig.request(q);
+  if (v.queue !== q) return fire(rig, q);
+  const lens = v.buffers.map((b) => "readable" in b ? b.readable.length : b.writable);
+  let big = 0;
+  for (let i = 1; i < lens.length; i++) if (lens[i] > lens[big]) big = i;
+  let before = 0;
+  for (let i = 0; i < big; i++) before += lens[i];
+  let at = rig.regionBoundary - before - Math.max(1, lens[big] >> 1);
+  const buffers = v.buffers.map((b, i) => {
+    const placed = { ...b, at };
+    at += lens[i];
+    return placed;
+  });
+  const id = rig.addChain(q, buffers);
+  rig.arm();
+  rig.kick(q);
+  await rig.settle();
+  const used = rig.verify();
+  if (rig.isLazy(q) || rig.needsReset() || rig.hints.validRequest === undefined) {
+    if (rig.needsReset()) {
+      rig.failures.push(
+        "a request whose buffer spans two adjacent memory regions broke the device",
+      );
+    }
+    return;
+  }
+  const e = used[q].find((u) => u.id === id);
+  if (e === undefined) {
+    rig.failures.push("a request whose buffer spans two adjacent memory regions did not complete");
+    return;
+  }
+  const problem = v.check?.(e);
+  if (problem !== undefined) {
+    rig.failures.push(`a request whose buffer spans two adjacent memory regions: ${problem}`);
+  }
+}
 
 function hugeChain(rig: Rig, q: number, n: number, writable: boolean): void {
   const flags = writable ? VIRTQ_DESC_F_WRITE : 0;
@@ -890,6 +936,10 @@ const PACKED: PackedCase[] = [
     run(rig, q) {
       hugeChain(rig, q, Math.floor(0xffff_ffff / rig.memorySize), true);
     },
+  },
+  {
+    name: "buffers running from one memory region into the next",
+    run: crossing,
   },
   {
     name: "wrong wrap counter bits",

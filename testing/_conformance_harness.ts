@@ -28,7 +28,7 @@ import {
 } from "./queue_driver.ts";
 import type { PackedDriverQueue } from "./packed_driver.ts";
 import { MmioDriver } from "./mmio_driver.ts";
-import { MemoryWatch, MeteredMemory, meterQueue, WorkMeter } from "./_conformance_rig.ts";
+import { MeteredMemory, meterQueue, RegionsWatch, WorkMeter } from "./_conformance_rig.ts";
 
 /** A well-formed request, for the "a valid request afterwards still works" checks. */
 export interface ConformanceRequest {
@@ -118,7 +118,7 @@ export class Rig {
   readonly transport: MmioTransport;
   readonly driver: MmioDriver;
   readonly meter: WorkMeter;
-  readonly watch: MemoryWatch;
+  readonly watch: RegionsWatch;
   readonly format: RingFormat;
   /** Transport errors reported (driver misuse, device errors). */
   readonly errors: MmioError[] = [];
@@ -140,24 +140,36 @@ export class Rig {
   #listeners: (() => void) | undefined;
   #interrupts = 0;
 
-  private constructor(device: VirtioDevice, hints: ConformanceHints, format: RingFormat) {
+  private constructor(
+    device: VirtioDevice,
+    hints: ConformanceHints,
+    format: RingFormat,
+    version: 1 | 2 = 2,
+  ) {
     this.device = device;
     this.hints = hints;
     this.format = format;
-    const size = Math.max(MIN_MEMORY, hints.memorySize ?? 8 << 20);
-    const buffer = new ArrayBuffer(size);
-    this.memory = new GuestMemory([{ base: 0, buffer }]);
+    const size = Math.max(MIN_MEMORY, hints.memorySize ?? 8 << 20) & ~0xfff;
+    // Two adjacent regions, as a frontend may describe guest RAM: buffers that run from one
+    // into the other are valid and must be served (the rings and the driver's buffer areas
+    // are in the first).
+    const half = size / 2;
+    const lo = new ArrayBuffer(half);
+    const hi = new ArrayBuffer(size - half);
+    const layout = [{ base: 0, buffer: lo }, { base: half, buffer: hi }];
+    this.memory = new GuestMemory(layout);
     this.meter = new WorkMeter({
       chains: hints.maxChainsPerPass ?? DEFAULT_SERVE_BUDGET.chains,
       bytes: hints.maxBytesPerPass ?? 2 * DEFAULT_SERVE_BUDGET.bytes,
     });
     this.devMemory = new MeteredMemory(
-      new GuestMemory([{ base: 0, buffer }]).regions,
+      new GuestMemory(layout).regions,
       this.meter,
     );
-    this.watch = new MemoryWatch(new Uint8Array(buffer));
+    this.watch = new RegionsWatch(this.memory);
     this.features = 0n;
     this.transport = new MmioTransport(device, this.devMemory, {
+      version,
       interrupt: () => {
         this.#interrupts++;
       },
@@ -179,7 +191,7 @@ export class Rig {
     options: RigOptions = {},
   ): Promise<Rig> {
     const device = await factory();
-    const rig = new Rig(device, hints, options.format ?? "split");
+    const rig = new Rig(device, hints, options.format ?? "split", options.version);
     rig.#listen();
     if (options.init ?? true) rig.init(options.features);
     return rig;
@@ -187,7 +199,12 @@ export class Rig {
 
   /** Memory size in bytes. */
   get memorySize(): number {
-    return this.memory.regions[0].size;
+    return this.memory.totalSize;
+  }
+
+  /** Where the first memory region ends and the second begins. */
+  get regionBoundary(): number {
+    return this.memory.regions[0].end;
   }
 
   /** Interrupts raised so far. */

@@ -364,3 +364,65 @@ export class MemoryWatch {
     return out;
   }
 }
+
+/**
+ * A {@linkcode MemoryWatch} over each region of a guest memory, used as one.
+ */
+export class RegionsWatch {
+  readonly #watches: MemoryWatch[];
+
+  /**
+   * Watch every region of `memory` (each a 4-aligned multiple of 4 bytes).
+   * @param memory The memory.
+   */
+  constructor(memory: GuestMemory) {
+    this.#watches = memory.regions.map((r) => new MemoryWatch(r.bytes, r.base));
+  }
+
+  /** Snapshot memory and forget the allowed ranges. */
+  arm(): void {
+    for (const w of this.#watches) w.arm();
+  }
+
+  /** Snapshot memory, keeping the allowed ranges. */
+  resnap(): void {
+    for (const w of this.#watches) w.resnap();
+  }
+
+  /** Forget the allowed ranges. */
+  clearRanges(): void {
+    for (const w of this.#watches) w.clearRanges();
+  }
+
+  /**
+   * The harness wrote `[addr, addr + len)`.
+   * @param addr Guest address.
+   * @param len Bytes.
+   */
+  sync(addr: number, len: number): void {
+    for (const w of this.#watches) w.sync(addr, len);
+  }
+
+  /**
+   * Let the device write `[addr, addr + len)`.
+   * @param addr Guest address.
+   * @param len Bytes.
+   */
+  allow(addr: number, len: number): void {
+    for (const w of this.#watches) w.allow(addr, len);
+  }
+
+  /**
+   * Compare every region with its snapshot.
+   * @returns The violations of all regions.
+   */
+  check(): WriteViolation {
+    const out: WriteViolation = { count: 0, addrs: [] };
+    for (const w of this.#watches) {
+      const v = w.check();
+      out.count += v.count;
+      for (const a of v.addrs) if (out.addrs.length < 8) out.addrs.push(a);
+    }
+    return out;
+  }
+}
