@@ -58,6 +58,17 @@ export function blockDevice(): BlockDevice {
   return new BlockDevice({ backend: disk });
 }
 
+const fsDirs: string[] = [];
+
+/** A block device on an image file: requests go through preadv/pwritev (FFI) on guest views. */
+export function blockFileDevice(): BlockDevice {
+  const dir = mkdtempSync(join(tmpdir(), "virtio-ts-conformance-blk-"));
+  fsDirs.push(dir);
+  const path = join(dir, "disk.img");
+  writeFileSync(path, new Uint8Array(64 << 10).fill(0x5a));
+  return new BlockDevice({ path });
+}
+
 export const netHints: ConformanceHints = {
   name: "virtio-net",
   // 0 receives (buffers wait for frames), 1 transmits, 2 is the control queue.
@@ -96,8 +107,6 @@ export const vsockHints: ConformanceHints = {
   }),
 };
 
-const fsDirs: string[] = [];
-
 export function fsDevice(): FsDevice {
   const dir = mkdtempSync(join(tmpdir(), "virtio-ts-conformance-"));
   writeFileSync(join(dir, "file"), "hello\n");
@@ -134,6 +143,10 @@ after(() => {
 
 testConformance("virtio-rng", () => new RngDevice(), rngHints);
 testConformance("virtio-blk", blockDevice, blockHints);
+testConformance("virtio-blk on a file", blockFileDevice, {
+  ...blockHints,
+  name: "virtio-blk (file)",
+});
 testConformance("virtio-net", netDevice, netHints);
 testConformance("virtio-vsock", () => new VsockDevice({ guestCid: 3 }), vsockHints);
 testConformance("virtio-fs", fsDevice, fsHints);
