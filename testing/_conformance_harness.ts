@@ -71,7 +71,10 @@ export interface ConformanceHints {
   maxBytesPerPass?: number;
   /** Guest memory size in bytes (default 8 MiB, at least 4 MiB). */
   memorySize?: number;
-  /** Queue size the driver sets up (default: the device maximum, at most 256). */
+  /**
+   * Queue size the driver sets up (default: the device maximum, at most 256). Cases put
+   * several chains on a ring at once: below 8 some of them do not fit.
+   */
   queueSize?: number;
   /** Release a device after its case (default: `device.remove?.()`). */
   cleanup?: (device: VirtioDevice) => void | Promise<void>;
