@@ -69,7 +69,7 @@ export interface ConformanceHints {
   maxChainsPerPass?: number;
   /** Most guest bytes one pass may touch (default twice {@linkcode DEFAULT_SERVE_BUDGET}'s). */
   maxBytesPerPass?: number;
-  /** Guest memory size in bytes (default 8 MiB, at least 4 MiB). */
+  /** Guest memory size in bytes (default and least 4 MiB). */
   memorySize?: number;
   /**
    * Queue size the driver sets up (default: the device maximum, at most 256). Cases put
@@ -152,7 +152,7 @@ export class Rig {
     this.device = device;
     this.hints = hints;
     this.format = format;
-    const size = Math.max(MIN_MEMORY, hints.memorySize ?? 8 << 20) & ~0xfff;
+    const size = Math.max(MIN_MEMORY, hints.memorySize ?? 4 << 20) & ~0xfff;
     // Two adjacent regions, as a frontend may describe guest RAM: buffers that run from one
     // into the other are valid and must be served (the rings and the driver's buffer areas
     // are in the first).
