@@ -418,6 +418,8 @@ export class VsockDevice extends VirtioDeviceBase {
   readonly #batchChains: DescriptorChain[] = [];
   readonly #batchRooms = new Int32Array(RX_BATCH);
   readonly #batchHeaderEnd = new Int32Array(RX_BATCH);
+  // Ring position after each chain of a batch was taken, to give back the ones not filled.
+  readonly #batchAfter = new Int32Array(RX_BATCH);
   readonly #headerViews: Uint8Array[] = [];
   // Scheduling.
   #rxScheduled = false;
@@ -1285,6 +1287,9 @@ export class VsockDevice extends VirtioDeviceBase {
     let bytes = 0;
     let more = false;
     let single = false;
+    // Where the ring stood before the chain in hand was taken (a batch that fills none of
+    // its chains gives them all back by going back there).
+    let mark = 0;
     try {
       for (;;) {
         if (this.#replyLen === 0 && this.#ready.size === 0) break;
@@ -1294,6 +1299,7 @@ export class VsockDevice extends VirtioDeviceBase {
         }
         let chain: DescriptorChain | null;
         try {
+          mark = q.nextAvail;
           chain = q.pop(memory);
         } catch (err) {
           if (err instanceof QueueError && !err.fatal && err.head !== undefined) {
@@ -1318,7 +1324,7 @@ export class VsockDevice extends VirtioDeviceBase {
           const conn = this.#ready.values().next().value as VsockConn;
           if (!single && this.#batchable(conn)) {
             const room = Math.min(RX_BATCH, DEFAULT_SERVE_BUDGET.chains - used);
-            const got = this.#produceBatch(conn, chain, memory, q, room);
+            const got = this.#produceBatch(conn, chain, mark, memory, q, room);
             if (got.chains === 0) {
               single = true; // nothing read: this chain goes the one-packet way
               continue;
@@ -1376,11 +1382,14 @@ export class VsockDevice extends VirtioDeviceBase {
   // Fill `first` and up to `limit - 1` more rx chains with one read of the host side: header
   // room and payload room of each, one `read` into all the payload views, then a header for
   // each chain that got bytes; the chains that got none go back to the ring (they are the last
-  // taken, so `undoPop` returns them in order). Returns the chains used and their bytes; none
-  // when the read gave nothing (every chain went back).
+  // taken: the ring goes back to where it stood after the last chain filled, or to `mark`,
+  // where it stood before `first`). A packed ring undoes one pop only, so the position is
+  // set rather than each pop undone. Returns the chains used and their bytes; none when the
+  // read gave nothing (every chain went back).
   #produceBatch(
     conn: VsockConn,
     first: DescriptorChain,
+    mark: number,
     memory: GuestMemory,
     q: Virtqueue,
     limit: number,
@@ -1390,6 +1399,7 @@ export class VsockDevice extends VirtioDeviceBase {
     const hv = this.#headerViews;
     const pv = this.#views;
     const hvEnd = this.#batchHeaderEnd;
+    const after = this.#batchAfter;
     chains.length = 0;
     hv.length = 0;
     pv.length = 0;
@@ -1403,6 +1413,7 @@ export class VsockDevice extends VirtioDeviceBase {
       const room = Math.min(w.remaining, this.#maxPacket, credit - want);
       if (room > 0) w.views(room, pv);
       rooms[chains.length] = room;
+      after[chains.length] = q.nextAvail;
       chains.push(chain);
       want += room;
       if (chains.length >= limit || want >= credit) break;
@@ -1445,7 +1456,7 @@ export class VsockDevice extends VirtioDeviceBase {
       conn.advertisedFwdCnt = conn.fwdCnt;
       conn.pending &= ~PENDING_CREDIT_UPDATE;
     }
-    for (let i = chains.length - 1; i >= used; i--) q.undoPop();
+    if (used < chains.length) q.nextAvail = used === 0 ? mark : after[used - 1];
     hv.length = 0;
     chains.length = 0;
     return { chains: used, bytes: moved };
