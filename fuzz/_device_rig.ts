@@ -35,6 +35,7 @@ import {
 } from "../queue/split.ts";
 import { VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED } from "../queue/packed.ts";
 import { DRIVER_OPT_IN_FEATURES, DriverQueue, type UsedEntry } from "../testing/queue_driver.ts";
+import { ringDistance } from "../testing/_conformance_harness.ts";
 import { PackedDriverQueue } from "../testing/packed_driver.ts";
 import {
   BudgetOverrun,
@@ -68,6 +69,8 @@ export interface DeviceSpec {
   host?(r: Prng, rig: DeviceRig): void;
   /** Release the device. */
   release?(device: VirtioDevice): void;
+  /** The device may keep chains it took for a while (requests waiting for a lock). */
+  holdsChains?: boolean;
   /** Queue size the driver sets up (default 16). */
   queueSize?: number;
   /** Guest memory size (default 64 KiB). */
@@ -360,6 +363,19 @@ export class DeviceRig {
     if (this.meter.overrun !== undefined) {
       this.fail(`budget: ${this.meter.overrun}`);
       this.meter.overrun = undefined;
+    }
+    if (!this.#hostileRing && !this.spec.holdsChains && !this.needsReset()) {
+      // Between passes every chain the device took has come back.
+      this.transport.queues.forEach((dq, q) => {
+        if (dq.broken !== undefined || !dq.ready) return;
+        const lost = dq.format === "split"
+          ? (dq.nextAvail - dq.nextUsed) & 0xffff
+          : ringDistance(dq.nextUsed, dq.nextAvail, dq.size);
+        if (lost !== 0) {
+          this.fail(`queue ${q}: ${lost} chains (or descriptors) taken and never returned`);
+          this.#hostileRing = true; // once is enough: start over
+        }
+      });
     }
     const v = this.watch.check();
     if (v.count > 0) {

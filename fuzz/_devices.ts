@@ -5,6 +5,7 @@
  * @module
  */
 
+import * as nodeNet from "node:net";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -194,14 +195,55 @@ const net: DeviceSpec = {
 
 // -----------------------------------------------------------------------------------------
 
+// Host side of the hybrid Unix-socket model: guest connections to port 1235 reach a Unix
+// socket server that echoes (and sends a burst now and then), so data from a host socket fills
+// receive buffers in batches.
+const vsockHosts = new WeakMap<
+  VirtioDevice,
+  { server: nodeNet.Server; dir: string; conns: nodeNet.Socket[] }
+>();
+
 const vsock: DeviceSpec = {
   name: "vsock",
   create(r) {
-    const dev = new VsockDevice({ guestCid: 3, seqpacket: r.chance(0.7), queueSize: 16 });
+    const dir = mkdtempSync(join(tmpdir(), "virtio-ts-fuzz-vsock-"));
+    const uds = join(dir, "v.sock");
+    const dev = new VsockDevice({
+      guestCid: 3,
+      seqpacket: r.chance(0.7),
+      queueSize: 16,
+      udsPath: uds,
+    });
     dev.listen(1234, ({ readable, writable }) => {
       readable.pipeTo(writable).catch(() => {});
     });
+    const conns: nodeNet.Socket[] = [];
+    const server = nodeNet.createServer({ allowHalfOpen: true }, (s) => {
+      conns.push(s);
+      s.on("error", () => {});
+      s.on("data", (d: Uint8Array) => {
+        if (!s.destroyed && s.writable) s.write(d);
+      });
+    });
+    server.on("error", () => {});
+    server.listen(`${uds}_1235`);
+    vsockHosts.set(dev, { server, dir, conns });
     return dev;
+  },
+  release(device) {
+    device.remove?.();
+    const h = vsockHosts.get(device);
+    if (h === undefined) return;
+    for (const c of h.conns) c.destroy();
+    h.server.close();
+    rmSync(h.dir, { recursive: true, force: true });
+  },
+  host(r, rig) {
+    const h = vsockHosts.get(rig.device);
+    if (h === undefined || h.conns.length === 0) return;
+    const c = h.conns[r.int(h.conns.length)];
+    if (!c.destroyed && c.writable) c.write(r.bytes(r.size(8192)));
+    if (r.chance(0.02)) c.end();
   },
   lazy: [{ queue: 0, buffer: 44 + 512 }, { queue: 2, buffer: 8 }],
   request(r) {
@@ -279,6 +321,8 @@ const fsDirs = new WeakMap<VirtioDevice, string>();
 const fs: DeviceSpec = {
   name: "fs",
   memorySize: 128 << 10,
+  // Requests waiting for a POSIX lock stay with the device until the lock is free.
+  holdsChains: true,
   create(r) {
     const dir = mkdtempSync(join(tmpdir(), "virtio-ts-fuzz-"));
     writeFileSync(join(dir, "file"), "hello\n".repeat(100));

@@ -76,6 +76,11 @@ export interface ConformanceHints {
    * several chains on a ring at once: below 8 some of them do not fit.
    */
   queueSize?: number;
+  /**
+   * The device may keep chains it took without returning them for a while (a request waiting
+   * for a lock, say): skip the check that every chain taken came back (default false).
+   */
+  holdsChains?: boolean;
   /** Release a device after its case (default: `device.remove?.()`). */
   cleanup?: (device: VirtioDevice) => void | Promise<void>;
 }
@@ -554,6 +559,23 @@ export class Rig {
         );
       }
     }
+    if (!reset && !this.hints.holdsChains) {
+      // Every chain the device took came back: the ring positions it took and returned from
+      // meet (a chain taken and never returned is lost to the driver for good).
+      this.transport.queues.forEach((dq, q) => {
+        if (dq.broken !== undefined || !dq.ready) return;
+        const lost = dq.format === "split"
+          ? (dq.nextAvail - dq.nextUsed) & 0xffff
+          : ringDistance(dq.nextUsed, dq.nextAvail, dq.size);
+        if (lost !== 0) {
+          this.failures.push(
+            `queue ${q}: ${lost} ${
+              dq.format === "split" ? "chains" : "descriptors"
+            } taken by the device never came back (used position ${dq.nextUsed}, available ${dq.nextAvail})`,
+          );
+        }
+      });
+    }
     for (const b of this.#broken) {
       if (!reset && !this.#waiting(b.queue)) {
         this.failures.push(
@@ -692,6 +714,19 @@ export class Rig {
     return this.call(`reading at 0x${offset.toString(16)}`, () => this.transport.readU32(offset)) ??
       0;
   }
+}
+
+/**
+ * Descriptors from packed position `from` to `to` (index in bits 0–14, wrap in bit 15).
+ * @param from Start position.
+ * @param to End position.
+ * @param size Ring size.
+ * @returns The distance, 0 to 2 * size - 1.
+ */
+export function ringDistance(from: number, to: number, size: number): number {
+  const a = (from & 0x7fff) + ((from >> 15) & 1) * size;
+  const b = (to & 0x7fff) + ((to >> 15) & 1) * size;
+  return (b - a + 2 * size) % (2 * size);
 }
 
 /**

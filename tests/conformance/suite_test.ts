@@ -114,6 +114,14 @@ describe("conformance suite against broken devices", () => {
     assert.ok(f.some((m) => m.includes("used length 1")), f.join("\n"));
   });
 
+  it("fails a device that takes a chain and never gives it back", async () => {
+    const f = await failures((dev) => {
+      dev.q().queue.pop(dev.config.memory); // taken, then forgotten
+      good(dev);
+    }, "split: zero-length");
+    assert.ok(f.some((m) => m.includes("never came back")), f.join("\n"));
+  });
+
   it("fails a device that ignores a broken ring", async () => {
     const f = await failures((dev) => {
       try {
