@@ -54,6 +54,7 @@ const rng: DeviceSpec = {
       },
       maxBytesPerRequest: r.chance(0.5) ? undefined : 1 + r.int(70000),
       maxBytesPerPass: r.chance(0.5) ? undefined : 1 + r.int(1 << 20),
+      rateLimit: r.chance(0.1) ? { bytes: 1 + r.int(4096), periodMs: 1 + r.int(5) } : undefined,
     });
   },
   request(r) {
@@ -69,13 +70,27 @@ const rng: DeviceSpec = {
 
 const DISK = 64 << 10;
 
+const blockFiles = new WeakMap<VirtioDevice, string>();
+
 const block: DeviceSpec = {
   name: "block",
   create(r) {
-    const disk = new MemoryBackend(DISK, { readOnly: r.chance(0.1) });
-    disk.bytes.fill(0x5a);
-    return new BlockDevice({
+    // A third of the episodes on an image file: preadv/pwritev (FFI) on guest views.
+    let path: string | undefined;
+    let dir: string | undefined;
+    if (r.chance(0.3)) {
+      dir = mkdtempSync(join(tmpdir(), "virtio-ts-fuzz-blk-"));
+      path = join(dir, "disk.img");
+      writeFileSync(path, new Uint8Array(DISK).fill(0x5a));
+    }
+    const disk = path === undefined
+      ? new MemoryBackend(DISK, { readOnly: r.chance(0.1) })
+      : undefined;
+    disk?.bytes.fill(0x5a);
+    const dev = new BlockDevice({
       backend: disk,
+      path,
+      readOnly: path !== undefined && r.chance(0.1) ? true : undefined,
       queueSize: 16,
       numQueues: r.chance(0.3) ? 2 : 1,
       blockSize: r.chance(0.2) ? 4096 : 512,
@@ -84,6 +99,13 @@ const block: DeviceSpec = {
       sizeMax: r.chance(0.2) ? r.size(1 << 20) : undefined,
       maxDiscardSegments: r.chance(0.2) ? r.int(4) : undefined,
     });
+    if (dir !== undefined) blockFiles.set(dev, dir);
+    return dev;
+  },
+  release(device) {
+    device.remove?.();
+    const dir = blockFiles.get(device);
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   },
   request(r, rig) {
     const sectors = DISK / 512;
