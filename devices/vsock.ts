@@ -425,6 +425,7 @@ export class VsockDevice extends VirtioDeviceBase {
   #rxScheduled = false;
   #rxTimer: ReturnType<typeof setTimeout> | undefined;
   #txTimer: ReturnType<typeof setTimeout> | undefined;
+  #eventTimer: ReturnType<typeof setTimeout> | undefined;
   #txBlocked = false;
   #everActive = false;
   #transportResetPending = false;
@@ -610,8 +611,10 @@ export class VsockDevice extends VirtioDeviceBase {
   #cancelTimers(): void {
     if (this.#rxTimer !== undefined) clearTimeout(this.#rxTimer);
     if (this.#txTimer !== undefined) clearTimeout(this.#txTimer);
+    if (this.#eventTimer !== undefined) clearTimeout(this.#eventTimer);
     this.#rxTimer = undefined;
     this.#txTimer = undefined;
+    this.#eventTimer = undefined;
   }
 
   #dropAll(why: string): void {
@@ -1224,8 +1227,15 @@ export class VsockDevice extends VirtioDeviceBase {
     const memory = config.memory;
     const q = qc.queue;
     let used = 0;
+    let more = false;
     try {
       while (this.#transportResetPending) {
+        // Malformed chains are returned and the next one taken: a driver that keeps the queue
+        // full of them gets a budget's worth per pass, the rest on a later turn.
+        if (used >= DEFAULT_SERVE_BUDGET.chains) {
+          more = true;
+          break;
+        }
         let chain: DescriptorChain | null;
         try {
           chain = q.pop(memory);
@@ -1261,6 +1271,13 @@ export class VsockDevice extends VirtioDeviceBase {
       this.#error(
         e.needsReset ? e : new VirtioError(e.kind, e.message, { needsReset: true, cause: err }),
       );
+      return;
+    }
+    if (more && this.#eventTimer === undefined) {
+      this.#eventTimer = setTimeout(() => {
+        this.#eventTimer = undefined;
+        this.#serveEvents();
+      }, 0);
     }
   }
 
