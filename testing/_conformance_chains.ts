@@ -115,6 +115,7 @@ export function fire(rig: Rig, q: number, allow: [number, number][] = []): void 
   rig.arm();
   for (const [a, n] of allow) rig.watch.allow(a, n);
   rig.kick(q);
+  rig.stimulate(q);
 }
 
 /** A ring case: the attack on queue `q`. */

@@ -65,6 +65,13 @@ export interface ConformanceHints {
    * for room to answer (vsock's replies, say) can go on.
    */
   lazyBuffer?: (queue: number) => DriverBuffer | undefined;
+  /**
+   * Make the device take buffers from lazy queue `queue` now (a frame arriving from its
+   * backend, an event to deliver), so the attacks reach the device's own receive loops.
+   * @param device The device.
+   * @param queue A lazy queue.
+   */
+  stimulate?: (device: VirtioDevice, queue: number) => void;
   /** Most chains one pass may take (default {@linkcode DEFAULT_SERVE_BUDGET}'s). */
   maxChainsPerPass?: number;
   /** Most guest bytes one pass may touch (default twice {@linkcode DEFAULT_SERVE_BUDGET}'s). */
@@ -445,6 +452,18 @@ export class Rig {
         this.transport.writeU32(MmioRegister.QueueNotify, q >>> 0);
       }
     });
+    this.meter.cut();
+  }
+
+  /**
+   * Give the device a reason to take buffers from lazy queue `q` (the hint's `stimulate`);
+   * nothing for other queues.
+   * @param q Queue.
+   */
+  stimulate(q: number): void {
+    if (!this.isLazy(q) || this.hints.stimulate === undefined) return;
+    this.meter.cut();
+    this.call(`stimulating queue ${q}`, () => this.hints.stimulate!(this.device, q));
     this.meter.cut();
   }
 

@@ -393,6 +393,37 @@ export const SPLIT: SplitCase[] = [
     },
   },
   {
+    name: "driver refills the ring with malformed chains as fast as the device takes them",
+    async run(rig, q) {
+      // Each malformed chain is returned empty and the next one taken: a device whose own
+      // loop (not the shared serving loop) does that must still stop at its budget.
+      const dq = rig.split[q];
+      const head = splitChain(rig, q, [{
+        addr: U64_TOP - 4096n,
+        len: 64,
+        flags: VIRTQ_DESC_F_WRITE,
+      }]);
+      dq.publish(head);
+      const limit = 3 * rig.meter.limits.chains + 7;
+      let fed = 0;
+      const devQueue = rig.transport.queues[q];
+      rig.onPop = (taken) => {
+        if (taken !== devQueue || fed >= limit) return;
+        fed++;
+        dq.publish(head);
+        rig.watch.sync(dq.availRing, availRingSize(rig.size(q)));
+      };
+      rig.arm();
+      rig.kick(q);
+      rig.stimulate(q);
+      await rig.settle();
+      rig.onPop = undefined;
+      // Whatever was left on the ring is the driver's own doing: start over.
+      if (fed >= limit) rig.notes.push("the ring was left full of malformed chains");
+    },
+    sameRings: false,
+  },
+  {
     name: "driver refills the ring as fast as the device takes from it",
     async run(rig, q) {
       // A driver on another CPU (or a ring that feeds itself) keeps the ring from ever being
@@ -413,6 +444,7 @@ export const SPLIT: SplitCase[] = [
       };
       rig.arm();
       rig.kick(q);
+      rig.stimulate(q);
       await rig.settle();
       rig.onPop = undefined;
       if (rig.isLazy(q) || rig.needsReset()) return;

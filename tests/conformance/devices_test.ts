@@ -74,6 +74,11 @@ export const netHints: ConformanceHints = {
   // 0 receives (buffers wait for frames), 1 transmits, 2 is the control queue.
   lazyQueues: [0],
   lazyBuffer: () => ({ writable: 1526 }),
+  // A frame arriving from the wire makes the device take receive buffers.
+  stimulate: (device) =>
+    ((device as NetDevice).backend as MemoryNetBackend).inject(
+      concatBytes(netHeader(), ethFrame({ dst: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56] })),
+    ),
   validRequest: () => ({
     queue: 1,
     buffers: [{ readable: concatBytes(netHeader(), ethFrame()) }],
@@ -90,6 +95,10 @@ export const vsockHints: ConformanceHints = {
   // 0 receives and 2 carries events: buffers wait there until the device has something.
   lazyQueues: [0, 2],
   lazyBuffer: (q) => ({ writable: q === 0 ? 44 + 4096 : 8 }),
+  // A transport reset makes the device take an event buffer.
+  stimulate: (device, q) => {
+    if (q === 2) (device as VsockDevice).transportReset();
+  },
   validRequest: () => ({
     queue: 1,
     buffers: [{
