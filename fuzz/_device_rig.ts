@@ -67,6 +67,8 @@ export interface DeviceSpec {
   lazy?: { queue: number; buffer: number }[];
   /** Host-side activity (frames arriving, connections), run now and then. */
   host?(r: Prng, rig: DeviceRig): void;
+  /** Make the device take buffers from lazy queue `queue` now (a frame, an event). */
+  stimulate?(rig: DeviceRig, queue: number): void;
   /** Release the device. */
   release?(device: VirtioDevice): void;
   /** The device may keep chains it took for a while (requests waiting for a lock). */
@@ -322,7 +324,10 @@ export class DeviceRig {
       this.queues.push(q);
     }
     this.#w(R.Status, DEVICE_ACKNOWLEDGE | DEVICE_DRIVER | DEVICE_FEATURES_OK | DEVICE_DRIVER_OK);
-    for (const q of this.transport.queues) meterQueue(q, this.meter);
+    this.transport.queues.forEach((q, i) => {
+      meterQueue(q, this.meter, () => this.#onPop(i));
+    });
+    this.#refill = undefined;
     this.#hostileRing = false;
     this.watch.resnap();
     return (this.transport.core.status & DEVICE_DRIVER_OK) !== 0 && !this.needsReset();
@@ -654,6 +659,62 @@ export class DeviceRig {
     q.inflight.set(id, []);
     if (maxLen !== undefined) q.maxLen.set(id, maxLen);
     return true;
+  }
+
+  // A driver on another CPU refilling a ring as the device takes from it: each pop publishes
+  // the same head again, up to a limit (the meter fails a pass that does not stop at its budget).
+  #refill: { queue: number; head: number; left: number } | undefined;
+
+  #onPop(queue: number): void {
+    const f = this.#refill;
+    if (f === undefined || f.queue !== queue || f.left <= 0) return;
+    f.left--;
+    const dq = this.queues[queue]?.split;
+    if (dq === undefined) return;
+    dq.publish(f.head);
+    this.watch.sync(dq.availRing, 6 + 2 * dq.size);
+  }
+
+  /**
+   * Refill queue `qi` concurrently from now on with its last published chain (split rings),
+   * well formed or not; the driver's view is lost: the episode starts over afterwards.
+   * @param r Generator.
+   * @param qi Queue.
+   */
+  concurrentRefill(r: Prng, qi: number): void {
+    const q = this.queues[qi];
+    if (q?.split === undefined) return;
+    let head: number;
+    if (r.chance(0.5) && q.free.length > 0) {
+      // A malformed chain (a buffer past 2^64 - 4096), refused and returned empty each time.
+      head = q.free.pop()!;
+      q.split.writeDescriptor(head, {
+        addr: (1n << 64n) - 4096n,
+        len: 64,
+        flags: VIRTQ_DESC_F_WRITE,
+        next: 0,
+      });
+      q.split.publish(head);
+      q.inflight.set(head, [head]);
+    } else {
+      if (q.inflight.size === 0) return;
+      head = r.pick([...q.inflight.keys()]);
+    }
+    this.#refill = { queue: qi, head, left: 3 * DEFAULT_SERVE_BUDGET.chains + 7 };
+    if (this.spec.lazy?.some((l) => l.queue === qi)) this.#stimulate = qi;
+    this.#hostileRing = true;
+  }
+
+  #stimulate: number | undefined;
+
+  /** Run the stimulus a refill asked for (after the kicks: the device works in the window). */
+  stimulate(): void {
+    const q = this.#stimulate;
+    this.#stimulate = undefined;
+    if (q === undefined || this.spec.stimulate === undefined) return;
+    this.meter.cut();
+    this.#call(`stimulating queue ${q}`, () => this.spec.stimulate!(this, q));
+    this.meter.cut();
   }
 
   /**

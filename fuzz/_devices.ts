@@ -202,6 +202,11 @@ const net: DeviceSpec = {
       : [{ bytes: body.subarray(0, 12) }, { bytes: body.subarray(12) }];
     return { queue: 2 * pair + 1, buffers };
   },
+  stimulate(rig) {
+    ((rig.device as NetDevice).backend as MemoryNetBackend).inject(
+      concatBytes(netHeader(), ethFrame({ dst: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56] })),
+    );
+  },
   host(r, rig) {
     const backend = (rig.device as NetDevice).backend as MemoryNetBackend;
     backend.takeSent();
@@ -260,7 +265,12 @@ const vsock: DeviceSpec = {
     h.server.close();
     rmSync(h.dir, { recursive: true, force: true });
   },
+  stimulate(rig, queue) {
+    if (queue === 2) (rig.device as VsockDevice).transportReset();
+  },
   host(r, rig) {
+    // A transport reset now and then: the device takes an event buffer (and drops connections).
+    if (r.chance(0.02)) (rig.device as VsockDevice).transportReset();
     const h = vsockHosts.get(rig.device);
     if (h === undefined || h.conns.length === 0) return;
     const c = h.conns[r.int(h.conns.length)];

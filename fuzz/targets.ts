@@ -100,10 +100,14 @@ function deviceIteration(rig: DeviceRig, r: Prng, i: number): void {
       const req = junkRequest(r, n);
       if (rig.addRequest(r, req, 0.5)) touched.push(req.queue);
     } else if (x < 97) {
+      // Host-side activity may make the device work right now: a pass of its own.
+      rig.meter.cut();
       spec.host?.(r, rig);
+      rig.meter.cut();
     } else if (x < 98) {
       const q = r.int(n);
-      rig.hostileRing(r, q);
+      if (r.chance(0.5)) rig.hostileRing(r, q);
+      else rig.concurrentRefill(r, q);
       touched.push(q);
     }
   }
@@ -112,6 +116,7 @@ function deviceIteration(rig: DeviceRig, r: Prng, i: number): void {
     if (r.chance(0.97)) rig.kick(q);
   }
   if (r.chance(0.01)) rig.kick(r.pick([n, 0xffff, r.u32()]));
+  rig.stimulate();
 }
 
 function deviceTarget(spec: DeviceSpec): FuzzTarget {

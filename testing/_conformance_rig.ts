@@ -38,11 +38,11 @@ export interface WorkLimits {
  * caller may also `cut()` between two of its own calls in one stretch.
  */
 export class WorkMeter {
-  /** Chains taken in the current pass. */
+  /** Chains taken in the current pass (all queues). */
   chains = 0;
   /** Guest bytes touched in the current pass. */
   bytes = 0;
-  /** Most chains any pass took. */
+  /** Most chains any pass took from one queue. */
   maxChains = 0;
   /** Most guest bytes any pass touched. */
   maxBytes = 0;
@@ -58,6 +58,9 @@ export class WorkMeter {
   #armed = false;
   #gen = 0;
   #calls = 0;
+  // Chains taken in the current pass, by queue (a pass may serve several rings, each with a
+  // budget of its own: vsock answers on rx what tx asked for).
+  #perQueue: number[] = [];
 
   /**
    * Create it.
@@ -73,6 +76,7 @@ export class WorkMeter {
     this.chains = 0;
     this.bytes = 0;
     this.#calls = 0;
+    this.#perQueue.fill(0);
     this.passes++;
     const gen = ++this.#gen;
     queueMicrotask(() => {
@@ -89,21 +93,24 @@ export class WorkMeter {
   /**
    * A `pop()` call: `taken` when it returned a chain or refused one.
    * @param taken Whether a chain was taken.
+   * @param queue Which queue (a small number: the budget is per queue and pass).
    * @throws {BudgetOverrun} Far past the limit (ten times), to stop a runaway pass.
    */
-  pop(taken: boolean): void {
+  pop(taken: boolean, queue = 0): void {
     if (!this.enabled) return;
     this.#arm();
     this.#calls++;
     if (taken) {
       this.chains++;
       this.totalChains++;
-      if (this.chains > this.maxChains) this.maxChains = this.chains;
-      if (this.chains > this.limits.chains) {
-        this.overrun ??= `a pass took ${this.chains} chains (budget ${this.limits.chains})`;
+      const n = (this.#perQueue[queue] ?? 0) + 1;
+      this.#perQueue[queue] = n;
+      if (n > this.maxChains) this.maxChains = n;
+      if (n > this.limits.chains) {
+        this.overrun ??= `a pass took ${n} chains from one queue (budget ${this.limits.chains})`;
       }
     }
-    if (this.#calls > 10 * this.limits.chains + 100) {
+    if (this.#calls > 40 * this.limits.chains + 100) {
       this.overrun ??= `a pass called pop() ${this.#calls} times (budget ${this.limits.chains})`;
       throw new BudgetOverrun(this.overrun);
     }
@@ -208,7 +215,8 @@ export class MeteredMemory extends GuestMemory {
   }
 }
 
-const counted = new WeakSet<Virtqueue>();
+const counted = new WeakMap<Virtqueue, number>();
+let nextQueueId = 0;
 
 /**
  * Count every `pop()` of a queue (idempotent), and call `after` with each chain taken.
@@ -222,18 +230,19 @@ export function meterQueue(
   after?: (q: Virtqueue, chain: DescriptorChain | null) => void,
 ): void {
   if (counted.has(q)) return;
-  counted.add(q);
+  const id = nextQueueId++ & 0xff;
+  counted.set(q, id);
   const pop = q.pop.bind(q);
   const hooked = (mem: GuestMemory): DescriptorChain | null => {
     let chain: DescriptorChain | null;
     try {
       chain = pop(mem);
     } catch (err) {
-      meter.pop(true);
+      meter.pop(true, id);
       after?.(q, null);
       throw err;
     }
-    meter.pop(chain !== null);
+    meter.pop(chain !== null, id);
     if (chain !== null) after?.(q, chain);
     return chain;
   };

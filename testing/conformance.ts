@@ -56,7 +56,7 @@ export interface ConformanceCaseResult {
   notes: string[];
   /** Passes the device made while attacked. */
   passes: number;
-  /** Most chains one pass took. */
+  /** Most chains one pass took from one queue. */
   maxChainsPerPass: number;
   /** Most guest bytes one pass touched. */
   maxBytesPerPass: number;
