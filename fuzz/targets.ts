@@ -75,12 +75,17 @@ export interface FuzzTarget {
   run(seed: number, from: number, to: number, options?: RunOptions): Promise<RunStats>;
 }
 
-function deviceIteration(rig: DeviceRig, r: Prng, i: number): void {
+// One iteration; `false` when it only set the device up again (the caller then yields, so
+// what the activation queued as microtasks runs as a pass of its own, not inside the next
+// iteration's).
+function deviceIteration(rig: DeviceRig, r: Prng, i: number): boolean {
   rig.iteration = i;
   rig.check();
   if (rig.needsReset() || rig.desynced) {
     rig.resets++;
     rig.init(r);
+    rig.arm();
+    return false;
   }
   rig.reap();
   const spec = rig.spec;
@@ -117,6 +122,7 @@ function deviceIteration(rig: DeviceRig, r: Prng, i: number): void {
   }
   if (r.chance(0.01)) rig.kick(r.pick([n, 0xffff, r.u32()]));
   rig.stimulate();
+  return true;
 }
 
 function deviceTarget(spec: DeviceSpec): FuzzTarget {
@@ -158,16 +164,21 @@ function deviceTarget(spec: DeviceSpec): FuzzTarget {
           const er = new Prng(seed ^ 0x5bd1e995, e);
           rig = new DeviceRig(spec, er);
           rig.init(er);
+          rig.arm();
           episode = e;
+          await turn(); // the activation's own work, a pass of its own
         }
+        let full = true;
         try {
-          deviceIteration(rig, new Prng(seed, i), i);
+          full = deviceIteration(rig, new Prng(seed, i), i);
         } catch (err) {
           if (!(err instanceof BudgetOverrun)) rig.fail(`the harness caught: ${describe(err)}`);
           rig.arm();
         }
         stats.iterations++;
-        if ((i + 1) % every === 0) {
+        if (!full) {
+          await turn();
+        } else if ((i + 1) % every === 0) {
           await turn((i + 1) % (every * 8) === 0);
           if ((i + 1) % 4096 === 0) options.progress?.(stats.iterations);
         }
