@@ -304,6 +304,8 @@ export class NetDevice extends VirtioDeviceBase {
   readonly #rxDirty: Uint8Array;
   readonly #txTimers: (ReturnType<typeof setImmediate> | undefined)[];
   readonly #rxTimers: (ReturnType<typeof setImmediate> | undefined)[];
+  // Continuations of a pair's backlog after a frame met a ring's worth of unusable buffers.
+  readonly #rxPairTimers: (ReturnType<typeof setImmediate> | undefined)[];
   #backendStarted = false;
   // Scratch, allocated once.
   readonly #staging = new Uint8Array(NET_MAX_BACKEND_FRAME);
@@ -413,6 +415,7 @@ export class NetDevice extends VirtioDeviceBase {
     this.#rxDirty = new Uint8Array(pairs);
     this.#txTimers = new Array(pairs).fill(undefined);
     this.#rxTimers = new Array(backend.queuePairs).fill(undefined);
+    this.#rxPairTimers = new Array(pairs).fill(undefined);
     for (let n = 0; n <= 64; n++) {
       this.#prefixes.push(this.#txHead.subarray(NET_HDR_SIZE, NET_HDR_SIZE + n));
     }
@@ -622,6 +625,8 @@ export class NetDevice extends VirtioDeviceBase {
     for (let p = 0; p < this.maxQueuePairs; p++) {
       if (this.#txTimers[p] !== undefined) clearImmediate(this.#txTimers[p]);
       this.#txTimers[p] = undefined;
+      if (this.#rxPairTimers[p] !== undefined) clearImmediate(this.#rxPairTimers[p]);
+      this.#rxPairTimers[p] = undefined;
     }
     for (let q = 0; q < this.#rxTimers.length; q++) {
       if (this.#rxTimers[q] !== undefined) clearImmediate(this.#rxTimers[q]);
@@ -878,6 +883,15 @@ export class NetDevice extends VirtioDeviceBase {
   // -------------------------------------------------------------------------------------------
   // Receive
 
+  // Serve the backlog of `pair` again on a later turn (after a pass stopped early).
+  #continueRx(pair: number): void {
+    if (this.#rxPairTimers[pair] !== undefined || this.active === undefined) return;
+    this.#rxPairTimers[pair] = setImmediate(() => {
+      this.#rxPairTimers[pair] = undefined;
+      if (this.#serveRx(pair)) this.#continueRx(pair);
+    });
+  }
+
   #onReadable(bq: number): void {
     if (this.active === undefined) return;
     const staging = this.#staging;
@@ -1012,6 +1026,7 @@ export class NetDevice extends VirtioDeviceBase {
     // Where the packet's first buffer is: popped buffers go back by rewinding to it (a packed
     // ring undoes one pop only).
     let mark = q.nextAvail;
+    let skipped = 0;
     try {
       let room = 0;
       while (room < need) {
@@ -1032,6 +1047,15 @@ export class NetDevice extends VirtioDeviceBase {
           if (k === 0) {
             if (c !== BAD_CHAIN) q.addUsed(mem, c.head, 0);
             mark = q.nextAvail;
+            this.#rxDirty[pair] = 1; // the driver hears of the buffers it got back
+            if (++skipped >= q.size) {
+              // A ring's worth of unusable buffers for one frame: the frame waits and the
+              // rest is looked at on a later turn, so a driver that keeps the queue full of
+              // them (refilling it from another CPU) cannot hold the device here.
+              this.#restoreHeader(src, start, hdrSize);
+              this.#continueRx(pair);
+              return false;
+            }
             continue;
           }
           // Mid-packet: give everything taken back empty and drop the frame.

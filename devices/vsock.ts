@@ -418,11 +418,14 @@ export class VsockDevice extends VirtioDeviceBase {
   readonly #batchChains: DescriptorChain[] = [];
   readonly #batchRooms = new Int32Array(RX_BATCH);
   readonly #batchHeaderEnd = new Int32Array(RX_BATCH);
+  // Ring position after each chain of a batch was taken, to give back the ones not filled.
+  readonly #batchAfter = new Int32Array(RX_BATCH);
   readonly #headerViews: Uint8Array[] = [];
   // Scheduling.
   #rxScheduled = false;
   #rxTimer: ReturnType<typeof setTimeout> | undefined;
   #txTimer: ReturnType<typeof setTimeout> | undefined;
+  #eventTimer: ReturnType<typeof setTimeout> | undefined;
   #txBlocked = false;
   #everActive = false;
   #transportResetPending = false;
@@ -608,8 +611,10 @@ export class VsockDevice extends VirtioDeviceBase {
   #cancelTimers(): void {
     if (this.#rxTimer !== undefined) clearTimeout(this.#rxTimer);
     if (this.#txTimer !== undefined) clearTimeout(this.#txTimer);
+    if (this.#eventTimer !== undefined) clearTimeout(this.#eventTimer);
     this.#rxTimer = undefined;
     this.#txTimer = undefined;
+    this.#eventTimer = undefined;
   }
 
   #dropAll(why: string): void {
@@ -1222,8 +1227,15 @@ export class VsockDevice extends VirtioDeviceBase {
     const memory = config.memory;
     const q = qc.queue;
     let used = 0;
+    let more = false;
     try {
       while (this.#transportResetPending) {
+        // Malformed chains are returned and the next one taken: a driver that keeps the queue
+        // full of them gets a budget's worth per pass, the rest on a later turn.
+        if (used >= DEFAULT_SERVE_BUDGET.chains) {
+          more = true;
+          break;
+        }
         let chain: DescriptorChain | null;
         try {
           chain = q.pop(memory);
@@ -1259,6 +1271,13 @@ export class VsockDevice extends VirtioDeviceBase {
       this.#error(
         e.needsReset ? e : new VirtioError(e.kind, e.message, { needsReset: true, cause: err }),
       );
+      return;
+    }
+    if (more && this.#eventTimer === undefined) {
+      this.#eventTimer = setTimeout(() => {
+        this.#eventTimer = undefined;
+        this.#serveEvents();
+      }, 0);
     }
   }
 
@@ -1285,6 +1304,9 @@ export class VsockDevice extends VirtioDeviceBase {
     let bytes = 0;
     let more = false;
     let single = false;
+    // Where the ring stood before the chain in hand was taken (a batch that fills none of
+    // its chains gives them all back by going back there).
+    let mark = 0;
     try {
       for (;;) {
         if (this.#replyLen === 0 && this.#ready.size === 0) break;
@@ -1294,6 +1316,7 @@ export class VsockDevice extends VirtioDeviceBase {
         }
         let chain: DescriptorChain | null;
         try {
+          mark = q.nextAvail;
           chain = q.pop(memory);
         } catch (err) {
           if (err instanceof QueueError && !err.fatal && err.head !== undefined) {
@@ -1318,7 +1341,7 @@ export class VsockDevice extends VirtioDeviceBase {
           const conn = this.#ready.values().next().value as VsockConn;
           if (!single && this.#batchable(conn)) {
             const room = Math.min(RX_BATCH, DEFAULT_SERVE_BUDGET.chains - used);
-            const got = this.#produceBatch(conn, chain, memory, q, room);
+            const got = this.#produceBatch(conn, chain, mark, memory, q, room);
             if (got.chains === 0) {
               single = true; // nothing read: this chain goes the one-packet way
               continue;
@@ -1376,11 +1399,14 @@ export class VsockDevice extends VirtioDeviceBase {
   // Fill `first` and up to `limit - 1` more rx chains with one read of the host side: header
   // room and payload room of each, one `read` into all the payload views, then a header for
   // each chain that got bytes; the chains that got none go back to the ring (they are the last
-  // taken, so `undoPop` returns them in order). Returns the chains used and their bytes; none
-  // when the read gave nothing (every chain went back).
+  // taken: the ring goes back to where it stood after the last chain filled, or to `mark`,
+  // where it stood before `first`). A packed ring undoes one pop only, so the position is
+  // set rather than each pop undone. Returns the chains used and their bytes; none when the
+  // read gave nothing (every chain went back).
   #produceBatch(
     conn: VsockConn,
     first: DescriptorChain,
+    mark: number,
     memory: GuestMemory,
     q: Virtqueue,
     limit: number,
@@ -1390,6 +1416,7 @@ export class VsockDevice extends VirtioDeviceBase {
     const hv = this.#headerViews;
     const pv = this.#views;
     const hvEnd = this.#batchHeaderEnd;
+    const after = this.#batchAfter;
     chains.length = 0;
     hv.length = 0;
     pv.length = 0;
@@ -1403,6 +1430,7 @@ export class VsockDevice extends VirtioDeviceBase {
       const room = Math.min(w.remaining, this.#maxPacket, credit - want);
       if (room > 0) w.views(room, pv);
       rooms[chains.length] = room;
+      after[chains.length] = q.nextAvail;
       chains.push(chain);
       want += room;
       if (chains.length >= limit || want >= credit) break;
@@ -1445,7 +1473,7 @@ export class VsockDevice extends VirtioDeviceBase {
       conn.advertisedFwdCnt = conn.fwdCnt;
       conn.pending &= ~PENDING_CREDIT_UPDATE;
     }
-    for (let i = chains.length - 1; i >= used; i--) q.undoPop();
+    if (used < chains.length) q.nextAvail = used === 0 ? mark : after[used - 1];
     hv.length = 0;
     chains.length = 0;
     return { chains: used, bytes: moved };

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/_tools.sh
 
 echo "== deno check / lint / fmt / doc"
-"$DENO" check mod.ts sys/mod.ts vhost_user/ kvm/ testing/ launcher/ tests/ bench/ demo/
+"$DENO" check mod.ts sys/mod.ts vhost_user/ kvm/ testing/ launcher/ tests/ bench/ demo/ fuzz/
 "$DENO" lint
 "$DENO" fmt --check
 # Every entry point of deno.json's "exports" (the published surface), linted together.
@@ -20,7 +20,7 @@ echo "== unit tests (bun)"
 
 echo "== all tests but the KVM ones (deno; includes the real-guest tests and every runnable doc example)"
 # --doc runs the @example blocks of the product modules (those not marked `ignore`).
-"$DENO" test --allow-all --doc $(deno_test_dirs) $(git ls-files '*.ts' | grep -Ev '^(tests|bench|demo)/')
+"$DENO" test --allow-all --doc $(deno_test_dirs) $(git ls-files '*.ts' | grep -Ev '^(tests|bench|demo|fuzz)/')
 
 reason="$(kvm_tests_impossible)"
 if [[ -n "$reason" ]]; then

@@ -13,6 +13,8 @@
  *   decoded packets out.
  * - {@linkcode FuseSession}: a FUSE client (virtio-fs driver side) over a device's queues
  *   ({@linkcode DeviceQueueTransport}) or a vhost-user backend ({@linkcode FrontendTransport}).
+ * - {@linkcode testConformance} / {@linkcode runConformance}: the hostile-driver conformance
+ *   suite, for any device (malformed rings and chains, register abuse; see `conformance.ts`).
  * - {@linkcode firstDifference} / {@linkcode assertBytes}: byte comparisons that name the first
  *   difference instead of diffing.
  *
@@ -30,3 +32,4 @@ export * from "./vsock_driver.ts";
 export * from "./bytes.ts";
 export * from "./fuse_client.ts";
 export * from "./net_driver.ts";
+export * from "./conformance.ts";

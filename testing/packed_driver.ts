@@ -56,6 +56,8 @@ export interface PackedDriverQueueOptions {
 interface InFlight {
   count: number;
   writable: { addr: number; len: number }[];
+  /** Made available by `addRaw`: its id is not the driver's to hand out again. */
+  raw?: boolean;
 }
 
 /**
@@ -263,6 +265,44 @@ export class PackedDriverQueue {
     return id;
   }
 
+  /**
+   * Make raw descriptors available as one list at the driver's position, with the driver's
+   * AVAIL/USED bits added to each `flags` and the first descriptor's flags stored last (no
+   * other validation: hostile tests put any id, address, length or flag there). The driver
+   * then expects one used descriptor for the list, under the last descriptor's id.
+   * @param descs The list, in ring order; `flags` without AVAIL and USED.
+   * @returns The id the device should return (the last descriptor's).
+   * @throws {RangeError} When the list is empty or longer than the ring.
+   */
+  addRaw(descs: readonly RawPackedDescriptor[]): number {
+    if (descs.length === 0 || descs.length > this.size) {
+      throw new RangeError(`A raw list of ${descs.length} does not fit a ring of ${this.size}`);
+    }
+    const first = this.#availIdx;
+    let firstFlags = 0;
+    descs.forEach((d, i) => {
+      const flags = (d.flags & ~(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)) | this.#availFlags();
+      if (i === 0) firstFlags = flags;
+      this.writeDescriptor(this.#availIdx, { ...d, flags: i === 0 ? 0 : flags });
+      if (++this.#availIdx === this.size) {
+        this.#availIdx = 0;
+        this.#availWrap ^= 1;
+      }
+    });
+    const { region, offset } = this.memory.resolve(
+      this.descTable + DESCRIPTOR_SIZE * first + 14,
+      2,
+    );
+    Atomics.store(region.u16, offset >>> 1, firstFlags);
+    const id = descs[descs.length - 1].id;
+    this.#free = Math.max(0, this.#free - descs.length);
+    if (!this.#inFlight.has(id)) {
+      this.#inFlight.set(id, { count: descs.length, writable: [], raw: true });
+    }
+    if (this.inOrder) this.#order.push(id);
+    return id;
+  }
+
   #indirectTable(placed: { addr: number; len: number; flags: number }[]): number {
     const table = this.alloc(DESCRIPTOR_SIZE * placed.length, 16);
     placed.forEach((p, i) => this.writeDescriptor(i, { ...p, id: 0 }, table));
@@ -379,7 +419,7 @@ export class PackedDriverQueue {
     let written = new Uint8Array(0);
     if (flight !== undefined) {
       this.#inFlight.delete(id);
-      this.#ids.push(id);
+      if (!flight.raw) this.#ids.push(id);
       this.#free += count;
       const total = flight.writable.reduce((n, w) => n + w.len, 0);
       written = new Uint8Array(total);
@@ -421,7 +461,7 @@ export class PackedDriverQueue {
       this.#usedWrap ^= 1;
     }
     this.#inFlight.delete(id);
-    this.#ids.push(id);
+    if (!flight.raw) this.#ids.push(id);
     this.#free += flight.count;
     const total = flight.writable.reduce((n, w) => n + w.len, 0);
     const written = new Uint8Array(total);

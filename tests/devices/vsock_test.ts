@@ -7,7 +7,7 @@ import { GuestMemory } from "../../memory/guest_memory.ts";
 import { MmioTransport } from "../../transport/mmio.ts";
 import { MmioDriver } from "../../testing/mmio_driver.ts";
 import { VsockDriver, type VsockRxPacket } from "../../testing/vsock_driver.ts";
-import { featureBit, TYPE_VSOCK, VirtioError } from "../../devices/device.ts";
+import { DEFAULT_SERVE_BUDGET, featureBit, TYPE_VSOCK, VirtioError } from "../../devices/device.ts";
 import {
   VIRTIO_VSOCK_EVENT_TRANSPORT_RESET,
   VIRTIO_VSOCK_F_SEQPACKET,
@@ -854,5 +854,44 @@ describe("VsockDevice: many connections", () => {
     assert.ok([...echoed.values()].every((n) => n === 8));
     assert.equal(r.dev.connectionCount, N);
     assert.deepEqual(r.errors, []);
+  });
+});
+
+describe("VsockDevice: bounded work", () => {
+  // A TRANSPORT_RESET waiting for an event buffer takes chains from the event queue until one
+  // fits. A driver that keeps that queue full of malformed chains (refilling it as fast as the
+  // device takes them, from another CPU) must not hold the device in that loop: one pass takes
+  // at most a budget's worth, the next kick goes on.
+  it("takes at most a budget of malformed event chains in one pass", async () => {
+    const r = rig();
+    const mem = r.transport.core.memory!;
+    const ev = r.driver.queues[2];
+    const bad = ev.size - 1;
+    // Out of memory: refused and returned empty.
+    ev.writeDescriptor(bad, { addr: 0xffff_0000_0000n, len: 8, flags: 2, next: 0 });
+    ev.publish(bad);
+    const q = r.transport.core.queues[2];
+    const pop = q.pop.bind(q);
+    let pops = 0;
+    let refill = true;
+    q.pop = (m) => {
+      pops++;
+      if (refill && pops < 100_000) ev.publish(bad); // the driver refills at once
+      return pop(m);
+    };
+    try {
+      r.dev.transportReset();
+      assert.ok(pops <= DEFAULT_SERVE_BUDGET.chains + 1, `${pops} chains taken in one pass`);
+      // The driver stops, and gives an event buffer: the reset still reaches it.
+      refill = false;
+      const head = ev.addChain([{ writable: 8 }]);
+      for (let i = 0; i < 20 && r.dev.transportResetPending; i++) await tick();
+      assert.equal(r.dev.transportResetPending, false);
+      const got = ev.takeAllUsed().find((u) => u.id === head);
+      assert.equal(got?.len, 4);
+    } finally {
+      r.dev.remove();
+    }
+    void mem;
   });
 });
