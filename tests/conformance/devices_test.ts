@@ -1,5 +1,6 @@
 // The hostile-driver conformance suite (testing/conformance.ts) against every device we ship:
-// rng, block, net, vsock and fs, each through the real MMIO transport, split and packed rings.
+// rng, block, net, vsock, fs, console, balloon, virtio-mem and pmem, each through the real MMIO
+// transport, split and packed rings.
 // Every device added later gets a line here.
 
 import { after } from "node:test";
@@ -19,6 +20,22 @@ import { MemoryNetBackend, NetDevice } from "../../devices/net.ts";
 import { VsockDevice } from "../../devices/vsock.ts";
 import { FsDevice, FUSE_INIT, FUSE_OUT_HEADER_SIZE, fuseRequest } from "../../devices/fs.ts";
 import { concatBytes, ethFrame, netHeader } from "../../testing/net_driver.ts";
+import { ConsoleDevice } from "../../devices/console.ts";
+import { BalloonDevice } from "../../devices/balloon.ts";
+import {
+  decodeMemResponse,
+  encodeMemRequest,
+  MemDevice,
+  VIRTIO_MEM_REQ_STATE,
+  VIRTIO_MEM_RESP_ACK,
+} from "../../devices/mem.ts";
+import {
+  PMEM_REGION_ALIGN,
+  PMEM_SIZE_ALIGN,
+  PmemDevice,
+  VIRTIO_PMEM_RESP_OK,
+} from "../../devices/pmem.ts";
+import { DeviceResources } from "../../devices/device.ts";
 import {
   VIRTIO_VSOCK_OP_REQUEST,
   VIRTIO_VSOCK_TYPE_STREAM,
@@ -146,6 +163,95 @@ export const fsHints: ConformanceHints = {
   },
 };
 
+export const consoleHints: ConformanceHints = {
+  name: "virtio-console",
+  // 0 receives (buffers wait for host input), 1 transmits.
+  lazyQueues: [0],
+  lazyBuffer: () => ({ writable: 256 }),
+  validRequest: () => ({
+    queue: 1,
+    buffers: [{ readable: new TextEncoder().encode("conformance\n") }],
+    check: (u) => u.len === 0 ? undefined : `transmit chain used length ${u.len}, not 0`,
+  }),
+};
+
+export const balloonHints: ConformanceHints = {
+  name: "virtio-balloon",
+  // 2 is the statistics queue: the device holds the driver's buffer until it polls again.
+  lazyQueues: [2],
+  lazyBuffer: () => ({ readable: new Uint8Array(10) }),
+  holdsChains: true,
+  // Inflate one page frame number (outside this guest's RAM: counted and ignored, never freed).
+  validRequest: () => ({
+    queue: 0,
+    buffers: [{ readable: new Uint8Array([1, 0, 0, 0]) }],
+    check: (u) => u.len === 0 ? undefined : `inflate chain used length ${u.len}, not 0`,
+  }),
+};
+
+const MEM_BASE = 0x1_0000_0000;
+
+/** A virtio-mem device placed as our VMM places it (a window above RAM, its own slot). */
+export function memDevice(): MemDevice {
+  const d = new MemDevice({ regionSize: 128 << 20, requestedSize: 16 << 20 });
+  d.setResource(
+    new DeviceResources([
+      { type: "MemAddress", base: MEM_BASE, size: 128 << 20 },
+      { type: "KvmMemSlot", slot: 1 },
+    ]),
+  );
+  return d;
+}
+
+export const memHints: ConformanceHints = {
+  name: "virtio-mem",
+  validRequest: () => ({
+    queue: 0,
+    buffers: [{ readable: encodeMemRequest(VIRTIO_MEM_REQ_STATE, MEM_BASE, 1) }, {
+      writable: 10,
+    }],
+    check: (u) => {
+      if (u.len !== 10) return `used length ${u.len}, not 10`;
+      const r = decodeMemResponse(u.written);
+      return r.type === VIRTIO_MEM_RESP_ACK ? undefined : `response ${r.type}, not ACK`;
+    },
+  }),
+  cleanup: (d) => (d as MemDevice).remove(),
+};
+
+/** A pmem device on a 2 MiB image file, placed as our VMM places it. */
+export function pmemDevice(): PmemDevice {
+  const dir = mkdtempSync(join(tmpdir(), "virtio-ts-conformance-pmem-"));
+  fsDirs.push(dir);
+  const path = join(dir, "pmem.img");
+  writeFileSync(path, new Uint8Array(PMEM_SIZE_ALIGN));
+  const d = new PmemDevice({ path });
+  d.setResource(
+    new DeviceResources([
+      { type: "MemAddress", base: MEM_BASE, size: PMEM_REGION_ALIGN },
+      { type: "KvmMemSlot", slot: 1 },
+    ]),
+  );
+  return d;
+}
+
+export const pmemHints: ConformanceHints = {
+  name: "virtio-pmem",
+  // FLUSH (type 0), answered with a 4-byte status after fdatasync.
+  validRequest: () => ({
+    queue: 0,
+    buffers: [{ readable: new Uint8Array(4) }, { writable: 4 }],
+    check: (u) =>
+      u.len !== 4
+        ? `used length ${u.len}, not 4`
+        : new DataView(u.written.buffer, u.written.byteOffset).getUint32(0, true) !==
+            VIRTIO_PMEM_RESP_OK
+        ? "FLUSH did not answer OK"
+        : undefined,
+  }),
+  cleanup: (d) => (d as PmemDevice).remove(),
+};
+
 after(() => {
   for (const d of fsDirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
@@ -159,3 +265,7 @@ testConformance("virtio-blk on a file", blockFileDevice, {
 testConformance("virtio-net", netDevice, netHints);
 testConformance("virtio-vsock", () => new VsockDevice({ guestCid: 3 }), vsockHints);
 testConformance("virtio-fs", fsDevice, fsHints);
+testConformance("virtio-console", () => new ConsoleDevice(), consoleHints);
+testConformance("virtio-balloon", () => new BalloonDevice(), balloonHints);
+testConformance("virtio-mem", memDevice, memHints);
+testConformance("virtio-pmem", pmemDevice, pmemHints);
