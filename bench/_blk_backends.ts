@@ -19,7 +19,7 @@ export { writeBenchImage } from "./_image.ts";
 export const LOAD_SLOTS = 32;
 /** Largest request the benchmark frontend sends. */
 export const LOAD_MAX_BLOCK = 1 << 20;
-/** Guest memory of the benchmark frontend: rings plus 32 slots of 1 MiB. */
+/** Guest memory of the benchmark frontend per ring: the ring plus 32 slots of 1 MiB. */
 export const LOAD_MEMORY = 64 << 20;
 
 /**
@@ -27,17 +27,27 @@ export const LOAD_MEMORY = 64 << 20;
  * @param image The raw image.
  * @param socket The socket path to listen on.
  * @param options `pollUs`: run in poll mode with this window (`--poll-us`); `runtime`: run
- *   the CLI with Deno (default) or Bun.
+ *   the CLI with Deno (default) or Bun; `queueThreads`: serve each ring on its own thread
+ *   (`--queue-threads`); `queues`: request queues offered (`--queues`, default 1).
  * @returns The process.
  */
 export function startOurs(
   image: string,
   socket: string,
-  options: { pollUs?: number; runtime?: "deno" | "bun" } = {},
+  options: {
+    pollUs?: number;
+    runtime?: "deno" | "bun";
+    queueThreads?: boolean;
+    queues?: number;
+  } = {},
 ): Promise<BackendProcess> {
   rmSync(socket, { force: true });
-  const poll = options.pollUs ? ["--poll-us", String(options.pollUs)] : [];
-  return startBackend(["--socket", socket, "--device", "blk", "--file", image, ...poll], {
+  const extra = [
+    ...(options.pollUs ? ["--poll-us", String(options.pollUs)] : []),
+    ...(options.queueThreads ? ["--queue-threads"] : []),
+    ...(options.queues !== undefined ? ["--queues", String(options.queues)] : []),
+  ];
+  return startBackend(["--socket", socket, "--device", "blk", "--file", image, ...extra], {
     runtime: options.runtime,
   });
 }
@@ -118,35 +128,47 @@ export function readImage(path: string, offset: number, length: number): Uint8Ar
   }
 }
 
-/** A frontend connected to a backend, with the load generator on its ring 0. */
+/** A frontend connected to a backend, with a load generator on each of its rings. */
 export interface Connected {
   /** The frontend (close it when done). */
   frontend: VhostUserFrontend;
   /** The load generator on ring 0. */
   load: BlkLoad;
+  /** The load generators of every ring set up, by ring index. */
+  loads: BlkLoad[];
 }
 
 /**
- * Connect a frontend to `socket`, negotiate every feature the backend offers, set up ring 0
- * (256 entries, room for {@linkcode LOAD_SLOTS} slots of {@linkcode LOAD_MAX_BLOCK}) and read
- * the capacity.
+ * Connect a frontend to `socket`, negotiate every feature the backend offers, set up rings 0
+ * to `rings - 1` (256 entries each, room for {@linkcode LOAD_SLOTS} slots of
+ * {@linkcode LOAD_MAX_BLOCK}) and read the capacity.
  * @param socket The backend's socket.
- * @returns The frontend and its load generator.
+ * @param options `rings`: how many request queues to drive (default 1; the backend must
+ *   offer them).
+ * @returns The frontend and its load generators.
  */
-export async function connectLoad(socket: string): Promise<Connected> {
-  const frontend = await VhostUserFrontend.connect(socket, { memorySize: LOAD_MEMORY });
+export async function connectLoad(
+  socket: string,
+  options: { rings?: number } = {},
+): Promise<Connected> {
+  const rings = options.rings ?? 1;
+  const frontend = await VhostUserFrontend.connect(socket, { memorySize: LOAD_MEMORY * rings });
   try {
     await frontend.start({ queues: 0 });
-    await frontend.setupRing(0, {
-      size: 256,
-      bufferSize: LOAD_SLOTS * (LOAD_MAX_BLOCK + 8192) + (1 << 20),
-    });
+    for (let i = 0; i < rings; i++) {
+      await frontend.setupRing(i, {
+        size: 256,
+        bufferSize: LOAD_SLOTS * (LOAD_MAX_BLOCK + 8192) + (1 << 20),
+      });
+    }
     const capacity = await readCapacity(frontend);
-    const load = new BlkLoad(frontend, 0, capacity, {
-      slots: LOAD_SLOTS,
-      maxBlock: LOAD_MAX_BLOCK,
-    });
-    return { frontend, load };
+    const loads: BlkLoad[] = [];
+    for (let i = 0; i < rings; i++) {
+      loads.push(
+        new BlkLoad(frontend, i, capacity, { slots: LOAD_SLOTS, maxBlock: LOAD_MAX_BLOCK }),
+      );
+    }
+    return { frontend, load: loads[0], loads };
   } catch (err) {
     await frontend.close();
     throw err;
