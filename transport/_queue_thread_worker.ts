@@ -49,6 +49,7 @@ let ctl: Int32Array | undefined;
 let wakeFd = -1;
 let wake: EventFd | undefined;
 let dropped = 0;
+let lastDropped: VirtioError | undefined;
 const factories = new Map<string, CreateQueueHandler>();
 
 function post(msg: QueueThreadMessage): void {
@@ -56,23 +57,38 @@ function post(msg: QueueThreadMessage): void {
 }
 
 // Errors reach the main thread at a bounded rate: past QUEUE_THREAD_MAX_PENDING_ERRORS reports
-// not yet received, further ones are only counted (and the count rides on the next report).
-// An error that needs a reset is always sent.
+// not yet received, further ones are only counted (and the count rides on the next report; the
+// last one held back is sent when the ring is handed back). An error that needs a reset is
+// always sent.
 function report(err: VirtioError): void {
   const c = ctl!;
   if (!err.needsReset && Atomics.load(c, Ctl.ERRORS_PENDING) >= QUEUE_THREAD_MAX_PENDING_ERRORS) {
     dropped++;
+    lastDropped = err;
     return;
   }
-  Atomics.add(c, Ctl.ERRORS_PENDING, 1);
+  send(err, dropped);
+  dropped = 0;
+  lastDropped = undefined;
+}
+
+function send(err: VirtioError, before: number): void {
+  Atomics.add(ctl!, Ctl.ERRORS_PENDING, 1);
   post({
     type: "error",
     kind: err.kind,
     message: err.message,
     needsReset: err.needsReset,
-    dropped,
+    dropped: before,
   });
+}
+
+// The last error held back, with the count of those before it.
+function flushDropped(): void {
+  if (lastDropped === undefined) return;
+  send(lastDropped, dropped - 1);
   dropped = 0;
+  lastDropped = undefined;
 }
 
 function errorText(err: unknown): string {
@@ -216,6 +232,7 @@ function serve(start: QueueThreadStart, create: CreateQueueHandler): void {
       report(new VirtioError("InternalError", `queue ${index} handler close: ${errorText(err)}`));
     }
     for (const m of mappings) m.unmap();
+    flushDropped();
   }
 }
 

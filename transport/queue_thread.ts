@@ -33,6 +33,8 @@ import type { GuestMemory } from "../memory/guest_memory.ts";
 import type { Virtqueue } from "../queue/virtqueue.ts";
 import { type QueueThreadSpec, VirtioError, type VirtioErrorKind } from "../devices/device.ts";
 
+export type { QueueThreadSpec };
+
 /** How long {@linkcode QueueThread.stop} waits for the thread to finish its pass (ms). */
 export const QUEUE_THREAD_STOP_TIMEOUT_MS = 10000;
 /** The most error reports a queue thread has in flight to the main thread; more are counted. */
