@@ -52,31 +52,39 @@ export function startOurs(
   });
 }
 
+/** How qemu-storage-daemon is configured (see {@linkcode qsdArgs}). */
+export interface QsdOptions {
+  /** Serve the export from an iothread (which polls adaptively before it sleeps). */
+  iothread?: boolean;
+  /** The file driver's AIO engine (default `threads`, the thread pool). */
+  aio?: "threads" | "io_uring";
+  /** Request queues of the export (default 1). */
+  queues?: number;
+}
+
 /**
  * The qemu-storage-daemon command line serving `image` as a vhost-user-blk export: file
- * driver with the page cache (`cache.direct=off`, thread-pool AIO), raw format, writable, one
- * queue. `locking=off` so our backend may have the same image open. With `iothread`, the
- * export runs in an iothread, which polls adaptively (QEMU's default `poll-max-ns`, 32 µs)
- * before it sleeps: qemu-storage-daemon's own poll mode.
+ * driver with the page cache (`cache.direct=off`), raw format, writable. `locking=off` so our
+ * backend may have the same image open. `aio` picks the thread pool (QEMU's default) or
+ * io_uring; with `iothread`, the export runs in an iothread, which polls adaptively (QEMU's
+ * default `poll-max-ns`, 32 µs) before it sleeps: qemu-storage-daemon's own poll mode (QEMU 7.2
+ * serves every queue of an export from that one iothread).
  * @param image The raw image.
  * @param socket The socket path.
- * @param options `iothread`: serve from an iothread.
+ * @param options The configuration.
  * @returns argv without the program.
  */
-export function qsdArgs(
-  image: string,
-  socket: string,
-  options: { iothread?: boolean } = {},
-): string[] {
+export function qsdArgs(image: string, socket: string, options: QsdOptions = {}): string[] {
   return [
     ...(options.iothread ? ["--object", "iothread,id=io0"] : []),
     "--blockdev",
-    `driver=file,node-name=file0,filename=${image},cache.direct=off,aio=threads,locking=off`,
+    `driver=file,node-name=file0,filename=${image},cache.direct=off,` +
+    `aio=${options.aio ?? "threads"},locking=off`,
     "--blockdev",
     "driver=raw,node-name=disk0,file=file0",
     "--export",
     `type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=${socket},` +
-    "writable=on,num-queues=1" + (options.iothread ? ",iothread=io0" : ""),
+    `writable=on,num-queues=${options.queues ?? 1}` + (options.iothread ? ",iothread=io0" : ""),
   ];
 }
 
@@ -92,13 +100,13 @@ export function hasQsd(): boolean {
  * Start qemu-storage-daemon on `image` and wait until it listens.
  * @param image The raw image.
  * @param socket The socket path.
- * @param options `iothread`: serve from an iothread (see {@linkcode qsdArgs}).
+ * @param options The configuration (see {@linkcode qsdArgs}).
  * @returns The process.
  */
 export function startQsd(
   image: string,
   socket: string,
-  options: { iothread?: boolean } = {},
+  options: QsdOptions = {},
 ): Promise<BackendProcess> {
   rmSync(socket, { force: true });
   return spawnListening("qemu-storage-daemon", qsdArgs(image, socket, options), socket);
