@@ -9,16 +9,24 @@
  * 4 KiB blocks and a 1 MiB extent, flushes, reads it back through the backend and compares, and
  * compares the image file too.
  *
- * For each workload it prints IOPS and MB/s for both and the ratio ours/qsd (medians over the
- * rounds), plus the host's own throughput on the same file with the same pattern as the
- * ceiling: `fio` (psync at QD1, io_uring at higher depths, buffered) when installed, else a
- * synchronous pread/pwrite loop in this process. A second pair compares the two in poll
- * mode: ours with `--poll-us N` (default 100) against qemu-storage-daemon serving from an
- * iothread, which polls adaptively before it sleeps.
+ * Contenders, each its own process on the same image: ours serving on the event loop; ours
+ * with a thread per ring (`--queue-threads`); the same with poll mode (`--poll-us N`, default
+ * 100; 0 leaves it out); and qemu-storage-daemon in four configurations: `aio=threads` or
+ * `aio=io_uring`, each with and without an iothread (which polls adaptively before it sleeps,
+ * QEMU's default `poll-max-ns` of 32 µs). For each workload it prints IOPS and MB/s (medians
+ * over the rounds, the rounds interleaved between contenders), the best qemu-storage-daemon
+ * configuration and the ratios queue threads / best qsd and queue threads / ceiling, then a
+ * table of the four qsd configurations. The ceiling is the host's own throughput on the same
+ * file with the same pattern: `fio` (psync at QD1, io_uring at higher depths, buffered) when
+ * installed, else a synchronous pread/pwrite loop in this process. A second section does the
+ * same with two request queues, the queue depth split between two rings driven at once
+ * (`--queues N`; 1 leaves it out).
  *
  * Run: `node_modules/.bin/deno run --allow-all bench/blk_e2e.ts [--seconds S] [--rounds N]
- * [--size-mib M] [--image PATH] [--keep] [--poll-us N] [--bun]`
- * (`--bun`: run our backend under Bun instead of Deno; the frontend stays on Deno)
+ * [--size-mib M] [--image PATH] [--keep] [--poll-us N] [--bun] [--queues N]
+ * [--only NAME,...] [--multi-queue-only]`
+ * (`--bun`: run our backend under Bun instead of Deno; the frontend stays on Deno; `--only`:
+ * the workloads whose name contains one of these)
  *
  * @module
  */
@@ -249,9 +257,7 @@ function contendersFor(rings: number): Contender[] {
       socket: "",
     });
   }
-  list.forEach((c, i) =>
-    c.socket = join(dir, `virtio-ts-bench-${process.pid}-${rings}-${i}.sock`)
-  );
+  list.forEach((c, i) => c.socket = join(dir, `virtio-ts-bench-${process.pid}-${rings}-${i}.sock`));
   return list;
 }
 
@@ -325,10 +331,22 @@ async function section(list: Contender[], rings: number, workloads: readonly Wor
   } finally {
     for (const c of list) {
       await c.conn?.frontend.close();
-      await c.proc?.stop();
+      if (c.proc !== undefined) await stopHard(c.proc);
       rmSync(c.socket, { force: true });
     }
   }
+}
+
+/**
+ * SIGTERM, then SIGKILL after 5 s: qemu-storage-daemon 7.2 serving from an iothread sometimes
+ * ignores SIGTERM once its frontend has gone.
+ */
+async function stopHard(proc: BackendProcess): Promise<void> {
+  const stopped = proc.stop();
+  const timer = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 5000));
+  if (await Promise.race([stopped.then(() => true), timer])) return;
+  proc.child.kill("SIGKILL");
+  await stopped;
 }
 
 try {
