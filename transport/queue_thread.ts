@@ -233,6 +233,8 @@ export class QueueThread {
   #started: QueueThreadIndices = { nextAvail: 0, nextUsed: 0 };
   #failure: Error | undefined;
   #closed = false;
+  // A ring was handed over and not taken back by stop() yet.
+  #handed = false;
 
   /**
    * Create it; the Worker starts with the first {@linkcode QueueThread.start}.
@@ -250,10 +252,13 @@ export class QueueThread {
     return this.#failure;
   }
 
-  /** Whether a ring is handed to the thread (started and not stopped). */
+  /**
+   * Whether a ring is handed to the thread and not taken back with
+   * {@linkcode QueueThread.stop} (even if the thread has stopped serving it on its own, after
+   * an error, or died: `stop` still returns where the ring stands).
+   */
   get serving(): boolean {
-    const phase = Atomics.load(this.#ctl, Ctl.STATE) & 7;
-    return phase === Phase.PENDING || phase === Phase.RUNNING || phase === Phase.STOPPING;
+    return this.#handed;
   }
 
   /** Wake-ups and passes of the thread so far (statistics). */
@@ -274,7 +279,7 @@ export class QueueThread {
   start(ring: QueueThreadRing, spec: QueueThreadSpec): void {
     if (this.#closed) throw new Error(`queue ${this.index} thread is closed`);
     if (this.#failure !== undefined) throw this.#failure;
-    if (this.serving) throw new Error(`queue ${this.index} is already served by its thread`);
+    if (this.#handed) throw new Error(`queue ${this.index} is already served by its thread`);
     const worker = this.#worker ??= this.#spawn();
     this.#gen = (this.#gen + 1) & 0x0fffffff;
     this.#specOnError = spec.onError;
@@ -282,6 +287,7 @@ export class QueueThread {
     Atomics.store(this.#ctl, Ctl.NEXT_AVAIL, ring.nextAvail);
     Atomics.store(this.#ctl, Ctl.NEXT_USED, ring.nextUsed);
     Atomics.store(this.#ctl, Ctl.STATE, (this.#gen << 3) | Phase.PENDING);
+    this.#handed = true;
     const msg: QueueThreadStart = {
       type: "start",
       gen: this.#gen,
@@ -302,6 +308,7 @@ export class QueueThread {
    * @returns Where the ring stands (unchanged when the thread had not taken it yet).
    */
   stop(timeoutMs: number = QUEUE_THREAD_STOP_TIMEOUT_MS): QueueThreadIndices {
+    this.#handed = false;
     const ctl = this.#ctl;
     const gen = this.#gen << 3;
     let word = Atomics.load(ctl, Ctl.STATE);

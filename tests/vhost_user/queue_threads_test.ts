@@ -20,6 +20,7 @@ import {
   VIRTIO_BLK_T_OUT,
 } from "../../devices/block.ts";
 import { EventFd } from "../../sys/mod.ts";
+import type { QueueThreadSpec } from "../../devices/device.ts";
 import { Request, u64Payload } from "../../vhost_user/protocol.ts";
 import type { VhostUserFrontend } from "../../testing/vhost_user_frontend.ts";
 import { until as untilMs, withBackend } from "./_harness.ts";
@@ -128,99 +129,102 @@ describe("vhost-user queue threads", () => {
     }
   });
 
-  it(
-    "requests in flight across ring stop/start, enable, memory table and call fd changes complete exactly once",
-    T,
-    async () => {
-      const img = tempImage();
-      const blk = new BlockDevice({ path: img.path, numQueues: 2 });
-      try {
-        await withBackend(blk, async (h) => {
-          const fe = await h.connect({ memorySize: 4 << 20 });
-          await fe.start({ queues: 2 });
-          const ringSlots = [slots(fe, 0), slots(fe, 1)];
-          const random = rng(0x5eed);
-          const rounds = 40;
-          let n = 0;
-          const ops = ["stop/start", "memory table", "call fd", "disable/enable"];
-          for (let round = 0; round < rounds; round++) {
-            const owner = [new Map<number, number>(), new Map<number, number>()];
-            const ring = round % 2;
-            const op = ops[Math.floor(round / 2) % ops.length];
-            // The frontend's message goes while requests keep coming on both rings, a third
-            // of them before, during and after it, each third kicked on its own.
-            const disturb = (async () => {
-              await delay(Math.floor(random() * 2));
-              switch (op) {
-                case "stop/start":
-                  await fe.resumeRing(ring, await fe.getVringBase(ring));
-                  break;
-                case "memory table":
-                  await fe.setMemTable();
-                  break;
-                case "call fd":
-                  await fe.request(Request.SET_VRING_CALL, u64Payload(BigInt(ring)), {
-                    fds: [fe.ring(ring).call.fd],
-                  });
-                  break;
-                case "disable/enable":
-                  await fe.setVringEnable(ring, false);
-                  await fe.setVringEnable(ring, true);
-                  break;
-              }
-            })();
-            for (let third = 0; third < 3; third++) {
-              for (const r of [0, 1]) {
-                for (let i = third * (SLOTS / 3); i < (third + 1) * (SLOTS / 3); i++) {
-                  n++;
-                  owner[r].set(submitWrite(fe, r, ringSlots[r], i, n), n);
+  for (const pollUs of [0, 200]) {
+    it(
+      "requests in flight across ring stop/start, enable, memory table and call fd changes complete exactly once" +
+        (pollUs > 0 ? ` (threads polling ${pollUs} µs)` : ""),
+      T,
+      async () => {
+        const img = tempImage();
+        const blk = new BlockDevice({ path: img.path, numQueues: 2 });
+        try {
+          await withBackend(blk, async (h) => {
+            const fe = await h.connect({ memorySize: 4 << 20 });
+            await fe.start({ queues: 2 });
+            const ringSlots = [slots(fe, 0), slots(fe, 1)];
+            const random = rng(0x5eed);
+            const rounds = 40;
+            let n = 0;
+            const ops = ["stop/start", "memory table", "call fd", "disable/enable"];
+            for (let round = 0; round < rounds; round++) {
+              const owner = [new Map<number, number>(), new Map<number, number>()];
+              const ring = round % 2;
+              const op = ops[Math.floor(round / 2) % ops.length];
+              // The frontend's message goes while requests keep coming on both rings, a third
+              // of them before, during and after it, each third kicked on its own.
+              const disturb = (async () => {
+                await delay(Math.floor(random() * 2));
+                switch (op) {
+                  case "stop/start":
+                    await fe.resumeRing(ring, await fe.getVringBase(ring));
+                    break;
+                  case "memory table":
+                    await fe.setMemTable();
+                    break;
+                  case "call fd":
+                    await fe.request(Request.SET_VRING_CALL, u64Payload(BigInt(ring)), {
+                      fds: [fe.ring(ring).call.fd],
+                    });
+                    break;
+                  case "disable/enable":
+                    await fe.setVringEnable(ring, false);
+                    await fe.setVringEnable(ring, true);
+                    break;
                 }
-                fe.kick(r, { force: true });
+              })();
+              for (let third = 0; third < 3; third++) {
+                for (const r of [0, 1]) {
+                  for (let i = third * (SLOTS / 3); i < (third + 1) * (SLOTS / 3); i++) {
+                    n++;
+                    owner[r].set(submitWrite(fe, r, ringSlots[r], i, n), n);
+                  }
+                  fe.kick(r, { force: true });
+                }
+                await delay(Math.floor(random() * 2));
               }
-              await delay(Math.floor(random() * 2));
-            }
-            await disturb;
-            for (const r of [0, 1]) {
-              const d = fe.ring(r).driver;
-              await until(() => d.pendingUsed() >= SLOTS, `round ${round} (${op}) ring ${r}`);
-              const seen = new Set<number>();
-              for (const u of d.takeAllUsed()) {
-                const req = owner[r].get(u.id);
-                assert.ok(req !== undefined, `round ${round}: used head ${u.id} is no request`);
-                assert.ok(!seen.has(req), `round ${round}: request ${req} completed twice`);
-                seen.add(req);
-                assert.equal(u.written[0], VIRTIO_BLK_S_OK);
-                assert.equal(u.len, 1);
+              await disturb;
+              for (const r of [0, 1]) {
+                const d = fe.ring(r).driver;
+                await until(() => d.pendingUsed() >= SLOTS, `round ${round} (${op}) ring ${r}`);
+                const seen = new Set<number>();
+                for (const u of d.takeAllUsed()) {
+                  const req = owner[r].get(u.id);
+                  assert.ok(req !== undefined, `round ${round}: used head ${u.id} is no request`);
+                  assert.ok(!seen.has(req), `round ${round}: request ${req} completed twice`);
+                  seen.add(req);
+                  assert.equal(u.written[0], VIRTIO_BLK_S_OK);
+                  assert.equal(u.len, 1);
+                }
+                assert.equal(seen.size, SLOTS, `round ${round} (${op}) ring ${r}`);
               }
-              assert.equal(seen.size, SLOTS, `round ${round} (${op}) ring ${r}`);
             }
-          }
-          // Nothing completes late, twice.
-          await delay(20);
-          assert.equal(fe.ring(0).driver.pendingUsed(), 0);
-          assert.equal(fe.ring(1).driver.pendingUsed(), 0);
-          // Each ring stops where its driver is; the threads served all of it.
-          for (const ring of [0, 1]) {
-            assert.equal(await fe.getVringBase(ring), fe.ring(ring).driver.availIdx);
-          }
-          assert.equal(blk.stats.writes, n, "every write done once");
-          assert.equal(blk.stats.errors, 0);
-          const disk = readFileSync(img.path);
-          for (let k = 1; k <= n; k++) {
-            const got = new DataView(disk.buffer, disk.byteOffset + k * BLOCK, 4).getUint32(
-              0,
-              true,
-            );
-            assert.equal(got, k, `block ${k}`);
-          }
-          assert.deepEqual(h.errors, []);
-        }, { queueThreads: true });
-      } finally {
-        blk.remove();
-        img.done();
-      }
-    },
-  );
+            // Nothing completes late, twice.
+            await delay(20);
+            assert.equal(fe.ring(0).driver.pendingUsed(), 0);
+            assert.equal(fe.ring(1).driver.pendingUsed(), 0);
+            // Each ring stops where its driver is; the threads served all of it.
+            for (const ring of [0, 1]) {
+              assert.equal(await fe.getVringBase(ring), fe.ring(ring).driver.availIdx);
+            }
+            assert.equal(blk.stats.writes, n, "every write done once");
+            assert.equal(blk.stats.errors, 0);
+            const disk = readFileSync(img.path);
+            for (let k = 1; k <= n; k++) {
+              const got = new DataView(disk.buffer, disk.byteOffset + k * BLOCK, 4).getUint32(
+                0,
+                true,
+              );
+              assert.equal(got, k, `block ${k}`);
+            }
+            assert.deepEqual(h.errors, []);
+          }, { queueThreads: true, pollUs });
+        } finally {
+          blk.remove();
+          img.done();
+        }
+      },
+    );
+  }
 
   it(
     "GET_VRING_BASE before the thread took its ring answers the base; the ring resumes there",
@@ -272,6 +276,41 @@ describe("vhost-user queue threads", () => {
           assert.ok(err.read() > 0n, "err fd signalled");
           // Still answered: the ring stops where the thread left it.
           assert.equal(await fe.getVringBase(1), 0);
+        }, { queueThreads: true });
+      } finally {
+        err.close();
+        blk.remove();
+        img.done();
+      }
+    },
+  );
+
+  it(
+    "a thread that dies puts the device in NEEDS_RESET; GET_VRING_BASE still answers",
+    T,
+    async () => {
+      const img = tempImage();
+      const crash = new URL("../transport/_queue_thread_crash.ts", import.meta.url).href;
+      class CrashingBlock extends BlockDevice {
+        override queueThread(index: number): QueueThreadSpec | undefined {
+          const spec = super.queueThread(index);
+          return spec === undefined ? undefined : { ...spec, module: crash };
+        }
+      }
+      const blk = new CrashingBlock({ path: img.path });
+      const err = new EventFd();
+      try {
+        await withBackend(blk, async (h) => {
+          const fe = await h.connect({ memorySize: 4 << 20 });
+          await fe.start({ queues: 1 });
+          await fe.request(Request.SET_VRING_ERR, u64Payload(0n), { fds: [err.fd] });
+          submitWrite(fe, 0, slots(fe, 0), 0, 1);
+          fe.kick(0, { force: true });
+          await until(() => h.errors.some((e) => /queue 0 thread/.test(e.message)), "the report");
+          await until(() => err.read() > 0n, "the err fd");
+          assert.deepEqual(h.backend.threadedRings(), []);
+          assert.equal(await fe.getVringBase(0), 0);
+          assert.equal(fe.ring(0).driver.pendingUsed(), 0, "nothing served");
         }, { queueThreads: true });
       } finally {
         err.close();
