@@ -17,8 +17,9 @@
  * over the rounds, the rounds interleaved between contenders), the best qemu-storage-daemon
  * configuration and the ratios queue threads / best qsd and queue threads / ceiling, then a
  * table of the four qsd configurations. The ceiling is the host's own throughput on the same
- * file with the same pattern: `fio` (psync at QD1, io_uring at higher depths, buffered) when
- * installed, else a synchronous pread/pwrite loop in this process. A second section does the
+ * file with the same pattern, measured in every round between the backends: `fio` (psync at
+ * QD1, io_uring at higher depths, buffered, one job) when installed, else a synchronous
+ * pread/pwrite loop in this process. A second section does the
  * same with two request queues, the queue depth split between two rings driven at once
  * (`--queues N`; 1 leaves it out).
  *
@@ -263,7 +264,8 @@ function contendersFor(rings: number): Contender[] {
 
 const useFio = hasFio();
 const sizeBytes = opts.image === undefined ? sizeMib * (1 << 20) : statSync(image).size;
-const ceilings = new Map<string, LoadResult>();
+const ceilings = new Map<string, LoadResult[]>();
+const tables: string[] = [];
 const cell = (r: LoadResult) => `${fmtIops(r)} IOPS, ${r.mbps.toFixed(0)} MB/s`;
 
 /** Start `list`, check each is correct, run `workloads` on `rings` rings; print the tables. */
@@ -303,16 +305,19 @@ async function section(list: Contender[], rings: number, workloads: readonly Wor
     const qrule = "|---|" + "---:|".repeat(qsds.length + 1);
     const main = [header, rule];
     const qsdTable = [qheader, qrule];
+    console.log(header);
+    console.log(rule);
     for (const w of workloads) {
-      let ceiling = ceilings.get(w.name);
-      if (ceiling === undefined) {
-        ceiling = useFio ? fioRun(w, sizeBytes) : syncRun(w, sizeBytes);
-        ceilings.set(w.name, ceiling);
-      }
+      // The ceiling is measured in every round too, between the backends: on a shared host
+      // the load moves, and a ratio is only as good as the moment both sides were taken.
+      const ceilingRuns = ceilings.get(w.name) ?? [];
       const runs: LoadResult[][] = list.map(() => []);
       for (let r = 0; r < rounds; r++) {
+        ceilingRuns.push(useFio ? fioRun(w, sizeBytes) : syncRun(w, sizeBytes));
         for (const [i, c] of list.entries()) runs[i].push(await runOn(c, w, rings, r + 1));
       }
+      ceilings.set(w.name, ceilingRuns);
+      const ceiling = median(ceilingRuns);
       const med = runs.map(median);
       const qsdMed = list.map((c, i) => ({ c, r: med[i] })).filter((x) => x.c.qsd);
       const best = qsdMed.reduce((a, b) => (b.r.iops > a.r.iops ? b : a));
@@ -328,6 +333,7 @@ async function section(list: Contender[], rings: number, workloads: readonly Wor
       );
     }
     console.log(`\nqemu-storage-daemon's configurations, same run:\n\n${qsdTable.join("\n")}`);
+    tables.push(main.join("\n"), qsdTable.join("\n"));
   } finally {
     for (const c of list) {
       await c.conn?.frontend.close();
@@ -374,6 +380,7 @@ try {
     );
   }
   console.log(`\nload average after: ${readFileSync("/proc/loadavg", "utf8").trim()}`);
+  console.log(`\nAll tables again:\n\n${tables.join("\n\n")}`);
 } finally {
   if (opts.image === undefined && !opts.keep) rmSync(image, { force: true });
 }
