@@ -13,6 +13,7 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   fallocate,
+  fdatasync,
   IOV_MAX,
   O_CLOEXEC,
   O_RDONLY,
@@ -204,6 +205,68 @@ function blockDeviceSize(rdev: number): number {
   return Number(text.trim()) * 512;
 }
 
+/** Which fallocate(2) modes are still worth trying on a descriptor. */
+interface Zeroing {
+  punchHole: boolean;
+  zeroRange: boolean;
+}
+
+// true: done; false: the mode is unavailable here (fall back). Other errors propagate.
+function tryFallocate(fd: number | null, mode: number, offset: number, length: number): boolean {
+  if (fd === null) return false;
+  try {
+    fallocate(fd, mode, offset, length);
+    return true;
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (
+      code === "EOPNOTSUPP" || code === "ENOTSUP" || code === "ENOSYS" || code === "EINVAL" ||
+      code === "ENODEV"
+    ) {
+      return false;
+    }
+    throw err;
+  }
+}
+
+/**
+ * Zero a range of a file: punch a hole when `unmap`, else FALLOC_FL_ZERO_RANGE, else write
+ * zeroes; a mode the file system refuses is not tried again (`zeroing` remembers).
+ */
+function zeroFd(
+  zeroing: Zeroing,
+  fallocFd: number | null,
+  write: Direction,
+  ioFd: number,
+  offset: number,
+  length: number,
+  unmap: boolean,
+): void {
+  if (length === 0) return;
+  if (unmap && zeroing.punchHole) {
+    if (tryFallocate(fallocFd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)) {
+      return;
+    }
+    zeroing.punchHole = false;
+  }
+  if (zeroing.zeroRange) {
+    if (tryFallocate(fallocFd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length)) {
+      return;
+    }
+    zeroing.zeroRange = false;
+  }
+  const z = zeroChunk();
+  const one = [z];
+  let pos = offset;
+  const end = offset + length;
+  while (pos < end) {
+    const n = Math.min(ZERO_CHUNK, end - pos);
+    one[0] = n === ZERO_CHUNK ? z : z.subarray(0, n);
+    transferFully(write, ioFd, one, pos);
+    pos += n;
+  }
+}
+
 /** Options of {@linkcode FileBackend}. */
 export interface FileBackendOptions {
   /** Open the file read-only (default false). */
@@ -255,8 +318,7 @@ export class FileBackend implements BlockBackend {
   readonly #ioFd: number;
   readonly #read: Direction;
   readonly #write: Direction;
-  #punchHole: boolean;
-  #zeroRange: boolean;
+  readonly #zeroing: Zeroing;
 
   /**
    * Open an image.
@@ -293,8 +355,8 @@ export class FileBackend implements BlockBackend {
         // No FFI (permission or runtime): node:fs does everything, zeroes are written.
       }
     }
-    this.#punchHole = wantFallocate && this.#sysFd !== null;
-    this.#zeroRange = this.#punchHole;
+    const fallocating = wantFallocate && this.#sysFd !== null;
+    this.#zeroing = { punchHole: fallocating, zeroRange: fallocating };
     const sysIo = (options.ffi ?? true) && this.#sysFd !== null;
     this.#ioFd = sysIo ? this.#sysFd! : this.fd;
     this.#read = sysIo ? SYS_READ : READ;
@@ -315,7 +377,7 @@ export class FileBackend implements BlockBackend {
 
   /** Whether deallocation through fallocate(2) may still work. */
   get canUnmap(): boolean {
-    return this.#punchHole;
+    return this.#zeroing.punchHole;
   }
 
   /**
@@ -324,7 +386,7 @@ export class FileBackend implements BlockBackend {
    * (zeroes are written instead from then on) or without the FFI layer.
    */
   get punchesHoles(): boolean {
-    return this.#punchHole;
+    return this.#zeroing.punchHole;
   }
 
   /**
@@ -366,43 +428,24 @@ export class FileBackend implements BlockBackend {
    * @param unmap Deallocation is allowed.
    */
   writeZeroes(offset: number, length: number, unmap: boolean): void {
-    if (length === 0) return;
-    if (unmap && this.#punchHole) {
-      if (this.#tryFallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)) return;
-      this.#punchHole = false;
-    }
-    if (this.#zeroRange) {
-      if (this.#tryFallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length)) return;
-      this.#zeroRange = false;
-    }
-    const z = zeroChunk();
-    const one = [z];
-    let pos = offset;
-    const end = offset + length;
-    while (pos < end) {
-      const n = Math.min(ZERO_CHUNK, end - pos);
-      one[0] = n === ZERO_CHUNK ? z : z.subarray(0, n);
-      transferFully(this.#write, this.#ioFd, one, pos);
-      pos += n;
-    }
+    zeroFd(this.#zeroing, this.#sysFd, this.#write, this.#ioFd, offset, length, unmap);
   }
 
-  // true: done; false: the mode is unavailable here (fall back). Other errors propagate.
-  #tryFallocate(mode: number, offset: number, length: number): boolean {
-    if (this.#sysFd === null) return false;
-    try {
-      fallocate(this.#sysFd, mode, offset, length);
-      return true;
-    } catch (err) {
-      const code = (err as { code?: unknown }).code;
-      if (
-        code === "EOPNOTSUPP" || code === "ENOTSUP" || code === "ENOSYS" || code === "EINVAL" ||
-        code === "ENODEV"
-      ) {
-        return false;
-      }
-      throw err;
-    }
+  /**
+   * The descriptor and modes another thread of this process needs to serve the same file
+   * ({@linkcode FdBackend}), or `undefined` when I/O does not go through the FFI layer. The
+   * descriptor stays this backend's: it must outlive every user of the answer.
+   * @returns What to hand the thread.
+   */
+  share(): SharedFileBackend | undefined {
+    if (!this.usesFfi || this.#sysFd === null || this.#closed) return undefined;
+    return {
+      fd: this.#sysFd,
+      readOnly: this.readOnly,
+      size: this.size,
+      punchHole: this.#zeroing.punchHole,
+      zeroRange: this.#zeroing.zeroRange,
+    };
   }
 
   /** Close the descriptors; idempotent. */
@@ -419,6 +462,99 @@ export class FileBackend implements BlockBackend {
     }
     fs.closeSync(this.fd);
   }
+}
+
+/**
+ * What {@linkcode FileBackend.share} hands another thread of the same process: the FFI-layer
+ * descriptor of the file (descriptors are process-wide) and what is known about it.
+ */
+export interface SharedFileBackend {
+  /** The OS descriptor; it belongs to the FileBackend, which outlives the thread's use. */
+  fd: number;
+  /** Whether the file was opened read-only. */
+  readOnly: boolean;
+  /** Size in bytes when shared. */
+  size: number;
+  /** Whether FALLOC_FL_PUNCH_HOLE is worth trying. */
+  punchHole: boolean;
+  /** Whether FALLOC_FL_ZERO_RANGE is worth trying. */
+  zeroRange: boolean;
+}
+
+/**
+ * A {@linkcode FileBackend}'s file served on another thread (a Worker serving one queue of a
+ * block device): the same positional, vectored I/O through the FFI layer on the shared
+ * descriptor, which it never closes.
+ */
+export class FdBackend implements BlockBackend {
+  /** The descriptor. */
+  readonly fd: number;
+  /** Whether the file refuses writes. */
+  readonly readOnly: boolean;
+  /** Size in bytes when shared (the device reads the capacity from its configuration). */
+  readonly size: number;
+  readonly #zeroing: Zeroing;
+
+  /**
+   * Serve a shared file.
+   * @param shared What {@linkcode FileBackend.share} returned.
+   */
+  constructor(shared: SharedFileBackend) {
+    this.fd = shared.fd;
+    this.readOnly = shared.readOnly;
+    this.size = shared.size;
+    this.#zeroing = { punchHole: shared.punchHole, zeroRange: shared.zeroRange };
+  }
+
+  /** Whether discards may deallocate. */
+  get canUnmap(): boolean {
+    return this.#zeroing.punchHole;
+  }
+
+  /**
+   * preadv at `offset`.
+   * @param bufs Destination views.
+   * @param offset Byte offset.
+   */
+  read(bufs: readonly Uint8Array[], offset: number): void {
+    transferFully(SYS_READ, this.fd, bufs, offset);
+  }
+
+  /**
+   * pwritev at `offset`.
+   * @param bufs Source views.
+   * @param offset Byte offset.
+   */
+  write(bufs: readonly Uint8Array[], offset: number): void {
+    transferFully(SYS_WRITE, this.fd, bufs, offset);
+  }
+
+  /** fdatasync the file. */
+  flush(): void {
+    fdatasync(this.fd);
+  }
+
+  /**
+   * Punch a hole, else write zeroes.
+   * @param offset Byte offset.
+   * @param length Byte length.
+   */
+  discard(offset: number, length: number): void {
+    this.writeZeroes(offset, length, true);
+  }
+
+  /**
+   * Zero a range as {@linkcode FileBackend.writeZeroes} does.
+   * @param offset Byte offset.
+   * @param length Byte length.
+   * @param unmap Deallocation is allowed.
+   */
+  writeZeroes(offset: number, length: number, unmap: boolean): void {
+    zeroFd(this.#zeroing, this.fd, SYS_WRITE, this.fd, offset, length, unmap);
+  }
+
+  /** Nothing to close: the descriptor is the FileBackend's. */
+  close(): void {}
 }
 
 /**

@@ -18,9 +18,9 @@
  */
 
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_INDIRECT_DESC } from "../queue/split.ts";
-import type { DescriptorChain } from "../queue/chain.ts";
 import {
   featureBit,
+  type QueueThreadSpec,
   serveQueue,
   TYPE_BLOCK,
   VIRTIO_F_VERSION_1,
@@ -32,19 +32,12 @@ import {
 import {
   BLK_ID_BYTES,
   type BlockRequestLimits,
-  parseRequest,
   SECTOR_SHIFT,
   SECTOR_SIZE,
-  VIRTIO_BLK_S_IOERR,
-  VIRTIO_BLK_S_OK,
-  VIRTIO_BLK_T_DISCARD,
-  VIRTIO_BLK_T_FLUSH,
-  VIRTIO_BLK_T_GET_ID,
-  VIRTIO_BLK_T_IN,
-  VIRTIO_BLK_T_OUT,
-  VIRTIO_BLK_T_WRITE_ZEROES,
 } from "./_block_request.ts";
 import { type BlockBackend, FileBackend } from "./_block_backend.ts";
+import { BlockRequestHandler, Stat, STAT_FIELDS } from "./_block_handler.ts";
+import type { BlockThreadParams } from "./_block_thread.ts";
 
 export {
   BLK_HEADER_SIZE,
@@ -76,9 +69,11 @@ export {
 } from "./_block_request.ts";
 export {
   type BlockBackend,
+  FdBackend,
   FileBackend,
   type FileBackendOptions,
   MemoryBackend,
+  type SharedFileBackend,
 } from "./_block_backend.ts";
 export {
   OVERLAY_CLUSTER_SIZE,
@@ -223,6 +218,38 @@ export interface BlockStats {
   errors: number;
 }
 
+// The counters a BlockDevice exposes: each field sums its column over every row.
+function blockStats(counters: Float64Array): BlockStats {
+  const sum = (col: number) => {
+    let n = 0;
+    for (let at = col; at < counters.length; at += STAT_FIELDS) n += counters[at];
+    return n;
+  };
+  return {
+    get reads() {
+      return sum(Stat.reads);
+    },
+    get writes() {
+      return sum(Stat.writes);
+    },
+    get flushes() {
+      return sum(Stat.flushes);
+    },
+    get discards() {
+      return sum(Stat.discards);
+    },
+    get bytesRead() {
+      return sum(Stat.bytesRead);
+    },
+    get bytesWritten() {
+      return sum(Stat.bytesWritten);
+    },
+    get errors() {
+      return sum(Stat.errors);
+    },
+  };
+}
+
 function isPowerOfTwo(n: number): boolean {
   return Number.isSafeInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
@@ -285,23 +312,18 @@ export class BlockDevice extends VirtioDeviceBase {
   readonly readOnly: boolean;
   /** Logical block size in bytes. */
   readonly blockSize: number;
-  /** Counters since creation. */
-  readonly stats: BlockStats = {
-    reads: 0,
-    writes: 0,
-    flushes: 0,
-    discards: 0,
-    bytesRead: 0,
-    bytesWritten: 0,
-    errors: 0,
-  };
+  /** Counters since creation (the sum over the event loop and every queue thread). */
+  readonly stats: BlockStats;
   readonly #ownsBackend: boolean;
   readonly #onError: ((err: VirtioError) => void) | undefined;
   readonly #id = new Uint8Array(BLK_ID_BYTES);
+  readonly #space: Uint8Array;
   readonly #config: DataView;
   readonly #defaultWriteback: number;
   readonly #limits: BlockRequestLimits;
-  readonly #views: Uint8Array[] = [];
+  // One row of counters for the event loop, then one per queue thread (see `Stat`).
+  readonly #counters: Float64Array;
+  readonly #handler: BlockRequestHandler;
   #flushNegotiated = false;
 
   /**
@@ -376,7 +398,8 @@ export class BlockDevice extends VirtioDeviceBase {
     if (discard) features |= featureBit(VIRTIO_BLK_F_DISCARD);
     if (writeZeroes) features |= featureBit(VIRTIO_BLK_F_WRITE_ZEROES);
 
-    const space = new Uint8Array(BLOCK_CONFIG_SIZE);
+    // Shared memory: a queue thread reads the cache mode and the capacity from the same bytes.
+    const space = new Uint8Array(new SharedArrayBuffer(BLOCK_CONFIG_SIZE));
     super(
       TYPE_BLOCK,
       new VirtioDeviceInfo(
@@ -392,6 +415,11 @@ export class BlockDevice extends VirtioDeviceBase {
     this.#ownsBackend = options.backend === undefined;
     this.#onError = options.onError;
     this.#id.set(new TextEncoder().encode(serial));
+    this.#space = space;
+    this.#counters = new Float64Array(
+      new SharedArrayBuffer((numQueues + 1) * STAT_FIELDS * Float64Array.BYTES_PER_ELEMENT),
+    );
+    this.stats = blockStats(this.#counters);
     this.#defaultWriteback = (options.writeback ?? true) ? 1 : 0;
 
     // virtio 1.2 §5.2.4: every field little-endian; padding and unsupported fields stay 0.
@@ -430,6 +458,15 @@ export class BlockDevice extends VirtioDeviceBase {
       maxWriteZeroesSectors,
     };
     this.#setCapacity();
+    this.#handler = new BlockRequestHandler({
+      backend,
+      limits: this.#limits,
+      id: this.#id,
+      config: c,
+      stats: this.#counters.subarray(0, STAT_FIELDS),
+      flushNegotiated: () => this.#flushNegotiated,
+      onError: (err) => this.#error(err),
+    });
   }
 
   /** Disk size in 512-byte sectors, as in the `capacity` field. */
@@ -530,7 +567,7 @@ export class BlockDevice extends VirtioDeviceBase {
     this.#limits.discard = false;
     this.#limits.writeZeroes = false;
     this.#flushNegotiated = false;
-    this.#views.length = 0;
+    this.#handler.reset();
   }
 
   /**
@@ -546,7 +583,36 @@ export class BlockDevice extends VirtioDeviceBase {
       this.#error(new VirtioError("InvalidInput", `virtio-blk has no active queue ${index}`));
       return false;
     }
-    return serveQueue(config.memory, qc, this.#handle, this.#reportQueueError).more;
+    return serveQueue(config.memory, qc, this.#handler.handle, this.#reportQueueError).more;
+  }
+
+  /**
+   * Serve request queue `index` on a thread of its own: the Worker opens nothing, it does
+   * positional I/O on the descriptor of this device's {@linkcode FileBackend} and shares the
+   * configuration space (cache mode, capacity) and the counters with it. Other backends
+   * (memory, overlay) are served on the event loop (`undefined`).
+   * @param index Queue index.
+   * @returns The handler description, or `undefined`.
+   */
+  queueThread(index: number): QueueThreadSpec | undefined {
+    if (this.active === undefined || this.queue(index) === undefined) return undefined;
+    const backend = this.backend instanceof FileBackend ? this.backend.share() : undefined;
+    if (backend === undefined) return undefined;
+    const params: BlockThreadParams = {
+      backend,
+      limits: { ...this.#limits },
+      id: this.#id.slice(),
+      config: this.#space.buffer as SharedArrayBuffer,
+      counters: this.#counters.buffer as SharedArrayBuffer,
+      row: index + 1,
+      flushNegotiated: this.#flushNegotiated,
+    };
+    const hook = this.#onError;
+    return {
+      module: new URL("./_block_thread.ts", import.meta.url).href,
+      params,
+      onError: hook === undefined ? undefined : (err) => hook(err),
+    };
   }
 
   /** Close the backend if the device opened it. */
@@ -557,106 +623,6 @@ export class BlockDevice extends VirtioDeviceBase {
   #reportQueueError = (err: VirtioError): void => {
     this.#error(err);
   };
-
-  #handle = (chain: DescriptorChain): number => {
-    const req = parseRequest(chain, this.#limits);
-    if (!req.ok) {
-      this.stats.errors++;
-      const err = new VirtioError("InvalidInput", `virtio-blk chain ${chain.head}: ${req.reason}`);
-      this.#error(err);
-      // No writable byte: nothing can be answered; return the chain empty.
-      if (req.status === undefined) return 0;
-      return this.#complete(chain, req.status, 0);
-    }
-    const backend = this.backend;
-    const stats = this.stats;
-    const views = this.#views;
-    // Data bytes written in front of the status byte: IN's data and GET_ID's ID once done;
-    // nothing for the other types, whatever writable room the driver gave them.
-    let dataWritten = 0;
-    try {
-      switch (req.type) {
-        case VIRTIO_BLK_T_IN:
-          if (req.length > 0) {
-            backend.read(chain.writer.views(req.length, views), req.offset);
-            views.length = 0;
-          }
-          dataWritten = req.length;
-          stats.reads++;
-          stats.bytesRead += req.length;
-          break;
-        case VIRTIO_BLK_T_OUT:
-          if (req.length > 0) {
-            backend.write(chain.reader.views(req.length, views), req.offset);
-            views.length = 0;
-          }
-          // virtio 1.2 §5.2.6.2: in writethrough mode a write is stable when it completes.
-          if (this.writethrough) backend.flush();
-          stats.writes++;
-          stats.bytesWritten += req.length;
-          break;
-        case VIRTIO_BLK_T_FLUSH:
-          backend.flush();
-          stats.flushes++;
-          break;
-        case VIRTIO_BLK_T_GET_ID: {
-          const w = chain.writer;
-          const n = Math.min(req.length, BLK_ID_BYTES);
-          w.writeExact(this.#id.subarray(0, n));
-          if (req.length > n) w.fill(req.length - n);
-          dataWritten = req.length;
-          break;
-        }
-        case VIRTIO_BLK_T_DISCARD:
-        case VIRTIO_BLK_T_WRITE_ZEROES: {
-          const discard = req.type === VIRTIO_BLK_T_DISCARD;
-          for (const s of req.segments) {
-            if (discard) backend.discard(s.offset, s.length);
-            else backend.writeZeroes(s.offset, s.length, s.unmap);
-          }
-          if (this.writethrough) backend.flush();
-          stats.discards++;
-          break;
-        }
-      }
-    } catch (err) {
-      views.length = 0;
-      stats.errors++;
-      const msg = err instanceof Error ? err.message : String(err);
-      this.#error(
-        new VirtioError("IOError", `virtio-blk chain ${chain.head}: ${msg}`, { cause: err }),
-      );
-      // A read that failed midway may have filled part of the data, but how much is not known
-      // (the backend throws, it does not count): none of it is claimed. virtio 1.2 §2.7.8.2
-      // lets the used length fall short of what was written, never exceed it.
-      return this.#complete(chain, VIRTIO_BLK_S_IOERR, 0);
-    }
-    return this.#complete(chain, VIRTIO_BLK_S_OK, dataWritten);
-  };
-
-  /**
-   * Put the status in the last device-writable byte and return the used length.
-   *
-   * virtio 1.2 §2.7.8.2: the used length counts bytes written from the start
-   * of the chain's writable part, and the device may write beyond it. So it is
-   * every writable byte when the data in front of the status was all written
-   * (IN and GET_ID that succeeded, or a request whose writable part is only
-   * the status byte); otherwise the status byte follows bytes left untouched
-   * (a FLUSH given a writable data buffer, a refused or failed IN) and cannot
-   * be counted without claiming them, so the length is the data prefix written.
-   * @param chain The chain.
-   * @param status `VIRTIO_BLK_S_*`.
-   * @param dataWritten Bytes written from the start of the writable part, before the status.
-   * @returns The used length.
-   */
-  #complete(chain: DescriptorChain, status: number, dataWritten: number): number {
-    const w = chain.writer;
-    const left = w.remaining;
-    if (left > 1) w.skip(left - 1);
-    w.writeU8(status);
-    const total = chain.writableBytes;
-    return dataWritten === total - 1 ? total : dataWritten;
-  }
 
   #error(err: VirtioError): void {
     this.#onError?.(err);

@@ -9,6 +9,7 @@
 
 import { featureBit } from "./constants.ts";
 import type { VirtioDeviceConfig, VirtioQueueConfig } from "./config.ts";
+import type { QueueThreadSpec } from "./queue_thread.ts";
 import { ActivateError, VirtioError } from "./errors.ts";
 import type { GuestRam } from "./guest_ram.ts";
 import type {
@@ -24,6 +25,7 @@ export * from "./shared_memory.ts";
 export * from "./config.ts";
 export * from "./serve.ts";
 export * from "./guest_ram.ts";
+export * from "./queue_thread.ts";
 
 /**
  * What a transport (virtio-mmio, virtio-pci, vhost-user) needs from a device: the seed's
@@ -93,6 +95,15 @@ export interface VirtioDevice {
    * @returns `true` when more work is pending for this queue.
    */
   processQueue(index: number): boolean | void;
+  /**
+   * How queue `index` can be served on a thread of its own (a transport's queue-thread mode),
+   * or `undefined` when it cannot: the transport then serves it on the event loop through
+   * `processQueue`. Asked each time the queue starts while the device is active; while a
+   * thread serves the queue, `processQueue` is not called for it.
+   * @param index Queue index.
+   * @returns The handler description, or `undefined`.
+   */
+  queueThread?(index: number): QueueThreadSpec | undefined;
   /** Release host resources for good. */
   remove?(): void;
   /**

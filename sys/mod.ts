@@ -272,6 +272,7 @@ export {
   POLLOUT,
   POLLPRI,
   POLLRDHUP,
+  PollSet,
   type WaitOptions,
   waitReady,
   type Watch,

@@ -12,7 +12,7 @@
  */
 
 import type { AsyncPoller } from "./_backend.ts";
-import { backend, Errno, fail, libc, retry, SysError } from "./libc.ts";
+import { backend, Errno, fail, lastErrno, libc, retry, SysError } from "./libc.ts";
 
 /** poll(2): there is data to read. */
 export const POLLIN = 0x001;
@@ -72,6 +72,77 @@ export function poll(fds: readonly PollFd[], timeout: number): number[] {
   retry("poll", () => libc().poll(buf, BigInt(fds.length), timeout));
   const view = new DataView(buf.buffer);
   return fds.map((_, i) => view.getUint16(i * POLLFD_SIZE + 6, true));
+}
+
+/**
+ * A fixed list of descriptors polled again and again on the calling thread, without allocating
+ * per call: for a thread whose job is to block in poll(2) itself, such as a Worker serving one
+ * virtqueue (it blocks that Worker's thread, never an event loop it needs).
+ *
+ * @example Wait until one of two eventfds is signalled
+ * ```ts
+ * import { EventFd, POLLIN, PollSet } from "./mod.ts";
+ * const a = new EventFd(), b = new EventFd();
+ * const set = new PollSet([{ fd: a.fd, events: POLLIN }, { fd: b.fd, events: POLLIN }]);
+ * b.write();
+ * if (set.wait(-1) !== 1 || set.revents(1) !== POLLIN) throw new Error("unexpected");
+ * a.close();
+ * b.close();
+ * ```
+ */
+export class PollSet {
+  readonly #buf: Uint8Array;
+  readonly #view: DataView;
+  readonly #count: number;
+
+  /**
+   * Lays out the `struct pollfd` list once.
+   *
+   * @param fds The descriptors and the events to wait for.
+   */
+  constructor(fds: readonly PollFd[]) {
+    this.#buf = encodePollFds(fds);
+    this.#view = new DataView(this.#buf.buffer);
+    this.#count = fds.length;
+  }
+
+  /**
+   * Replaces entry `i`'s descriptor; a negative one is ignored by poll(2) from then on.
+   *
+   * @param i Entry index.
+   * @param fd The descriptor.
+   */
+  setFd(i: number, fd: number): void {
+    if (!Number.isInteger(i) || i < 0 || i >= this.#count) {
+      throw new RangeError(`No poll entry ${i}`);
+    }
+    this.#view.setInt32(i * POLLFD_SIZE, fd, true);
+  }
+
+  /**
+   * Blocks the calling thread in poll(2) until an entry is ready or `timeout` passes.
+   *
+   * @param timeout Milliseconds: 0 returns at once, -1 waits forever.
+   * @returns The number of ready entries (0 on timeout or when interrupted by a signal).
+   * @throws {SysError} When poll(2) fails with anything but EINTR.
+   */
+  wait(timeout: number): number {
+    const n = libc().poll(this.#buf, BigInt(this.#count), timeout);
+    if (n >= 0) return n;
+    const errno = lastErrno();
+    if (errno === Errno.EINTR) return 0;
+    throw new SysError("poll", errno);
+  }
+
+  /**
+   * The `revents` entry `i` reported in the last {@link PollSet.wait}.
+   *
+   * @param i Entry index.
+   * @returns The events.
+   */
+  revents(i: number): number {
+    return this.#view.getUint16(i * POLLFD_SIZE + 6, true);
+  }
 }
 
 /** Called with the `revents` of a watched descriptor, on the JS thread. */

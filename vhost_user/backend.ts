@@ -19,8 +19,10 @@ import {
   featureBit,
   VIRTIO_F_RING_PACKED,
   type VirtioDevice,
+  VirtioError,
 } from "../devices/device.ts";
 import { TransportCore } from "../transport/core.ts";
+import { describeRing, QueueThread, type QueueThreadRegion } from "../transport/queue_thread.ts";
 import {
   accept,
   AF_UNIX,
@@ -129,6 +131,17 @@ export interface VhostUserBackendOptions {
    * own watches, and errors of its callbacks still go to its own `onError`.
    */
   watcher?: FdWatcher;
+  /**
+   * Serve each ring on a thread of its own (default false): a Worker per ring maps guest
+   * memory itself, blocks on the ring's kick eventfd, serves the ring and signals its call
+   * eventfd, while the event loop keeps the control messages. One wake-up per kick instead of
+   * two (the event loop waits on descriptors through a second thread), and rings of a
+   * multi-queue device are served in parallel; each thread costs a JavaScript runtime's worth
+   * of memory and, with `pollUs`, a core while it polls. Rings whose device has no thread
+   * handler ({@linkcode VirtioDevice.queueThread}: the block device on an image file has one)
+   * are served on the event loop. With `pollUs`, the threads poll their own ring.
+   */
+  queueThreads?: boolean;
 }
 
 // sockaddr_un.sun_path holds 108 bytes, the terminating NUL included.
@@ -154,14 +167,19 @@ interface Ring {
   /** Stopped by GET_VRING_BASE: stays stopped until the frontend programs it again. */
   parked: boolean;
   watch: Watch | undefined;
+  /** The ring's serving thread (queue-thread mode), once it was first served. */
+  thread: QueueThread | undefined;
 }
 
 interface MappedRegion {
   guestAddr: number;
   size: number;
   userAddr: bigint;
+  mmapOffset: number;
   mapping: Mapping;
   region: GuestRegion;
+  /** The region's fd, kept open for the queue threads to map (-1 without them). */
+  fd: number;
 }
 
 /**
@@ -205,6 +223,8 @@ export class VhostUserBackend {
   readonly #pollMs: number;
   #pollResume: ReturnType<typeof setImmediate> | undefined;
   readonly #requireSealedMemory: boolean;
+  readonly #queueThreads: boolean;
+  readonly #pollUs: number;
   #warnedUnsealed = false;
   #closedResolve!: () => void;
   /** Connections accepted so far. */
@@ -230,7 +250,9 @@ export class VhostUserBackend {
       throw new RangeError(`pollUs must be 0 to ${MAX_POLL_US}, got ${pollUs}`);
     }
     this.#pollMs = pollUs / 1000;
+    this.#pollUs = pollUs;
     this.#requireSealedMemory = options.requireSealedMemory ?? false;
+    this.#queueThreads = options.queueThreads ?? false;
     this.core = new TransportCore(device, {
       queueNotifier: (i) => createQueueNotifier(() => this.#rings[i].call?.write(1n)),
       // Configuration changes reach the frontend on the backend request channel, if it set one.
@@ -238,8 +260,10 @@ export class VhostUserBackend {
       // Rings start one at a time: the device activates once those it needs are there.
       deferIncompleteActivation: true,
       onError: (err) => this.#onError(err),
-      // No status channel to the driver: signal the error fds; the core stops serving.
+      // No status channel to the driver: signal the error fds; the core stops serving, and so
+      // do the queue threads.
       onNeedsReset: () => {
+        for (let i = 0; i < this.#rings.length; i++) this.#recall(i);
         for (const r of this.#rings) r.err?.write(1n);
       },
     });
@@ -274,6 +298,18 @@ export class VhostUserBackend {
   /** Features the frontend acknowledged. */
   get ackedFeatures(): bigint {
     return this.#features;
+  }
+
+  /**
+   * Indices of the rings a queue thread serves right now (`queueThreads`).
+   * @returns The ring indices.
+   */
+  threadedRings(): number[] {
+    const out: number[] = [];
+    this.#rings.forEach((r, i) => {
+      if (r.thread?.serving === true) out.push(i);
+    });
+    return out;
   }
 
   /**
@@ -556,6 +592,8 @@ export class VhostUserBackend {
         this.#requireOwner(rq);
         const { index } = Payload.vringState(msg);
         const ring = this.#ring(index, rq);
+        // A ring a thread serves is taken back first: the thread publishes where it stands.
+        if (ring.started) this.#recall(index);
         const base = ring.started ? this.core.queues[index].vringBase() : ring.base;
         this.#stopRing(index);
         ring.base = base;
@@ -591,11 +629,14 @@ export class VhostUserBackend {
           }
           this.#maybeStart(index);
         } else if (rq === R.SET_VRING_CALL) {
+          // A thread signals the call fd it was given: take the ring back before that fd goes.
+          const threaded = this.#recall(index);
           ring.call?.close();
           ring.call = efd;
           // A running ring may have used buffers while it had no call fd (QEMU sends
           // SET_VRING_CALL after SET_VRING_KICK): signal once so none is lost.
           if (ring.started) efd?.write(1n);
+          if (threaded) this.#serveRing(index);
         } else {
           ring.err?.close();
           ring.err = efd;
@@ -667,6 +708,8 @@ export class VhostUserBackend {
       // Other features mean another driver: reset, keeping the rings the frontend set up
       // (they restart below, where they stopped).
       for (let i = 0; i < this.#rings.length; i++) this.#stopRing(i);
+      // Threads built for the old negotiation (and their late reports) go with it.
+      this.#closeThreads();
       core.reset();
     }
     const base = DEVICE_ACKNOWLEDGE | DEVICE_DRIVER;
@@ -732,6 +775,9 @@ export class VhostUserBackend {
         request: msg.request,
       })
     );
+    // The threads serve with the old table until here: take every ring back first.
+    const threaded: number[] = [];
+    for (let i = 0; i < this.#rings.length; i++) if (this.#recall(i)) threaded.push(i);
     const mapped: MappedRegion[] = [];
     try {
       descs.forEach((d, i) => {
@@ -746,10 +792,14 @@ export class VhostUserBackend {
           guestAddr: d.guestAddr,
           size: d.size,
           userAddr: d.userAddr,
+          mmapOffset: d.mmapOffset,
           mapping,
           region,
+          fd: -1,
         });
       });
+      // Queue threads map the same files themselves: keep their descriptors open.
+      if (this.#queueThreads) msg.fds.splice(0).forEach((fd, i) => mapped[i].fd = fd);
       const memory = new GuestMemory(mapped.map((m) => m.region));
       // Rings keep their guest-physical addresses; the core checks them against the new
       // table and the device carries on with it (no reset).
@@ -757,13 +807,17 @@ export class VhostUserBackend {
       this.#regions = mapped;
       this.#memory = memory;
       this.core.setMemory(memory);
-      for (const m of old) m.mapping.unmap();
+      releaseRegions(old);
       for (let i = 0; i < this.#rings.length; i++) {
         if (this.#rings[i].started && !this.core.queues[i].ready) this.#stopRing(i);
         else this.#maybeStart(i);
       }
+      // The rings taken back carry on, on the new table.
+      for (const i of threaded) {
+        if (this.#rings[i].started && this.core.queues[i].ready) this.#serveRing(i);
+      }
     } catch (err) {
-      for (const m of mapped) m.mapping.unmap();
+      releaseRegions(mapped);
       if (err instanceof VhostUserError) throw err;
       throw new VhostUserError("InvalidValue", asError(err).message, msg.request, { cause: err });
     }
@@ -878,12 +932,98 @@ export class VhostUserBackend {
     }
     ring.started = true;
     this.#log(`vring ${index} started (size ${ring.num}, base ${ring.base})`);
-    ring.watch = this.#watchKick(index, ring.kick);
-    if (this.core.tryActivate()) {
-      // Serve every started ring, this one included: buffers may be waiting already.
-      for (let i = 0; i < this.#rings.length; i++) {
-        if (this.#rings[i].started) this.core.notify(i);
+    if (!this.#queueThreads) {
+      ring.watch = this.#watchKick(index, ring.kick);
+      if (this.core.tryActivate()) {
+        // Serve every started ring, this one included: buffers may be waiting already.
+        for (let i = 0; i < this.#rings.length; i++) {
+          if (this.#rings[i].started) this.core.notify(i);
+        }
       }
+    } else if (this.core.tryActivate()) {
+      // A ring is handed to its thread once the device is active (the thread's handler is
+      // built from what was negotiated); the rings that waited for activation go now too.
+      for (let i = 0; i < this.#rings.length; i++) {
+        const r = this.#rings[i];
+        if (r.started && r.watch === undefined && r.thread?.serving !== true) this.#serveRing(i);
+      }
+    }
+  }
+
+  /**
+   * Serve started ring `index`: on its thread when queue threads are on and the device has a
+   * thread handler for it, else on the event loop (kick watched, first pass now).
+   */
+  #serveRing(index: number): void {
+    const ring = this.#rings[index];
+    const q = this.core.queues[index];
+    if (ring.kick === undefined) return;
+    if (this.#queueThreads) {
+      const spec = this.device.queueThread?.(index);
+      const thread = spec === undefined ? undefined : ring.thread ??= this.#newThread(index);
+      if (spec !== undefined && thread !== undefined && thread.failure === undefined) {
+        const regions: QueueThreadRegion[] = this.#regions.map((m) => ({
+          guestAddr: m.guestAddr,
+          size: m.size,
+          fd: m.fd,
+          offset: m.mmapOffset,
+        }));
+        thread.start(
+          describeRing(q, this.device.ackedFeatures(), regions, {
+            kickFd: ring.kick.fd,
+            callFd: ring.call?.fd ?? -1,
+            pollUs: this.#pollUs,
+          }),
+          spec,
+        );
+        return;
+      }
+    }
+    ring.watch ??= this.#watchKick(index, ring.kick);
+    this.core.notify(index);
+  }
+
+  #newThread(index: number): QueueThread {
+    return new QueueThread(index, {
+      // The spec's hook (the device's own) has seen it; the core reports it and, when the
+      // ring broke, sets NEEDS_RESET (which takes every ring back from its thread).
+      onError: (err) => this.core.deviceError(err),
+      onKickBroken: (reason) =>
+        this.#onError(
+          new VhostUserError(
+            "Io",
+            `vring ${index} kick fd: ${reason}; the ring is no longer watched`,
+            Request.SET_VRING_KICK,
+          ),
+        ),
+      onCrash: (err) =>
+        this.core.deviceError(
+          new VirtioError("InternalError", err.message, { needsReset: true, cause: err }),
+        ),
+    });
+  }
+
+  /**
+   * Take ring `index` back from its thread, if one serves it: the thread finishes its pass and
+   * the ring's indices return to the core's queue.
+   * @returns Whether a thread served the ring.
+   */
+  #recall(index: number): boolean {
+    const thread = this.#rings[index].thread;
+    if (thread === undefined || !thread.serving) return false;
+    const at = thread.stop();
+    const q = this.core.queues[index];
+    q.nextAvail = at.nextAvail;
+    q.nextUsed = at.nextUsed;
+    return true;
+  }
+
+  /** End every ring's thread (after taking the rings back). */
+  #closeThreads(): void {
+    for (let i = 0; i < this.#rings.length; i++) {
+      this.#recall(i);
+      this.#rings[i].thread?.close();
+      this.#rings[i].thread = undefined;
     }
   }
 
@@ -906,6 +1046,7 @@ export class VhostUserBackend {
         const q = this.core.queues[i];
         // A broken ring was reported when it broke; only a reset brings it back.
         if (!this.#rings[i].started || q.broken !== undefined) continue;
+        if (this.#rings[i].thread?.serving === true) continue; // its thread polls it
         // A pass waiting for its turn will serve these buffers: let it run (it is queued
         // behind this loop), then poll on.
         if (this.core.hasContinuation(i)) {
@@ -940,6 +1081,7 @@ export class VhostUserBackend {
   #stopRing(index: number): void {
     const ring = this.#rings[index];
     if (!ring.started) return;
+    this.#recall(index);
     ring.watch?.close();
     ring.watch = undefined;
     ring.base = this.core.queues[index].vringBase();
@@ -950,6 +1092,8 @@ export class VhostUserBackend {
   }
 
   #resetState(): void {
+    // Threads first: they signal the fds closed below.
+    this.#closeThreads();
     this.core.reset();
     for (let i = 0; i < this.#rings.length; i++) {
       const ring = this.#rings[i];
@@ -970,7 +1114,7 @@ export class VhostUserBackend {
     this.#resetState();
     this.#owner = false;
     this.core.clearMemory();
-    for (const m of this.#regions) m.mapping.unmap();
+    releaseRegions(this.#regions);
     this.#regions = [];
     this.#memory = undefined;
     this.#connWatch?.close();
@@ -988,6 +1132,19 @@ const VRING_FD_NAMES: ReadonlyMap<number, string> = new Map([
   [Request.SET_VRING_ERR, "err"],
 ]);
 
+// Unmap the regions and close the descriptors kept for the queue threads.
+function releaseRegions(regions: MappedRegion[]): void {
+  for (const m of regions) {
+    m.mapping.unmap();
+    if (m.fd >= 0) {
+      try {
+        close(m.fd);
+      } catch { /* already closed */ }
+      m.fd = -1;
+    }
+  }
+}
+
 function newRing(maxSize: number): Ring {
   return {
     num: maxSize,
@@ -1000,6 +1157,7 @@ function newRing(maxSize: number): Ring {
     parked: false,
     started: false,
     watch: undefined,
+    thread: undefined,
   };
 }
 

@@ -39,8 +39,8 @@ One device: its options as flags. Many devices in one process (as qemu-storage-d
 --export): one --device spec each, KIND then the device's options below without their
 dashes, as key=value, or the key alone for a flag (flag=on|off also works); a comma inside
 a value is written twice (file=a,,b.img). Each device has its own socket and frontend; an
-error or a misbehaving frontend on one never stops the others. --poll-us and
---require-sealed-memory given as flags hold for every spec without its own.
+error or a misbehaving frontend on one never stops the others. --poll-us, --queue-threads
+and --require-sealed-memory given as flags hold for every spec without its own.
   --device blk,socket=/tmp/a.sock,file=a.img --device blk,socket=/tmp/b.sock,file=b.img,readonly
   --device rng,socket=/tmp/rng.sock,rng-max-bytes=1024 --device fs,socket=/tmp/fs.sock,shared-dir=/srv,tag=share
 
@@ -94,6 +94,11 @@ Options:
                     held for a host socket that does not keep up (default 262144)
   --poll-us N       poll mode: keep checking the rings for N µs (up to 1000) after serving
                     a kick; lower latency for a busy guest, at the cost of CPU (default 0)
+  --queue-threads   serve each ring on a thread of its own (a Worker blocked on the ring's
+                    kick eventfd), the event loop keeping the control messages: fewer thread
+                    switches per request and multi-queue rings in parallel, for a runtime's
+                    worth of memory per ring (blk on an image file; other devices and blk
+                    overlays stay on the event loop). Default: one thread serves everything
   --require-sealed-memory
                     refuse guest memory not sealed against shrinking (F_SEAL_SHRINK); by
                     default it is served with a warning, since a frontend that truncates it
@@ -142,6 +147,7 @@ const DEVICE_OPTIONS = {
   serial: { type: "string" },
   queues: { type: "string" },
   "poll-us": { type: "string" },
+  "queue-threads": { type: "boolean" },
   "rng-max-bytes": { type: "string" },
   "rng-period-ms": { type: "string" },
   "block-size": { type: "string" },
@@ -173,7 +179,7 @@ const PROCESS_OPTIONS = {
 } as const;
 
 /** Device options that may also be given once, for every `--device` spec. */
-const SHARED_DEFAULTS = ["poll-us", "require-sealed-memory"] as const;
+const SHARED_DEFAULTS = ["poll-us", "queue-threads", "require-sealed-memory"] as const;
 
 type DeviceArgs = ReturnType<typeof parseDeviceArgs> & { verbose?: boolean };
 
@@ -188,6 +194,7 @@ interface Built {
   socket: string;
   device: VirtioDevice;
   pollUs: number;
+  queueThreads: boolean;
   requireSealedMemory: boolean;
   /** Release what the device holds once its backend closed. */
   finish(): void;
@@ -374,6 +381,7 @@ async function buildDevice(args: DeviceArgs): Promise<Built | number> {
     socket: args.socket,
     device,
     pollUs,
+    queueThreads: args["queue-threads"] ?? false,
     requireSealedMemory: args["require-sealed-memory"] ?? false,
     finish,
   };
@@ -437,8 +445,10 @@ export async function main(argv: string[]): Promise<number> {
         console.error(`${(err as Error).message}\n\n${USAGE}`);
         return 2;
       }
-      // --poll-us and --require-sealed-memory given once hold for every spec without its own.
+      // --poll-us, --queue-threads and --require-sealed-memory given once hold for every spec
+      // without its own.
       values["poll-us"] ??= parsed["poll-us"];
+      values["queue-threads"] ??= parsed["queue-threads"];
       values["require-sealed-memory"] ??= parsed["require-sealed-memory"];
       deviceArgs.push({ ...values, verbose });
     }
@@ -485,6 +495,7 @@ export async function main(argv: string[]): Promise<number> {
         // QEMU keeps a net device's configuration space itself.
         configSpace: b.kind !== "net",
         requireSealedMemory: b.requireSealedMemory,
+        queueThreads: b.queueThreads,
       });
     }
   } catch (err) {

@@ -44,26 +44,35 @@ after(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-for (const which of ["ours", "qemu-storage-daemon"] as const) {
+const CONTENDERS = ["ours", "ours --queue-threads, 2 queues", "qemu-storage-daemon"] as const;
+for (const which of CONTENDERS) {
   describe(`benchmark frontend against ${which}`, () => {
     it("negotiates, reads back what it wrote, and runs every workload", async () => {
-      const socket = join(dir, `${which}.sock`);
-      const proc: BackendProcess = which === "ours"
-        ? await startOurs(image, socket)
-        : await startQsd(image, socket);
+      const socket = join(dir, `${which.split(" ")[0]}-${which.length}.sock`);
+      const rings = which === "ours --queue-threads, 2 queues" ? 2 : 1;
+      const proc: BackendProcess = which === "qemu-storage-daemon"
+        ? await startQsd(image, socket)
+        : await startOurs(image, socket, { queueThreads: rings > 1, queues: rings });
       try {
-        const { frontend, load } = await connectLoad(socket);
+        const { frontend, loads } = await connectLoad(socket, { rings });
         try {
-          assert.equal(load.capacity, DISK);
-          const checked = await load.verify(hostRead, { count: 40, seed: 5 });
-          assert.ok(checked >= MiB + 30 * 4096, `checked ${checked} bytes`);
+          for (const [i, load] of loads.entries()) {
+            assert.equal(load.capacity, DISK);
+            const checked = await load.verify(hostRead, { count: 40, seed: 5 + i });
+            assert.ok(checked >= MiB + 30 * 4096, `checked ${checked} bytes`);
+          }
           for (const w of WORKLOADS) {
-            const r = await load.run(w, { maxOps: 48, durationMs: 60_000, seed: 3 });
-            assert.equal(r.ops, 48, `${w.name}: every submitted request completed`);
-            assert.equal(r.bytes, 48 * w.blockSize);
+            // Every ring at once.
+            const rs = await Promise.all(
+              loads.map((l, i) => l.run(w, { maxOps: 48, durationMs: 60_000, seed: 3 + i })),
+            );
+            for (const r of rs) {
+              assert.equal(r.ops, 48, `${w.name}: every submitted request completed`);
+              assert.equal(r.bytes, 48 * w.blockSize);
+            }
           }
           // The check still holds after the load (the ring wrapped meanwhile).
-          await load.verify(hostRead, { count: 8, seed: 99 });
+          for (const load of loads) await load.verify(hostRead, { count: 8, seed: 99 });
         } finally {
           await frontend.close();
         }
