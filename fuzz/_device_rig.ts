@@ -794,11 +794,13 @@ export class DeviceRig {
       for (const [a, n] of tables) if (addrLo < a + n && end > a) wide = true;
     };
     const mem = this.memory;
-    const scanTable = (addr: number, count: number) => {
+    // An indirect table holds descriptors of its ring's format: flags at offset 12 (split) or
+    // 14 (packed, after the buffer id).
+    const scanTable = (addr: number, count: number, flagsAt: number) => {
       for (let i = 0; i < count; i++) {
         const o = addr + 16 * i;
         if (o + 16 > this.size) break;
-        const flags = mem.readU16(o + 12);
+        const flags = mem.readU16(o + flagsAt);
         if (flags & VIRTQ_DESC_F_WRITE) {
           allowDesc(mem.readU32(o), mem.readU32(o + 4), mem.readU32(o + 8));
         }
@@ -816,7 +818,7 @@ export class DeviceRig {
           if (hi === 0 && lo < this.size && len >= 16) {
             const n = Math.min(Math.floor(len / 16), Math.floor((this.size - lo) / 16));
             tables.push([lo, 16 * n]);
-            scanTable(lo, n);
+            scanTable(lo, n, q.split !== undefined ? 12 : 14);
             for (const [a, nn] of ringSpans) if (lo < a + nn && lo + 16 * n > a) wide = true;
           }
         } else if (flags & VIRTQ_DESC_F_WRITE) {
