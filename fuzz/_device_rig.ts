@@ -783,46 +783,49 @@ export class DeviceRig {
     const w = this.watch;
     w.clearRanges();
     for (const [a, n] of this.#usedAreas) w.allow(a, n);
-    const ringSpans: [number, number][] = this.queues.map((q) => [q.ringBase, q.ringBytes]);
-    const tables: [number, number][] = [];
-    let wide = false;
-    const allowDesc = (addrLo: number, addrHi: number, len: number) => {
-      if (addrHi !== 0 || len === 0) return;
-      w.allow(addrLo, len);
-      const end = addrLo + len;
-      for (const [a, n] of ringSpans) if (addrLo < a + n && end > a) wide = true;
-      for (const [a, n] of tables) if (addrLo < a + n && end > a) wide = true;
-    };
     const mem = this.memory;
-    const scanTable = (addr: number, count: number) => {
-      for (let i = 0; i < count; i++) {
-        const o = addr + 16 * i;
-        if (o + 16 > this.size) break;
-        const flags = mem.readU16(o + 12);
-        if (flags & VIRTQ_DESC_F_WRITE) {
-          allowDesc(mem.readU32(o), mem.readU32(o + 4), mem.readU32(o + 8));
-        }
-      }
-    };
+    // First every writable range and every indirect table the tables name (an indirect table
+    // holds descriptors of its ring's format: flags at offset 12, split, or 14, packed), then
+    // whether a writable range lies over a ring or a table: the device's own writes there
+    // would make new descriptors.
+    const writable: number[] = [];
+    const tables: [number, number, number][] = [];
     for (const q of this.queues) {
       const base = q.split?.descTable ?? q.packed!.descTable;
+      const flagsAt = q.split !== undefined ? 12 : 14;
       for (let i = 0; i < q.size; i++) {
         const o = base + 16 * i;
         const lo = mem.readU32(o);
         const hi = mem.readU32(o + 4);
         const len = mem.readU32(o + 8);
-        const flags = mem.readU16(o + (q.split !== undefined ? 12 : 14));
+        const flags = mem.readU16(o + flagsAt);
         if (flags & VIRTQ_DESC_F_INDIRECT) {
           if (hi === 0 && lo < this.size && len >= 16) {
             const n = Math.min(Math.floor(len / 16), Math.floor((this.size - lo) / 16));
-            tables.push([lo, 16 * n]);
-            scanTable(lo, n);
-            for (const [a, nn] of ringSpans) if (lo < a + nn && lo + 16 * n > a) wide = true;
+            tables.push([lo, 16 * n, flagsAt]);
           }
-        } else if (flags & VIRTQ_DESC_F_WRITE) {
-          allowDesc(lo, hi, len);
+        } else if ((flags & VIRTQ_DESC_F_WRITE) && hi === 0 && len > 0) {
+          writable.push(lo, len);
         }
       }
+    }
+    for (const [addr, bytes, flagsAt] of tables) {
+      for (let o = addr; o + 16 <= addr + bytes; o += 16) {
+        const flags = mem.readU16(o + flagsAt);
+        const len = mem.readU32(o + 8);
+        if ((flags & VIRTQ_DESC_F_WRITE) && mem.readU32(o + 4) === 0 && len > 0) {
+          writable.push(mem.readU32(o), len);
+        }
+      }
+    }
+    const spans: [number, number][] = this.queues.map((q) => [q.ringBase, q.ringBytes]);
+    for (const [a, n] of tables) spans.push([a, n]);
+    let wide = false;
+    for (let k = 0; k < writable.length; k += 2) {
+      const lo = writable[k];
+      const end = lo + writable[k + 1];
+      w.allow(lo, writable[k + 1]);
+      for (const [a, n] of spans) if (lo < a + n && end > a) wide = true;
     }
     if (wide) {
       // The device may now write its rings' bytes as data: the driver's view of them cannot be
