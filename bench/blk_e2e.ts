@@ -351,7 +351,10 @@ async function stopHard(proc: BackendProcess): Promise<void> {
   const stopped = proc.stop();
   const timer = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 5000));
   if (await Promise.race([stopped.then(() => true), timer])) return;
-  proc.child.kill("SIGKILL");
+  // (ChildProcess.kill may not signal twice: go through the pid.)
+  try {
+    process.kill(proc.child.pid!, "SIGKILL");
+  } catch { /* gone meanwhile */ }
   await stopped;
 }
 

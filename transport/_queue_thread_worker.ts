@@ -180,7 +180,11 @@ function serve(start: QueueThreadStart, create: CreateQueueHandler): void {
       Atomics.add(c, Ctl.PASSES, 1);
       return r;
     };
-    const pollMs = ring.pollUs / 1000;
+    // Poll mode adapts its window as QEMU's iothreads do: it grows (doubling, from 4 µs, up to
+    // pollUs) while the waits it would have replaced are short, and shrinks (halving, to
+    // nothing) when they are longer than pollUs: a ring kicked rarely costs no spinning.
+    const pollMax = ring.pollUs / 1000;
+    let window = 0;
     // Buffers may be waiting already (the ring was handed over with work in it).
     let last = pass();
     for (;;) {
@@ -193,11 +197,17 @@ function serve(start: QueueThreadStart, create: CreateQueueHandler): void {
       } else if (last.more) {
         last = pass();
         continue;
-      } else if (pollMs > 0 && last.completed > 0) {
-        last = spin(q, memory, pass, pollMs, stopping);
+      } else if (window > 0 && last.completed > 0) {
+        last = spin(q, memory, pass, window, stopping);
         if (last.more || last.completed > 0) continue;
       }
+      const asleep = pollMax > 0 ? performance.now() : 0;
       const n = set.wait(-1);
+      if (pollMax > 0) {
+        const slept = performance.now() - asleep;
+        if (slept <= pollMax) window = Math.min(pollMax, Math.max(2 * window, POLL_MIN_MS));
+        else window = window / 2 < POLL_MIN_MS ? 0 : window / 2;
+      }
       Atomics.add(c, Ctl.WAKEUPS, 1);
       if (n === 0) continue;
       if (set.revents(1) !== 0) wake!.read();
@@ -235,6 +245,9 @@ function serve(start: QueueThreadStart, create: CreateQueueHandler): void {
     flushDropped();
   }
 }
+
+/** The smallest poll window, in ms (4 µs, as QEMU's). */
+const POLL_MIN_MS = 0.004;
 
 // Poll mode: with notifications suppressed, keep checking the ring for `pollMs` after the last
 // pass that served; then re-enable them (serving at once what arrived in between). Returns the

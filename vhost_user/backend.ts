@@ -956,31 +956,47 @@ export class VhostUserBackend {
    */
   #serveRing(index: number): void {
     const ring = this.#rings[index];
-    const q = this.core.queues[index];
     if (ring.kick === undefined) return;
-    if (this.#queueThreads) {
-      const spec = this.device.queueThread?.(index);
-      const thread = spec === undefined ? undefined : ring.thread ??= this.#newThread(index);
-      if (spec !== undefined && thread !== undefined && thread.failure === undefined) {
-        const regions: QueueThreadRegion[] = this.#regions.map((m) => ({
-          guestAddr: m.guestAddr,
-          size: m.size,
-          fd: m.fd,
-          offset: m.mmapOffset,
-        }));
-        thread.start(
-          describeRing(q, this.device.ackedFeatures(), regions, {
-            kickFd: ring.kick.fd,
-            callFd: ring.call?.fd ?? -1,
-            pollUs: this.#pollUs,
-          }),
-          spec,
-        );
-        return;
-      }
-    }
+    if (this.#queueThreads && this.#startThread(index, ring.kick)) return;
     ring.watch ??= this.#watchKick(index, ring.kick);
     this.core.notify(index);
+  }
+
+  // Hand ring `index` to its thread; false when it stays on the event loop (no thread handler,
+  // a thread that failed, or one that cannot be started: reported).
+  #startThread(index: number, kick: EventFd): boolean {
+    const ring = this.#rings[index];
+    try {
+      const spec = this.device.queueThread?.(index);
+      if (spec === undefined) return false;
+      const thread = ring.thread ??= this.#newThread(index);
+      if (thread.failure !== undefined) return false;
+      const regions: QueueThreadRegion[] = this.#regions.map((m) => ({
+        guestAddr: m.guestAddr,
+        size: m.size,
+        fd: m.fd,
+        offset: m.mmapOffset,
+      }));
+      thread.start(
+        describeRing(this.core.queues[index], this.device.ackedFeatures(), regions, {
+          kickFd: kick.fd,
+          callFd: ring.call?.fd ?? -1,
+          pollUs: this.#pollUs,
+        }),
+        spec,
+      );
+      return true;
+    } catch (err) {
+      this.#onError(
+        new VhostUserError(
+          "Io",
+          `vring ${index}: no queue thread (${asError(err).message}); served on the event loop`,
+          0,
+          { cause: err },
+        ),
+      );
+      return false;
+    }
   }
 
   #newThread(index: number): QueueThread {

@@ -336,6 +336,42 @@ describe("vhost-user queue threads", () => {
     }, { queueThreads: true });
   });
 
+  it(
+    "a device reset with requests in flight ends the threads; the renegotiated device serves on new ones",
+    T,
+    async () => {
+      const img = tempImage();
+      const blk = new BlockDevice({ path: img.path, numQueues: 2 });
+      try {
+        await withBackend(blk, async (h) => {
+          const fe = await h.connect({ memorySize: 4 << 20 });
+          await fe.start({ queues: 2 });
+          const s = slots(fe, 0);
+          for (let i = 0; i < SLOTS; i++) submitWrite(fe, 0, s, i, i + 1);
+          fe.kick(0, { force: true });
+          await fe.request(Request.RESET_DEVICE);
+          await fe.getFeatures(); // answered after the reset is done
+          assert.deepEqual(h.backend.threadedRings(), []);
+          const served = blk.stats.writes;
+          assert.ok(served <= SLOTS);
+          // The driver starts over: new negotiation, new rings. (The backend forgets the
+          // protocol features with the device: they are given again first.)
+          await fe.setProtocolFeatures(fe.protocolFeatures);
+          await fe.start({ queues: 2 });
+          assert.deepEqual(h.backend.threadedRings(), [0, 1]);
+          submitWrite(fe, 1, slots(fe, 1), 0, 100);
+          fe.kick(1, { force: true });
+          await until(() => fe.ring(1).driver.pendingUsed() === 1, "the write after the reset");
+          assert.equal(blk.stats.writes, served + 1);
+          assert.deepEqual(h.errors, []);
+        }, { queueThreads: true });
+      } finally {
+        blk.remove();
+        img.done();
+      }
+    },
+  );
+
   it("threads end with the connection; the next frontend gets new ones", T, async () => {
     const img = tempImage();
     const blk = new BlockDevice({ path: img.path });
