@@ -19,6 +19,7 @@ import { kvmUnavailableReason } from "../../sys/mod.ts";
 import { DEFAULT_MMIO_BASE, MicroVm } from "../../kvm/mod.ts";
 import { ConsoleDevice, type ConsolePort } from "../../devices/console.ts";
 import { ensureGuest, scriptCpio } from "../../launcher/qemu.ts";
+import { concatBytes } from "../../testing/mod.ts";
 
 const PORT_NAME = "org.virtio-ts.test";
 const FROM_HOST = "hello from the host";
@@ -77,13 +78,6 @@ wait_size "40 132"
 echo "VT-RESIZED: $(stty size <&3)"
 exec 3>&-
 `;
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.byteLength + b.byteLength);
-  out.set(a);
-  out.set(b, a.byteLength);
-  return out;
-}
 
 /** Read a port's output as text in the background; `onText` sees the whole text so far. */
 function readText(port: ConsolePort, onText: (text: string) => void): { text: () => string } {
@@ -147,7 +141,7 @@ test(
     const errors: Error[] = [];
     const vm = MicroVm.create({
       kernel: new Uint8Array(readFileSync(guest.kernel)),
-      initrd: concat(new Uint8Array(readFileSync(guest.initramfs)), scriptCpio(SCRIPT)),
+      initrd: concatBytes(new Uint8Array(readFileSync(guest.initramfs)), scriptCpio(SCRIPT)),
       // hvc0 joins as a kernel console once virtio_console is loaded; ttyS0 stays /dev/console.
       cmdline: "console=hvc0 console=ttyS0 panic=-1 pci=off quiet vt_nomod=1",
       memorySize: 256 << 20,

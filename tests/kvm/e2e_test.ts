@@ -16,6 +16,7 @@ import { MicroVm } from "../../kvm/mod.ts";
 import { RngDevice } from "../../devices/rng.ts";
 import { BlockDevice } from "../../devices/block.ts";
 import { ensureGuest, scriptCpio } from "../../launcher/qemu.ts";
+import { concatBytes } from "../../testing/mod.ts";
 
 const DISK_MAGIC = "VIRTIO-TS-KVM-E2E";
 
@@ -56,13 +57,6 @@ echo "written-by-guest" | dd of=/dev/vda bs=512 seek=1 conv=sync,fsync 2>/dev/nu
 `;
 }
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.byteLength + b.byteLength);
-  out.set(a);
-  out.set(b, a.byteLength);
-  return out;
-}
-
 for (const cpus of [1, 2, 4]) {
   test(
     `MicroVm boots the stock Debian kernel on ${cpus} vCPU(s) with virtio-rng and a ${cpus}-queue virtio-blk found through ACPI`,
@@ -90,7 +84,7 @@ for (const cpus of [1, 2, 4]) {
       const errors: Error[] = [];
       const vm = MicroVm.create({
         kernel: new Uint8Array(readFileSync(guest.kernel)),
-        initrd: concat(
+        initrd: concatBytes(
           new Uint8Array(readFileSync(guest.initramfs)),
           scriptCpio(guestScript(cpus)),
         ),

@@ -16,6 +16,7 @@ import { kvmUnavailableReason } from "../../sys/mod.ts";
 import { MicroVm } from "../../kvm/mod.ts";
 import { FsDevice } from "../../devices/fs.ts";
 import { ensureGuest, scriptCpio } from "../../launcher/qemu.ts";
+import { concatBytes } from "../../testing/mod.ts";
 
 const GREETING = "hello-dax-from-host";
 const WRITTEN = "written-through-dax";
@@ -36,13 +37,6 @@ step unmount
 umount /mnt
 `;
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.byteLength + b.byteLength);
-  out.set(a);
-  out.set(b, a.byteLength);
-  return out;
-}
-
 test("virtio-fs with a DAX window on MicroVm: the stock kernel maps file pages into the guest", {
   skip: kvmUnavailableReason() === undefined ? false : `skipped: ${kvmUnavailableReason()}`,
   timeout: 10 * 60_000,
@@ -60,7 +54,7 @@ test("virtio-fs with a DAX window on MicroVm: the stock kernel maps file pages i
   const errors: Error[] = [];
   const vm = MicroVm.create({
     kernel: new Uint8Array(readFileSync(guest.kernel)),
-    initrd: concat(new Uint8Array(readFileSync(guest.initramfs)), scriptCpio(SCRIPT)),
+    initrd: concatBytes(new Uint8Array(readFileSync(guest.initramfs)), scriptCpio(SCRIPT)),
     cmdline: "console=ttyS0 panic=-1 pci=off quiet",
     memorySize: 256 << 20,
     devices: [fs],

@@ -36,6 +36,7 @@ import { MemDevice } from "../../devices/mem.ts";
 import { PmemDevice } from "../../devices/pmem.ts";
 import type { VirtioDevice } from "../../devices/device.ts";
 import { ensureGuest, scriptCpio } from "../../launcher/qemu.ts";
+import { concatBytes } from "../../testing/mod.ts";
 import { residentBytes } from "../devices/_rss.ts";
 
 const MiB = 1 << 20;
@@ -161,13 +162,6 @@ rm -f /tmp/oom
 `;
 }
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.byteLength + b.byteLength);
-  out.set(a);
-  out.set(b, a.byteLength);
-  return out;
-}
-
 /**
  * Calls each handler once, the first time a console line contains its marker; a handler that
  * throws stops the VM and fails the test.
@@ -222,7 +216,7 @@ async function boot(
   const director = new Director(handlers(() => ref.vm!), () => ref.vm?.stop());
   const vm = MicroVm.create({
     kernel: new Uint8Array(readFileSync(guest.kernel)),
-    initrd: concat(new Uint8Array(readFileSync(guest.initramfs)), scriptCpio(script)),
+    initrd: concatBytes(new Uint8Array(readFileSync(guest.initramfs)), scriptCpio(script)),
     cmdline: transport === "pci" ? CMDLINE : `${CMDLINE} pci=off`,
     transport,
     memorySize: RAM,

@@ -19,6 +19,7 @@ import { MicroVm } from "../../kvm/mod.ts";
 import { RngDevice } from "../../devices/rng.ts";
 import { BlockDevice } from "../../devices/block.ts";
 import { ensureGuest, scriptCpio } from "../../launcher/qemu.ts";
+import { concatBytes } from "../../testing/mod.ts";
 import process from "node:process";
 
 const DISK_MAGIC = "VIRTIO-TS-KVM-PCI";
@@ -102,13 +103,6 @@ ${irqCheck}
 `;
 }
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.byteLength + b.byteLength);
-  out.set(a);
-  out.set(b, a.byteLength);
-  return out;
-}
-
 for (const c of CASES) {
   test(
     `MicroVm boots the stock Debian kernel over PCI (${c.name}): virtio_pci binds rng and block`,
@@ -135,7 +129,10 @@ for (const c of CASES) {
       const errors: Error[] = [];
       const vm = MicroVm.create({
         kernel: new Uint8Array(readFileSync(guest.kernel)),
-        initrd: concat(new Uint8Array(readFileSync(guest.initramfs)), scriptCpio(guestScript(c))),
+        initrd: concatBytes(
+          new Uint8Array(readFileSync(guest.initramfs)),
+          scriptCpio(guestScript(c)),
+        ),
         cmdline: `console=ttyS0 panic=-1 quiet${c.legacy ? " pci=nomsi" : ""}`,
         memorySize: 256 << 20,
         cpus: c.cpus,
